@@ -1,0 +1,1 @@
+"""eai: Emotion-Action Interpreter."""

@@ -1,0 +1,65 @@
+"""`eai bench`: the benchmark protocol run end to end, every model on the same folds in the same run."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from eai.baseline import DescriptorForest, window_features
+from eai.data import load_clips, open_dataset
+from eai.protocol import Windows, folds, metrics, summarise
+from eai.report import table
+
+
+def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int = 1,
+                    models: tuple[str, ...] = ("baseline",), progress: bool = True) -> dict:
+    """Cross-validated recognition: {"dataset", "task", "folds", "seeds", "labels", "models": {name: ...}}."""
+    ds = open_dataset(data, task)
+    clips = load_clips(ds, progress=progress)
+    w = Windows.from_clips(clips)
+    try:
+        splits = {seed: folds(w, n_folds, seed) for seed in range(n_seeds)}
+    except ValueError as e:
+        from eai.errors import DatasetError
+
+        raise DatasetError(f"cannot make {n_folds} clip-grouped folds: {e}; use fewer --folds", ds.root) from None
+    runs: dict[str, list[dict]] = {m: [] for m in models}
+    seconds = {m: 0.0 for m in models}
+    F = window_features(w, progress) if "baseline" in models else None
+    bar = tqdm(total=n_seeds * n_folds * len(models), desc="folds", disable=not progress, leave=False)
+    for seed, split in splits.items():
+        for train, test in split:
+            for name in models:
+                t0 = time.perf_counter()
+                proba = _fit_predict(name, w, F, train, test, seed, progress)
+                seconds[name] += time.perf_counter() - t0
+                runs[name].append(metrics(w.y[test], proba, w.clip[test], w.labels))
+                bar.update()
+    bar.close()
+    return {
+        "dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": w.labels,
+        "clips": len(clips), "windows": len(w),
+        "models": {m: {**summarise(runs[m], w.labels), "seconds": round(seconds[m], 2)} for m in models},
+    }
+
+
+def _fit_predict(name: str, w: Windows, F: np.ndarray | None, train: np.ndarray, test: np.ndarray,
+                 seed: int, progress: bool) -> np.ndarray:
+    if name == "baseline":
+        assert F is not None
+        return DescriptorForest(seed).fit(F[train], w.y[train]).predict_proba(F[test], len(w.labels))
+    raise ValueError(f"unknown model {name}")
+
+
+def recognition_table(result: dict) -> str:
+    """Models side by side, then per-class recall."""
+    head = (f"{result['dataset']} / {result['task']}: {result['clips']} clips, {result['windows']} windows, "
+            f"{result['folds']} folds x {result['seeds']} seeds")
+    ms = result["models"]
+    rows = [[name, m["window_accuracy"], m["std"]["window_accuracy"], m["clip_accuracy"], m["macro_f1"],
+             m["std"]["macro_f1"]] for name, m in ms.items()]
+    t1 = table(rows, ["model", "window acc", "± std", "clip acc", "macro-F1", "± std"])
+    rec = [[c] + [m["per_class_recall"][c] for m in ms.values()] for c in result["labels"]]
+    t2 = table(rec, ["recall"] + list(ms))
+    return f"{head}\n{t1}\n\n{t2}"

@@ -1,0 +1,215 @@
+"""The `eai` command line. Errors a user can cause print one line, `eai: error: ...`, and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from eai.errors import EaiError
+
+
+def _motion(args, path: str):
+    from eai.io import read_motion
+
+    return read_motion(path, units=args.units, trust_pickle=args.trust_pickle)
+
+
+def cmd_info(args) -> None:
+    from eai.skeleton.registry import registry
+    from eai.skeleton.unify import to_canonical
+
+    m = _motion(args, args.file)
+    _, mask, layout = to_canonical(m)
+    can = registry().canonical
+    info = {
+        "file": args.file, "layout": layout.name, "layout_description": layout.description,
+        "joints": len(m.joints), "frames": m.n_frames, "fps": round(m.fps, 4),
+        "duration_s": round(m.duration, 3),
+        "canonical_present": [n for n, k in zip(can.names, mask) if k],
+        "canonical_missing": [n for n, k in zip(can.names, mask) if not k],
+        "unmatched_joints": [j for j in m.joints if j not in layout.joints and
+                             j not in layout.aliases],
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return
+    print(f"{info['file']}\n  layout    {layout.name} ({layout.description})\n"
+          f"  joints    {info['joints']}\n  frames    {info['frames']} at {info['fps']:g} fps "
+          f"({info['duration_s']:.2f} s)\n  canonical {len(info['canonical_present'])}/{can.n} present; "
+          f"missing: {', '.join(info['canonical_missing']) or 'none'}")
+
+
+def cmd_convert(args) -> None:
+    from eai.io import write_motion
+
+    if Path(args.out).resolve() == Path(args.input).resolve():
+        raise EaiError("output would overwrite the input; choose another path", args.out)
+    m = _motion(args, args.input)
+    write_motion(m, args.out)
+    print(f"wrote {args.out} ({m.n_frames} frames, {len(m.joints)} joints)")
+
+
+def cmd_features(args) -> None:
+    from eai.kinematics import DESCRIPTOR_BY_NAME, describe
+    from eai.report import table
+    from eai.skeleton.unify import unify
+
+    u = unify(_motion(args, args.file))
+    d = describe(u.metres(), u.mask, u.fps)
+    if args.json:
+        print(json.dumps({"file": args.file, "layout": u.layout, "descriptors": d}, indent=2))
+        return
+    rows = [[n, v["value"], v["unit"], v["missing"] or DESCRIPTOR_BY_NAME[n].meaning] for n, v in d.items()]
+    print(table(rows, ["descriptor", "value", "unit", "meaning / why missing"]))
+
+
+def cmd_data(args) -> None:
+    from collections import Counter
+
+    from eai.data import load_clips, open_dataset
+    from eai.protocol import STRIDE, WINDOW
+    from eai.report import table
+    from eai.skeleton.unify import windows
+
+    ds = open_dataset(args.dir, args.task)
+    clips = load_clips(ds, progress=not args.json)
+    n_clips, n_win, layouts = Counter(), Counter(), Counter()
+    for u in clips:
+        n_clips[u.label] += 1
+        n_win[u.label] += len(windows(u.positions, WINDOW, STRIDE)[0])
+        layouts[u.layout] += 1
+    out = {"dataset": ds.name, "kind": ds.kind, "task": ds.task,
+           "labels": {k: {"clips": n_clips[k], "windows": n_win[k]} for k in sorted(n_clips)},
+           "layouts": dict(layouts), "clips": len(clips), "windows": sum(n_win.values()),
+           "problems": ds.problems}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"{ds.name} ({ds.kind}, task {ds.task}): {len(clips)} clips, {out['windows']} windows "
+          f"of {WINDOW} frames (stride {STRIDE})")
+    print(table([[k, v["clips"], v["windows"]] for k, v in out["labels"].items()], ["label", "clips", "windows"]))
+    print("layouts: " + ", ".join(f"{k} ({v})" for k, v in layouts.items()))
+    print(f"problems: {len(ds.problems)}" + "".join(f"\n  {p}" for p in ds.problems))
+
+
+def cmd_baseline(args) -> None:
+    from eai.bench import recognition_table, run_recognition
+
+    result = run_recognition(args.data, args.task, args.folds, args.seeds, models=("baseline",),
+                             progress=not args.quiet)
+    print(recognition_table(result))
+    _write_results(args, result)
+
+
+def _write_results(args, result: dict) -> None:
+    from eai.report import plot_confusion, write_json
+
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot:
+        for name, m in result["models"].items():
+            png = Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}.png")
+            plot_confusion(m["confusion"], result["labels"], png, f"{result['dataset']} {name}")
+            print(f"wrote {png}")
+
+
+def cmd_synth(args) -> None:
+    from eai.synth import STYLES, write_dataset
+
+    emotions = args.emotions.split(",") if args.emotions else list(STYLES)
+    bad = [e for e in emotions if e not in STYLES]
+    if bad:
+        raise EaiError(f"no generator for {', '.join(bad)}; choose from {', '.join(STYLES)}")
+    paths = write_dataset(args.out, args.layouts.split(","), args.clips_per_label, args.seconds, emotions,
+                          args.seed)
+    print(f"wrote {len(paths)} clips to {args.out} (generated data: for tests and demos, never for reported figures)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eai", description="Emotion-Action Interpreter: read 3D body movement, "
+                                "recognise the emotion and explain it.")
+    p.add_argument("--layout-file", metavar="FILE", action="append", default=[],
+                   help="register skeleton layouts from a YAML/JSON file (repeatable; or EAI_LAYOUTS=FILE)")
+    p.add_argument("--units", default="auto", help="BVH length unit: auto, m, cm, mm, in (default auto)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow reading PYSKL .pkl files (unpickling runs code from the file)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="layout, joints, frames, fps, duration, missing canonical joints")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_info)
+
+    s = sub.add_parser("convert", help="convert between BVH, Kinect CSV and NPZ (output format by extension)")
+    s.add_argument("input")
+    s.add_argument("out")
+    s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("features", help="kinematic descriptors of a clip, with units")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_features)
+
+    s = sub.add_parser("data", help="clips and windows per label, layouts and problems of a dataset")
+    s.add_argument("dir")
+    s.add_argument("--task", help="Bandai only: emotion (default), style or content")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_data)
+
+    s = sub.add_parser("baseline", help="descriptor + random forest baseline under the benchmark protocol")
+    _protocol_args(s)
+    s.set_defaults(fn=cmd_baseline)
+
+    s = sub.add_parser("synth", help="write a generated emotional-motion dataset (tests and offline demos)")
+    s.add_argument("out")
+    s.add_argument("--layouts", default="bandai22,kinect25,gait16",
+                   help="comma-separated layouts to cycle through")
+    s.add_argument("--emotions", help="comma-separated emotions (default: all the generator knows)")
+    s.add_argument("--clips-per-label", type=int, default=6)
+    s.add_argument("--seconds", type=float, default=6.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_synth)
+    return p
+
+
+def _protocol_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data", required=True, help="dataset folder or CSV manifest")
+    s.add_argument("--task", help="Bandai only: emotion (default), style or content")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seeds", type=int, default=1)
+    s.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    s.add_argument("--plot", metavar="PNG", help="write confusion-matrix plots (one per model)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from eai.skeleton.registry import registry
+
+        for f in args.layout_file:
+            registry().register_file(f)
+        args.fn(args)
+    except EaiError as e:
+        print(f"eai: error: {e.format()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eai: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("eai: error: out of memory; try a smaller file or dataset", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug of ours: one line, the traceback only on request
+        if os.environ.get("EAI_DEBUG"):
+            raise
+        print(f"eai: internal error: {type(e).__name__}: {e} (set EAI_DEBUG=1 for the traceback; please "
+              "report it)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Datasets on disk: label folders, CSV manifests, the Bandai layout; label normalisation; loading clips."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from eai.errors import DatasetError, EaiError
+from eai.io import READ_SUFFIXES, read_motion
+from eai.io.bvh import read_bvh_many
+from eai.skeleton.unify import UnifiedMotion, unify
+
+# Spellings of one emotion across datasets -> the name eai uses.
+SYNONYMS = {
+    "anger": "angry", "mad": "angry", "rage": "angry",
+    "joy": "happy", "happiness": "happy", "joyful": "happy", "glad": "happy",
+    "sadness": "sad", "sorrow": "sad", "unhappy": "sad",
+    "fear": "fearful", "afraid": "fearful", "scared": "fearful",
+    "disgust": "disgusted", "surprise": "surprised",
+    "normal": "neutral", "none": "neutral",
+    "pride": "proud", "shame": "ashamed",
+    "notconfident": "not-confident", "unconfident": "not-confident", "insecure": "not-confident",
+    "tiredness": "tired", "exhausted": "tired", "fatigue": "tired", "fatigued": "tired",
+    "relief": "relieved", "calm": "relaxed",
+}
+BANDAI_EMOTIONS = ("normal", "happy", "sad", "angry", "proud", "not-confident", "tired")
+
+
+def normalise_label(label: str) -> str:
+    """Case and separators folded, synonyms unified: 'Anger' and 'angry' -> 'angry', 'Joy' -> 'happy'."""
+    key = re.sub(r"[\s_]+", "-", str(label).strip().lower())
+    return SYNONYMS.get(key.replace("-", ""), SYNONYMS.get(key, key))
+
+
+@dataclass
+class ClipRef:
+    path: Path
+    label: str
+    group: str
+
+
+@dataclass
+class Dataset:
+    """Clips with labels and groups (windows of one group never straddle a train/test split)."""
+
+    name: str
+    root: Path
+    kind: str
+    task: str
+    clips: list[ClipRef]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> list[str]:
+        return sorted({c.label for c in self.clips})
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(c.label for c in self.clips).items()))
+
+
+def _bandai(root: Path, task: str | None) -> Dataset:
+    cfg = root / "cfg"
+    styles = cfg.joinpath("style_label.txt").read_text().split()
+    contents = cfg.joinpath("content_label.txt").read_text().split() if cfg.joinpath("content_label.txt").exists() else []
+    prefix = lambda s: s.split("_", 1)[1] if s.startswith("dataset-") and "_" in s else s  # noqa: E731
+    styles = [prefix(s) for s in styles]
+    contents = [prefix(s) for s in contents]
+    task = task or "emotion"
+    if task not in ("emotion", "style", "content"):
+        raise DatasetError(f"unknown task {task!r} for a Bandai dataset; use emotion, style or content", root)
+    clips, problems = [], []
+    data = root / "data" if (root / "data").is_dir() else root
+    for bvh in sorted(data.glob("*.bvh")):
+        meta = bvh.with_suffix(".json")
+        try:
+            info = json.loads(meta.read_text())
+            style, content = styles[int(info["style"])], contents[int(info["content"])] if contents else ""
+        except (OSError, ValueError, KeyError, IndexError) as e:
+            problems.append(f"{meta}: no usable label file ({type(e).__name__})")
+            continue
+        if task == "emotion" and style not in BANDAI_EMOTIONS:
+            continue
+        label = {"emotion": style, "style": style, "content": content}[task]
+        clips.append(ClipRef(bvh, normalise_label(label), bvh.stem))
+    return Dataset(root.name, root, "bandai", task, clips, problems)
+
+
+def _folders(root: Path) -> Dataset:
+    clips = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(sub.rglob("*")):
+            if f.is_file() and f.suffix.lower() in READ_SUFFIXES:
+                clips.append(ClipRef(f, normalise_label(sub.name), str(f.relative_to(root).with_suffix(""))))
+    return Dataset(root.name, root, "folders", "emotion", clips)
+
+
+def _manifest(path: Path) -> Dataset:
+    clips, problems = [], []
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if rows and rows[0] and rows[0][0].strip().lower() == "path":
+        rows = rows[1:]
+    for n, row in enumerate(rows, 2 if rows else 1):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) < 2:
+            raise DatasetError("each manifest row is path,label[,group]", path, n)
+        p = Path(row[0].strip())
+        p = p if p.is_absolute() else path.parent / p
+        if not p.is_file():
+            problems.append(f"{path}:{n}: {p} not found")
+            continue
+        group = row[2].strip() if len(row) > 2 and row[2].strip() else str(p.with_suffix(""))
+        clips.append(ClipRef(p, normalise_label(row[1]), group))
+    return Dataset(path.stem, path.parent, "manifest", "emotion", clips, problems)
+
+
+def open_dataset(path: str | Path, task: str | None = None) -> Dataset:
+    """A dataset from a folder of label folders, a CSV manifest, or the Bandai layout (auto-detected)."""
+    p = Path(path)
+    if not p.exists():
+        raise DatasetError("no such dataset folder or manifest", p)
+    if p.is_file():
+        if p.suffix.lower() != ".csv":
+            raise DatasetError("a dataset is a folder or a CSV manifest (path,label[,group])", p)
+        ds = _manifest(p)
+    elif (p / "cfg" / "style_label.txt").is_file():
+        ds = _bandai(p, task)
+    elif (p / "manifest.csv").is_file():
+        ds = _manifest(p / "manifest.csv")
+    else:
+        ds = _folders(p)
+    if task and ds.kind != "bandai" and task != "emotion":
+        raise DatasetError(f"task {task!r} exists only for the Bandai layout; this dataset has its folder labels", p)
+    if not ds.clips:
+        raise DatasetError("no labelled clips found: expected DIR/<label>/<clip>, a CSV manifest "
+                           "path,label[,group], or the Bandai layout (cfg/style_label.txt)", p)
+    return ds
+
+
+def load_clips(ds: Dataset, fps: float = 30.0, progress: bool = True) -> list[UnifiedMotion]:
+    """Read and unify every clip; a clip that cannot be read is skipped and noted in ds.problems."""
+    out: list[UnifiedMotion] = []
+    bvh = [c for c in ds.clips if c.path.suffix.lower() == ".bvh"]
+    other = [c for c in ds.clips if c.path.suffix.lower() != ".bvh"]
+    bar = tqdm(total=len(ds.clips), desc=f"reading {ds.name}", unit="clip", disable=not progress, leave=False)
+    for start in range(0, len(bvh), 64):  # batched: one parse and one FK pass per batch
+        batch = bvh[start:start + 64]
+        for ref, m in zip(batch, read_bvh_many([c.path for c in batch])):
+            _add(out, ds, ref, m, fps)
+            bar.update()
+    for ref in other:
+        try:
+            m = read_motion(ref.path)
+        except EaiError as e:
+            m = e
+        _add(out, ds, ref, m, fps)
+        bar.update()
+    bar.close()
+    if not out:
+        raise DatasetError("no clip of the dataset could be read: " + "; ".join(ds.problems[:3]), ds.root)
+    return out
+
+
+def _add(out: list, ds: Dataset, ref: ClipRef, m, fps: float) -> None:
+    if isinstance(m, EaiError):
+        ds.problems.append(m.format())
+        return
+    try:
+        u = unify(m, fps=fps)
+    except EaiError as e:
+        ds.problems.append(e.format())
+        return
+    u.label, u.source, u.group = ref.label, str(ref.path), ref.group
+    out.append(u)
+
+
+def clip_windows(clips: list[UnifiedMotion], size: int = 60, stride: int = 30):
+    """All windows of all clips: X (N, size, K, 3) body heights, masks (N, K), clip index (N,)."""
+    from eai.skeleton.unify import windows
+
+    xs, masks, owner = [], [], []
+    for i, u in enumerate(clips):
+        w, _ = windows(u.positions, size, stride)
+        xs.append(w)
+        masks.append(np.repeat(u.mask[None], len(w), axis=0))
+        owner.append(np.full(len(w), i))
+    return np.concatenate(xs), np.concatenate(masks), np.concatenate(owner)

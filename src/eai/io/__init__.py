@@ -1,0 +1,47 @@
+"""Readers and writers: every format gives the same `Motion`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from eai.errors import FormatError
+from eai.motion import Motion
+
+READ_SUFFIXES = (".bvh", ".csv", ".txt", ".npz", ".pkl", ".pickle")
+WRITE_SUFFIXES = (".npz", ".bvh", ".csv")
+
+
+def read_motion(path: str | Path, units: str = "auto", trust_pickle: bool = False) -> Motion:
+    """Read one clip by file extension (.bvh, .csv/.txt Kinect v2, .npz, .pkl PYSKL: its first clip)."""
+    from eai.io.bvh import read_bvh
+    from eai.io.kinect import read_kinect_csv
+    from eai.io.npz import read_npz
+    from eai.io.pyskl import read_pyskl
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".bvh":
+        return read_bvh(path, units=units)
+    if suffix in (".csv", ".txt"):
+        return read_kinect_csv(path)
+    if suffix == ".npz":
+        return read_npz(path)
+    if suffix in (".pkl", ".pickle"):
+        return read_pyskl(path, trust=trust_pickle)[0]
+    raise FormatError(f"unknown motion format {suffix or '(no extension)'}; eai reads "
+                      f"{', '.join(READ_SUFFIXES)}", path)
+
+
+def write_motion(motion: Motion, path: str | Path) -> None:
+    """Write by extension: .npz, .bvh (positions only), .csv (Kinect v2 layout only). Atomic."""
+    from eai.io.bvh import write_bvh
+    from eai.io.kinect import write_kinect_csv
+    from eai.io.npz import write_npz
+
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npz":
+        write_npz(motion, path)
+    elif suffix == ".bvh":
+        write_bvh(motion, path)
+    elif suffix == ".csv":
+        write_kinect_csv(motion, path)
+    else:
+        raise FormatError(f"cannot write {suffix or '(no extension)'}; eai writes {', '.join(WRITE_SUFFIXES)}", path)

@@ -1,0 +1,517 @@
+"""BVH: hierarchy parsing, frame parsing and forward kinematics vectorised over frames.
+
+Any ROOT/JOINT/End Site hierarchy with any rotation channel order is read; position channels may sit on
+any joint and replace that joint's OFFSET component. End Sites are not returned as joints.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import math
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from eai.errors import FormatError
+from eai.io.files import atomic_path, decode_text, read_bytes
+from eai.motion import Motion
+
+CHANNEL_NAMES = {f"{a}{k}": (a, k) for a in "XYZ" for k in ("position", "rotation")}
+UNIT_SCALE = {"m": 1.0, "cm": 0.01, "mm": 0.001, "in": 0.0254}
+
+
+@dataclass
+class Hierarchy:
+    names: list[str]
+    parents: list[int]
+    offsets: np.ndarray  # (J, 3) file units
+    channels: list[list[str]]  # per joint, e.g. ["Xposition", ..., "Zrotation"]
+
+    @property
+    def n_channels(self) -> int:
+        return sum(len(c) for c in self.channels)
+
+
+def _tokens(lines: list[str]):
+    for no, line in enumerate(lines, 1):
+        for tok in line.replace("{", " { ").replace("}", " } ").split():
+            yield tok, no
+
+
+def parse_hierarchy(lines: list[str], path: str) -> tuple[Hierarchy, int]:
+    """Parse the HIERARCHY section; return it and the 0-based index of the MOTION line."""
+    names: list[str] = []
+    parents: list[int] = []
+    offsets: list[list[float]] = []
+    channels: list[list[str]] = []
+    stack: list[int | None] = []  # joint index per open brace (None for an End Site)
+    pending: int | None | str = "start"  # joint awaiting its "{", None for End Site
+    toks = _tokens(lines)
+    last_line = 1
+
+    def need(n: int, what: str, line: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            t = next(toks, None)
+            if t is None:
+                raise FormatError(f"the file ends inside the hierarchy, while reading {what}", path, line)
+            out.append(t[0])
+        return out
+
+    def number(tok: str, line: int, what: str) -> float:
+        try:
+            v = float(tok)
+        except ValueError:
+            raise FormatError(f"{what} value {tok!r} is not a number", path, line) from None
+        if not math.isfinite(v):
+            raise FormatError(f"{what} value {tok!r} is not finite", path, line)
+        return v
+
+    first = next(toks, None)
+    if first is None or first[0].upper() != "HIERARCHY":
+        raise FormatError("not a BVH file: it must start with HIERARCHY", path, first[1] if first else 1)
+    seen_root = False
+    for tok, line in toks:
+        last_line = line
+        key = tok.upper()
+        if key == "MOTION":
+            if stack:
+                raise FormatError("MOTION starts before the hierarchy's braces are closed", path, line)
+            if not names:
+                raise FormatError("the hierarchy has no joints", path, line)
+            return Hierarchy(names, parents, np.asarray(offsets, np.float64), channels), line - 1
+        if key in ("ROOT", "JOINT"):
+            if key == "ROOT":
+                if seen_root:
+                    raise FormatError("several ROOTs: eai reads one skeleton per BVH file; "
+                                      "split the file into one file per skeleton", path, line)
+                if stack:
+                    raise FormatError("ROOT inside another joint", path, line)
+                seen_root = True
+            elif not stack or stack[-1] is None:
+                raise FormatError("JOINT outside a joint's braces", path, line)
+            (name,) = need(1, "a joint name", line)
+            names.append(name)
+            parents.append(stack[-1] if stack else -1)
+            offsets.append([0.0, 0.0, 0.0])
+            channels.append([])
+            pending = len(names) - 1
+        elif key == "END":
+            site = need(1, "End Site", line)[0]
+            if site.upper() != "SITE":
+                raise FormatError(f"expected 'End Site', found 'End {site}'", path, line)
+            if not stack or stack[-1] is None:
+                raise FormatError("End Site outside a joint", path, line)
+            pending = None
+        elif tok == "{":
+            if pending == "start":
+                raise FormatError("'{' without a ROOT, JOINT or End Site before it", path, line)
+            stack.append(pending)  # type: ignore[arg-type]
+            pending = "start"
+        elif tok == "}":
+            if not stack:
+                raise FormatError("unbalanced '}'", path, line)
+            stack.pop()
+        elif key == "OFFSET":
+            vals = [number(t, line, "OFFSET") for t in need(3, "OFFSET", line)]
+            if not stack:
+                raise FormatError("OFFSET outside a joint", path, line)
+            if stack[-1] is not None:
+                offsets[stack[-1]] = vals
+        elif key == "CHANNELS":
+            if not stack or stack[-1] is None:
+                raise FormatError("CHANNELS outside a joint", path, line)
+            (count,) = need(1, "the channel count", line)
+            if not count.isdigit():
+                raise FormatError(f"channel count {count!r} is not a whole number", path, line)
+            # the declared count must equal the names that follow on this line
+            rest = lines[line - 1].split()
+            declared = int(count)
+            listed = rest[rest.index(count) + 1:] if count in rest else []
+            if len(listed) != declared:
+                raise FormatError(f"CHANNELS says {declared} but lists {len(listed)} channel names; "
+                                  "fix the count or the names", path, line)
+            chans = need(declared, "channel names", line)
+            for c in chans:
+                if c not in CHANNEL_NAMES:
+                    raise FormatError(f"unknown channel {c!r}; expected one of "
+                                      f"{', '.join(sorted(CHANNEL_NAMES))}", path, line)
+            channels[stack[-1]] = chans
+        else:
+            raise FormatError(f"unexpected word {tok!r} in the hierarchy", path, line)
+    raise FormatError("no MOTION section after the hierarchy (is the file truncated?)", path, last_line)
+
+
+@functools.lru_cache(maxsize=64)
+def _frame_schema(n_cols: int, trailing_space: bool) -> pl.Schema:
+    cols = {f"c{i}": pl.Float64 for i in range(n_cols)}
+    if trailing_space:  # "1 2 3 \n" has an empty last field
+        cols["_tail"] = pl.String
+    return pl.Schema(cols)
+
+
+def _parse_frames_fast(body: bytes, n_cols: int) -> np.ndarray | None:
+    """Frames as (T, C) float64 with polars' multithreaded parser; None if the layout is not plain.
+
+    Any irregularity (missing or extra values, words) makes this return None or NaN, and the careful
+    parser then finds and names the bad line.
+    """
+    first = body.split(b"\n", 1)[0].rstrip(b"\r")
+    if not first.strip() or b"  " in first or b"\t" in first or first.startswith(b" "):
+        return None
+    try:
+        df = pl.read_csv(body, separator=" ", has_header=False, schema=_frame_schema(n_cols, first.endswith(b" ")),
+                         columns=list(range(n_cols)))
+    except Exception:
+        return None
+    return df.to_numpy()
+
+
+def _parse_frames_careful(lines: list[str], line0: int, n_frames: int, n_cols: int, path: str) -> np.ndarray:
+    """Frames line by line, naming the first bad line (`line0`: file line number of lines[0], minus one)."""
+    out = np.empty((n_frames, n_cols), np.float64)
+    row = 0
+    for i in range(len(lines)):
+        text = lines[i].strip()
+        if not text:
+            continue
+        if row == n_frames:
+            raise FormatError(f"more frame lines than the {n_frames} the header declares", path, line0 + i + 1)
+        parts = text.split()
+        if len(parts) != n_cols:
+            raise FormatError(f"frame has {len(parts)} values, the hierarchy declares {n_cols} channels",
+                              path, line0 + i + 1)
+        try:
+            out[row] = np.array(parts, dtype=np.float64)
+        except ValueError:
+            bad = next(p for p in parts if not _is_float(p))
+            raise FormatError(f"value {bad!r} is not a number", path, line0 + i + 1) from None
+        if not np.isfinite(out[row]).all():
+            bad = next(p for p in parts if not math.isfinite(float(p)))
+            raise FormatError(f"value {bad!r} is not finite (NaN/inf); repair or drop this frame", path, line0 + i + 1)
+        row += 1
+    if row < n_frames:
+        raise FormatError(f"the header declares {n_frames} frames but only {row} are present "
+                          "(is the file truncated?)", path, line0 + len(lines))
+    return out
+
+
+def _is_float(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _motion_header(after: bytes, line0: int, path: str) -> tuple[int, float, int, int]:
+    """Parse 'Frames:' and 'Frame Time:' from the bytes after the word MOTION (on file line `line0`).
+
+    Returns frames, frame time, the byte offset of the first frame line and its file line number minus one.
+    """
+    fields: dict[str, str] = {}
+    pos, line = 0, line0 - 1  # `after` starts with the end of the MOTION line itself
+    while pos < len(after) and len(fields) < 2:
+        end = after.find(b"\n", pos)
+        end = len(after) if end < 0 else end
+        text = after[pos:end].decode("latin-1").strip()
+        pos, line = end + 1, line + 1
+        if not text:
+            continue
+        key, _, value = text.partition(":")
+        key = key.strip().lower()
+        if key not in ("frames", "frame time"):
+            raise FormatError(f"expected 'Frames:' and 'Frame Time:' after MOTION, found {text[:40]!r}", path, line)
+        fields[key] = value.strip()
+    if len(fields) < 2:
+        raise FormatError("MOTION section lacks 'Frames:' or 'Frame Time:' (is the file truncated?)", path, line)
+    try:
+        n_frames = int(fields["frames"])
+        frame_time = float(fields["frame time"])
+    except ValueError:
+        raise FormatError("'Frames:' must be a whole number and 'Frame Time:' a number of seconds",
+                          path, line) from None
+    if n_frames <= 0:
+        raise FormatError("the clip has zero frames", path, line)
+    if not (math.isfinite(frame_time) and frame_time > 0):
+        raise FormatError(f"'Frame Time: {fields['frame time']}' must be a positive number of seconds", path, line)
+    return n_frames, frame_time, min(pos, len(after)), line
+
+
+def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of quaternions stored component-first, (4, ...) as w, x, y, z."""
+    aw, ax, ay, az = a
+    bw, bx, by, bz = b
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz,
+                     aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx,
+                     aw * bz + ax * by - ay * bx + az * bw])
+
+
+def _qmul_axis(q: np.ndarray, axis: int, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """q * (cos + sin * e_axis): a product with a rotation about one coordinate axis, without the zeros."""
+    out = q * cos
+    i = axis + 1
+    j, k = 1 + (axis + 1) % 3, 1 + (axis + 2) % 3  # e_i e_j = e_k cyclically
+    out[0] -= q[i] * sin
+    out[i] += q[0] * sin
+    out[j] += q[k] * sin
+    out[k] -= q[j] * sin
+    return out
+
+
+def _qrotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rotate vectors v (3, ...) by unit quaternions q (4, ...)."""
+    w, u = q[0], q[1:]
+    c = _cross(u, v)
+    return v + 2.0 * (w * c + _cross(u, c))
+
+
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cross product of component-first vectors (3, ...)."""
+    return np.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+
+def forward_kinematics(h: Hierarchy, frames: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+    """World joint positions (T, J, 3) in file units from channel values (T, C) in degrees.
+
+    Rotation channels compose in their listed order (R = R1 R2 R3), and the local transform of a joint is
+    translation (OFFSET, with position channels replacing components) then rotation. Rotations are unit
+    quaternions stored component-first, so every step is a handful of whole-array operations, batched over
+    frames and over the joints of one tree depth. `offsets` (T, J, 3), if given, replaces h.offsets per frame
+    (several clips of one skeleton structure in one pass).
+    """
+    T, J = frames.shape[0], len(h.names)
+    local_t = np.empty((3, T, J))
+    local_t[:] = h.offsets.T[:, None, :] if offsets is None else offsets.transpose(2, 0, 1)
+    local_q = np.zeros((4, T, J), np.float32)
+    local_q[0] = 1.0
+    groups: dict[str, tuple[list[int], list[list[int]]]] = {}
+    moved: list[tuple[int, int, int]] = []  # (axis, joint, column) of each position channel
+    col = 0
+    for j, chans in enumerate(h.channels):
+        axes, cols = "", []
+        for ch in chans:
+            axis, kind = CHANNEL_NAMES[ch]
+            if kind == "position":
+                moved.append(("XYZ".index(axis), j, col))
+            else:
+                axes += axis
+                cols.append(col)
+            col += 1
+        if axes:
+            joints, col_lists = groups.setdefault(axes, ([], []))
+            joints.append(j)
+            col_lists.append(cols)
+    if moved:
+        ax, jj, cc = np.asarray(moved).T
+        local_t[ax, :, jj] = frames[:, cc].T
+    for axes, (joints, col_lists) in groups.items():  # joints sharing one channel order, together
+        half = np.radians(frames[:, np.asarray(col_lists)].astype(np.float32)) * np.float32(0.5)  # (T, G, k)
+        cos, sin = np.cos(half), np.sin(half)
+        q = np.zeros((4,) + half.shape[:2], np.float32)
+        q[0] = cos[..., 0]
+        q[1 + "XYZ".index(axes[0])] = sin[..., 0]
+        for k in range(1, len(axes)):
+            q = _qmul_axis(q, "XYZ".index(axes[k]), cos[..., k], sin[..., k])
+        local_q[:, :, joints] = q
+    parents = np.asarray(h.parents)
+    depth = np.zeros(J, int)
+    for j, p in enumerate(h.parents):
+        depth[j] = 0 if p < 0 else depth[p] + 1
+    pos = np.empty((3, T, J))
+    rot = np.empty((4, T, J), np.float32)
+    for d in range(depth.max() + 1):
+        idx = np.flatnonzero(depth == d)
+        if d == 0:
+            pos[:, :, idx], rot[:, :, idx] = local_t[:, :, idx], local_q[:, :, idx]
+            continue
+        par = parents[idx]
+        qp = rot[:, :, par]
+        pos[:, :, idx] = pos[:, :, par] + _qrotate(qp, local_t[:, :, idx])
+        rot[:, :, idx] = _qmul(qp, local_q[:, :, idx])
+    return pos.transpose(1, 2, 0)
+
+
+def detect_unit_scale(positions: np.ndarray, path: str) -> float:
+    """Metres per file unit, from the body's extent in the first frame."""
+    # a ground-projected root (Bandai's joint_Root) can lie metres from the body: leave the root out
+    body = positions[0, 1:] if positions.shape[1] > 3 else positions[0]
+    extent = float(np.ptp(body, axis=0).max())
+    if 0.3 <= extent <= 3.0:
+        return 1.0
+    if 30 <= extent <= 300:
+        return 0.01
+    if 300 < extent <= 3000:
+        return 0.001
+    raise FormatError(f"cannot tell the length unit from a body extent of {extent:g}; "
+                      "give it with --units m|cm|mm|in", path)
+
+
+def unit_scale(units: str | float, positions: np.ndarray, path: str) -> float:
+    if isinstance(units, (int, float)):
+        return float(units)
+    if units == "auto":
+        return detect_unit_scale(positions, path)
+    if units not in UNIT_SCALE:
+        raise FormatError(f"unknown unit {units!r}; use auto, m, cm, mm or in", path)
+    return UNIT_SCALE[units]
+
+
+_HIERARCHY_CACHE: dict[str, tuple[Hierarchy, int]] = {}
+
+
+def _hierarchy_of(header: str, path: str) -> tuple[Hierarchy, int]:
+    """Parsed hierarchy, shared by files with the same header text (a dataset's clips usually are)."""
+    hit = _HIERARCHY_CACHE.get(header)
+    if hit is None:
+        hit = parse_hierarchy(header.splitlines(), path)
+        if len(_HIERARCHY_CACHE) > 256:
+            _HIERARCHY_CACHE.clear()
+        _HIERARCHY_CACHE[header] = hit
+    return hit
+
+
+_MOTION = re.compile(rb"^[ \t]*MOTION[ \t]*\r?$", re.M)
+
+
+@dataclass
+class _Parsed:
+    """A BVH file up to its frame values: hierarchy, frame count and time, and the raw frame bytes."""
+
+    path: str
+    h: Hierarchy
+    n_frames: int
+    frame_time: float
+    body: bytes
+    line0: int
+
+    def careful_frames(self) -> np.ndarray:
+        lines = decode_text(self.body, self.path, "a BVH file").splitlines() if self.body else []
+        return _parse_frames_careful(lines, self.line0, self.n_frames, self.h.n_channels, self.path)
+
+
+def _prepare(path: str) -> _Parsed:
+    data = read_bytes(path)
+    found = _MOTION.search(data)
+    split = found.end() if found else len(data)
+    h, motion_at = _hierarchy_of(decode_text(data[:split], path, "a BVH file"), path)
+    if h.n_channels == 0:
+        raise FormatError("the hierarchy declares no channels, so there is no motion to read", path)
+    n_frames, frame_time, offset, line0 = _motion_header(data[split:], motion_at + 1, path)
+    return _Parsed(path, h, n_frames, frame_time, data[split + offset:], line0)
+
+
+def _finish(p: _Parsed, pos: np.ndarray, units: str | float) -> Motion:
+    scale = unit_scale(units, pos, p.path)
+    return Motion(positions=(pos * scale).astype(np.float32), joints=list(p.h.names), parents=list(p.h.parents),
+                  fps=1.0 / p.frame_time, source=p.path, meta={"unit_scale": scale, "format": "bvh"})
+
+
+def _fast_frames(body: bytes, n_frames: int, n_cols: int) -> np.ndarray | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frames = _parse_frames_fast(body, n_cols)
+    if frames is None or frames.shape[0] != n_frames or not np.isfinite(frames).all():
+        return None
+    return frames
+
+
+def read_bvh(path: str | Path, units: str | float = "auto") -> Motion:
+    """Read a BVH file into a `Motion` (positions (T, J, 3) metres, y up)."""
+    p = _prepare(str(path))
+    frames = _fast_frames(p.body, p.n_frames, p.h.n_channels) if p.n_frames > 64 else None
+    if frames is None:
+        frames = p.careful_frames()
+    return _finish(p, forward_kinematics(p.h, frames), units)
+
+
+def read_bvh_many(paths: list[str | Path], units: str | float = "auto") -> list[Motion | FormatError]:
+    """Read many BVH files, each result a Motion or the FormatError that file raised.
+
+    Files that share a skeleton structure (joint tree and channels; offsets may differ) are parsed in one
+    polars call and go through forward kinematics together, which is several times faster than one by one.
+    """
+    out: list[Motion | FormatError | None] = [None] * len(paths)
+    groups: dict[tuple, list[tuple[int, _Parsed]]] = {}
+    for i, path in enumerate(paths):
+        try:
+            p = _prepare(str(path))
+        except FormatError as e:
+            out[i] = e
+            continue
+        key = (tuple(p.h.parents), tuple(map(tuple, p.h.channels)))
+        groups.setdefault(key, []).append((i, p))
+    for members in groups.values():
+        parsed = [p for _, p in members]
+        bodies = [p.body if p.body.endswith(b"\n") else p.body + b"\n" for p in parsed]
+        counts = [p.n_frames for p in parsed]
+        n_cols = parsed[0].h.n_channels
+        frames = None
+        same_shape = len({b.split(b"\n", 1)[0].endswith(b" ") for b in bodies}) == 1
+        if same_shape:
+            frames = _fast_frames(b"".join(bodies), sum(counts), n_cols)
+        if frames is None:  # something is irregular: read each file alone to find and name it
+            for i, p in members:
+                try:
+                    out[i] = read_bvh(p.path, units)
+                except FormatError as e:
+                    out[i] = e
+            continue
+        offsets = np.concatenate([np.broadcast_to(p.h.offsets, (p.n_frames,) + p.h.offsets.shape) for p in parsed])
+        pos = forward_kinematics(parsed[0].h, frames, offsets)
+        ends = np.cumsum(counts)
+        for (i, p), stop, n in zip(members, ends, counts):
+            try:
+                out[i] = _finish(p, pos[stop - n:stop], units)
+            except FormatError as e:
+                out[i] = e
+    return out  # type: ignore[return-value]
+
+
+def write_bvh(motion: Motion, path: str | Path) -> None:
+    """Write a positions-only BVH (metres): every joint has 3 position channels and no rotation.
+
+    Rotations cannot be recovered from positions alone, so each joint's position channels hold its
+    offset from its parent in world axes; any BVH reader that honours position channels replays the
+    exact joint positions.
+    """
+    P = motion.positions.astype(np.float64)
+    local = P.copy()
+    for j, p in enumerate(motion.parents):
+        if p >= 0:
+            local[:, j] = P[:, j] - P[:, p]
+    children: dict[int, list[int]] = {j: [] for j in range(len(motion.joints))}
+    roots = []
+    for j, p in enumerate(motion.parents):
+        (children[p] if p >= 0 else roots).append(j)
+    if len(roots) != 1:
+        raise FormatError(f"BVH holds one skeleton tree; this motion has {len(roots)} roots", path)
+    out = io.StringIO()
+    out.write("HIERARCHY\n")
+    order: list[int] = []
+
+    def emit(j: int, depth: int) -> None:
+        pad = "  " * depth
+        kind = "ROOT" if depth == 0 else "JOINT"
+        out.write(f"{pad}{kind} {motion.joints[j]}\n{pad}{{\n")
+        o = local[0, j]
+        out.write(f"{pad}  OFFSET {o[0]:.6f} {o[1]:.6f} {o[2]:.6f}\n")
+        out.write(f"{pad}  CHANNELS 3 Xposition Yposition Zposition\n")
+        order.append(j)
+        for c in children[j]:
+            emit(c, depth + 1)
+        if not children[j]:
+            out.write(f"{pad}  End Site\n{pad}  {{\n{pad}    OFFSET 0 0 0\n{pad}  }}\n")
+        out.write(f"{pad}}}\n")
+
+    emit(roots[0], 0)
+    out.write(f"MOTION\nFrames: {motion.n_frames}\nFrame Time: {1.0 / motion.fps:.8f}\n")
+    flat = local[:, order].reshape(motion.n_frames, -1)
+    np.savetxt(out, flat, fmt="%.7f")
+    with atomic_path(path) as tmp:
+        tmp.write_text(out.getvalue())

@@ -1,0 +1,82 @@
+"""NPZ motion files: `positions` (T, J, 3) metres, `joints` (names), `fps`; optional `parents`, `label`."""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from eai.errors import FormatError
+from eai.io.files import atomic_path, read_bytes
+from eai.motion import Motion
+
+
+def read_npz(path: str | Path) -> Motion:
+    """Read an NPZ motion (never unpickles: object arrays are refused)."""
+    path = str(path)
+    import io
+
+    raw = read_bytes(path)
+    try:
+        z = np.load(io.BytesIO(raw), allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise FormatError("not an NPZ archive (a single .npy array?)", path)
+        keys = set(z.files)
+        missing = {"positions", "joints", "fps"} - keys
+        if missing:
+            raise FormatError(f"NPZ lacks {', '.join(sorted(missing))}; it needs positions (T, J, 3) metres, "
+                              "joints (J names) and fps", path)
+        pos = np.asarray(z["positions"], dtype=np.float64)
+        joints = [str(j) for j in z["joints"].reshape(-1)]
+        fps = float(np.asarray(z["fps"]).reshape(-1)[0])
+        parents = [int(p) for p in z["parents"].reshape(-1)] if "parents" in keys else None
+        label = str(np.asarray(z["label"]).reshape(-1)[0]) if "label" in keys else None
+    except FormatError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, IndexError, TypeError) as e:
+        raise FormatError(f"not a readable NPZ motion file ({type(e).__name__}: {str(e)[:80]})", path) from None
+    if pos.ndim != 3 or pos.shape[2] != 3:
+        raise FormatError(f"positions must be (T, J, 3), found {pos.shape}", path)
+    if pos.shape[0] == 0:
+        raise FormatError("the clip has zero frames", path)
+    if pos.shape[1] != len(joints):
+        raise FormatError(f"positions have {pos.shape[1]} joints but {len(joints)} names are given", path)
+    if not np.isfinite(pos).all():
+        t = int(np.argwhere(~np.isfinite(pos))[0][0])
+        raise FormatError(f"positions hold NaN/inf (first at frame {t}); repair or drop those frames", path)
+    if not (np.isfinite(fps) and fps > 0):
+        raise FormatError(f"fps must be a positive number, found {fps}", path)
+    if parents is None:
+        from eai.skeleton.registry import registry
+
+        layout, index = registry().detect(joints, path)
+        parents = _parents_from_layout(layout, index, joints)
+    elif len(parents) != len(joints) or any(p < -1 or p >= len(joints) for p in parents):
+        raise FormatError("parents must give one index in -1..J-1 per joint", path)
+    return Motion(positions=pos.astype(np.float32), joints=joints, parents=parents, fps=fps, label=label,
+                  source=path, meta={"format": "npz"})
+
+
+def _parents_from_layout(layout, index: list[int], joints: list[str]) -> list[int]:
+    """Parents for a file that names its joints but not their tree, from the matched layout."""
+    owner = {i: j for j, i in enumerate(index) if i >= 0}  # file joint -> layout joint
+    parents = []
+    for i in range(len(joints)):
+        lj = owner.get(i)
+        p = layout.parents[lj] if lj is not None else -1
+        while p >= 0 and index[p] < 0:  # skip layout joints this file lacks
+            p = layout.parents[p]
+        parents.append(index[p] if p >= 0 else -1)
+    return parents
+
+
+def write_npz(motion: Motion, path: str | Path) -> None:
+    """Write an NPZ motion atomically (plain arrays only, readable with allow_pickle=False)."""
+    arrays = dict(positions=motion.positions.astype(np.float32), joints=np.array(motion.joints, dtype=str),
+                  parents=np.array(motion.parents, dtype=np.int32), fps=np.float32(motion.fps),
+                  layout=np.array(motion.layout or ""))
+    if motion.label is not None:
+        arrays["label"] = np.array(motion.label)
+    with atomic_path(Path(path).with_suffix(".npz")) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)

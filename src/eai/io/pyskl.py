@@ -1,0 +1,56 @@
+"""PYSKL / mmaction2 skeleton annotation pickles (`keypoint` M x T x V x C arrays).
+
+Unpickling runs code stored in the file, so these are read only when the user passes --trust-pickle.
+V=25 is read as Kinect v2 (NTU RGB+D order), V=17 as COCO-17; C must be 3 (x, y, z). The first person
+(M index 0) is taken.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from eai.errors import FormatError
+from eai.io.files import read_bytes
+from eai.motion import Motion
+from eai.skeleton.registry import registry
+
+LAYOUT_BY_JOINTS = {25: "kinect25", 17: "coco17"}
+
+
+def read_pyskl(path: str | Path, trust: bool = False, fps: float = 30.0) -> list[Motion]:
+    """All clips of a PYSKL annotation pickle as Motions (label kept as the class name or index)."""
+    path = str(path)
+    if not trust:
+        raise FormatError("reading a pickle runs code stored in it; pass --trust-pickle if you trust "
+                          "this file's source", path)
+    raw = read_bytes(path)
+    try:
+        data = pickle.loads(raw)  # noqa: S301 - the user vouched for this file with --trust-pickle
+    except Exception as e:
+        raise FormatError(f"not a readable pickle ({type(e).__name__})", path) from None
+    annotations = data.get("annotations") if isinstance(data, dict) else data
+    names = data.get("label_names") if isinstance(data, dict) else None
+    if not isinstance(annotations, list) or not annotations:
+        raise FormatError("expected a PYSKL annotation pickle: {'annotations': [{'keypoint': ...}, ...]}", path)
+    out = []
+    for n, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or "keypoint" not in ann:
+            raise FormatError(f"annotation {n} has no 'keypoint' array", path)
+        kp = np.asarray(ann["keypoint"], dtype=np.float64)
+        if kp.ndim != 4 or kp.shape[-1] != 3:
+            raise FormatError(f"annotation {n}: keypoint must be M x T x V x 3 (3D), found {kp.shape}", path)
+        if kp.shape[2] not in LAYOUT_BY_JOINTS:
+            raise FormatError(f"annotation {n}: {kp.shape[2]} joints; eai reads 25 (Kinect/NTU) or 17 (COCO)", path)
+        if kp.shape[1] == 0 or not np.isfinite(kp[0]).all():
+            raise FormatError(f"annotation {n}: no frames, or NaN/inf in the first person's keypoints", path)
+        layout = registry().get(LAYOUT_BY_JOINTS[kp.shape[2]])
+        label = ann.get("label")
+        if label is not None and names is not None:
+            label = names[int(label)]
+        out.append(Motion(positions=kp[0].astype(np.float32), joints=list(layout.joints),
+                          parents=list(layout.parents), fps=fps, layout=layout.name,
+                          label=None if label is None else str(label),
+                          source=f"{path}#{ann.get('frame_dir', n)}", meta={"format": "pyskl"}))
+    return out

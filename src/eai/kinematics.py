@@ -1,0 +1,192 @@
+"""Interpretable movement descriptors, with units: the evidence for explanations and the baseline's features.
+
+Each descriptor is computed only from the canonical joints a skeleton really has; one that needs an
+absent joint is reported as missing (None, with the reason), never invented.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.signal import find_peaks, savgol_filter
+
+from eai.skeleton.registry import canonical
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    name: str
+    unit: str
+    needs: tuple[str, ...]  # canonical joints it cannot do without
+    meaning: str
+
+
+@dataclass
+class Clip:
+    """What descriptors read: metres (T, K, 3), presence mask (K,), fps, and derivatives computed once."""
+
+    x: np.ndarray
+    mask: np.ndarray
+    fps: float
+
+    def __post_init__(self):
+        T = self.x.shape[0]
+        win = min(9, T if T % 2 else T - 1)
+        self.smooth_ok = win >= 5
+        dt = 1.0 / self.fps
+        if self.smooth_ok:  # Savitzky-Golay: derivatives without amplifying mocap jitter
+            d = lambda k: savgol_filter(self.x, win, 3 if win > 3 else 2, deriv=k, delta=dt, axis=0)  # noqa: E731
+            self.v, self.a, self.j = d(1), d(2), d(3)
+        else:
+            self.v = np.gradient(self.x, dt, axis=0) if T > 1 else np.zeros_like(self.x)
+            self.a = self.j = None
+
+    def idx(self, name: str) -> int:
+        return canonical().index(name)
+
+    def has(self, *names: str) -> bool:
+        return all(self.mask[self.idx(n)] for n in names)
+
+    def joint(self, name: str) -> np.ndarray:
+        return self.x[:, self.idx(name)]
+
+    def forward(self) -> np.ndarray:
+        """Per-frame horizontal unit forward direction (T, 3) from hips and shoulders; +z if neither."""
+        across = np.zeros((self.x.shape[0], 3))
+        for side in ("hip", "shoulder"):
+            if self.has("l_" + side, "r_" + side):
+                across += self.joint("l_" + side) - self.joint("r_" + side)
+        across[:, 1] = 0
+        fwd = np.stack([-across[:, 2], np.zeros(len(across)), across[:, 0]], axis=1)  # across x up
+        n = np.linalg.norm(fwd, axis=1, keepdims=True)
+        return np.where(n > 1e-6, fwd / np.maximum(n, 1e-9), np.array([0.0, 0.0, 1.0]))
+
+
+def _speeds(c: Clip) -> np.ndarray:
+    """Per-frame mean speed of the present joints (T,) m/s."""
+    return np.linalg.norm(c.v[:, c.mask], axis=-1).mean(axis=1)
+
+
+def _mean_norm(d: np.ndarray | None, mask: np.ndarray) -> float | None:
+    return None if d is None else float(np.linalg.norm(d[:, mask], axis=-1).mean())
+
+
+def _pitch(c: Clip, lower: str, upper: str) -> float:
+    """Mean forward tilt (degrees) of the segment lower->upper from vertical; positive leans forward."""
+    seg = c.joint(upper) - c.joint(lower)
+    fwd = np.einsum("ti,ti->t", seg, c.forward())
+    return float(np.degrees(np.arctan2(fwd, seg[:, 1])).mean())
+
+
+def _steps(c: Clip) -> tuple[float, float]:
+    """(steps per second, metres per step) from peaks of the horizontal distance between the ankles."""
+    gap = c.joint("l_ankle") - c.joint("r_ankle")
+    sep = np.linalg.norm(gap[:, [0, 2]], axis=1)
+    duration = len(sep) / c.fps
+    travel = np.linalg.norm(np.diff(c.joint("pelvis")[:, [0, 2]], axis=0), axis=1).sum()
+    height = np.ptp(c.x[0, c.mask, 1]) or 1.0
+    peaks, _ = find_peaks(sep, prominence=0.05 * height, distance=max(int(0.2 * c.fps), 1))
+    rate = len(peaks) / duration
+    return rate, (travel / len(peaks) if len(peaks) else 0.0)
+
+
+def _symmetry(c: Clip) -> float:
+    vals = []
+    for part in ("wrist", "elbow", "knee", "ankle"):
+        if c.has("l_" + part, "r_" + part):
+            sl = np.linalg.norm(c.v[:, c.idx("l_" + part)], axis=1).mean()
+            sr = np.linalg.norm(c.v[:, c.idx("r_" + part)], axis=1).mean()
+            vals.append(1 - abs(sl - sr) / max(sl + sr, 1e-9))
+    return float(np.mean(vals))
+
+
+def _arm_swing(c: Clip) -> float:
+    fwd = c.forward()
+    out = []
+    for s in "lr":
+        rel = c.joint(f"{s}_wrist") - c.joint("pelvis")
+        out.append(np.std(np.einsum("ti,ti->t", rel, fwd)))
+    return float(np.mean(out))
+
+
+def _bounce(c: Clip) -> float:
+    y = c.joint("pelvis")[:, 1]
+    t = np.arange(len(y))
+    trend = np.polyval(np.polyfit(t, y, 1), t) if len(y) > 2 else y.mean()
+    return float(np.std(y - trend))
+
+
+def _volume(c: Clip) -> float:
+    p = c.x[:, c.mask]
+    return float(np.prod(p.max(axis=1) - p.min(axis=1), axis=-1).mean())
+
+
+_S = ("l_shoulder", "r_shoulder")
+DESCRIPTORS: list[tuple[Descriptor, Callable[[Clip], float | None]]] = [
+    (Descriptor("speed", "m/s", (), "mean speed of the body's joints"),
+     lambda c: float(_speeds(c).mean())),
+    (Descriptor("speed_variability", "ratio", (), "how much the joint speed varies over time (std/mean)"),
+     lambda c: float(_speeds(c).std() / max(_speeds(c).mean(), 1e-6))),
+    (Descriptor("travel_speed", "m/s", ("pelvis",), "horizontal speed of the pelvis through space"),
+     lambda c: float(np.linalg.norm(c.v[:, c.idx("pelvis")][:, [0, 2]], axis=1).mean())),
+    (Descriptor("acceleration", "m/s^2", (), "mean magnitude of joint acceleration"),
+     lambda c: _mean_norm(c.a, c.mask)),
+    (Descriptor("jerk", "m/s^3", (), "mean magnitude of joint jerk (abruptness)"),
+     lambda c: _mean_norm(c.j, c.mask)),
+    (Descriptor("expansiveness", "m^3", (), "mean volume of the box around the body"),
+     _volume),
+    (Descriptor("hand_spread", "m", ("l_wrist", "r_wrist"), "mean distance between the hands"),
+     lambda c: float(np.linalg.norm(c.joint("l_wrist") - c.joint("r_wrist"), axis=1).mean())),
+    (Descriptor("hand_height", "m", ("l_wrist", "r_wrist", "pelvis"), "mean height of the hands above the pelvis"),
+     lambda c: float(((c.joint("l_wrist") + c.joint("r_wrist")) / 2 - c.joint("pelvis"))[:, 1].mean())),
+    (Descriptor("head_pitch", "deg", ("neck", "head"), "forward tilt of the head (positive: lowered)"),
+     lambda c: _pitch(c, "neck", "head")),
+    (Descriptor("trunk_lean", "deg", ("pelvis", "neck"), "forward lean of the trunk (positive: forward)"),
+     lambda c: _pitch(c, "pelvis", "neck")),
+    (Descriptor("step_frequency", "steps/s", ("l_ankle", "r_ankle", "pelvis"), "steps per second"),
+     lambda c: _steps(c)[0]),
+    (Descriptor("stride_length", "m", ("l_ankle", "r_ankle", "pelvis"), "distance travelled per step"),
+     lambda c: _steps(c)[1]),
+    (Descriptor("vertical_bounce", "m", ("pelvis",), "up-and-down motion of the pelvis (std)"),
+     _bounce),
+    (Descriptor("arm_swing", "m", ("l_wrist", "r_wrist", "pelvis"), "forward-backward swing of the hands (std)"),
+     _arm_swing),
+    (Descriptor("symmetry", "ratio", (), "left-right balance of limb speeds (1: symmetric)"),
+     lambda c: _symmetry(c) if any(c.has("l_" + p, "r_" + p) for p in ("wrist", "elbow", "knee", "ankle"))
+     else None),
+    (Descriptor("stillness", "fraction", (), "share of time the body is nearly still (< 0.15 m/s)"),
+     lambda c: float((_speeds(c) < 0.15).mean())),
+]
+NAMES = [d.name for d, _ in DESCRIPTORS]
+DESCRIPTOR_BY_NAME = {d.name: d for d, _ in DESCRIPTORS}
+
+
+def describe(x: np.ndarray, mask: np.ndarray, fps: float) -> dict[str, dict]:
+    """Descriptors of one clip or window: x (T, K, 3) canonical positions in metres, mask (K,), fps.
+
+    Returns {name: {"value": float or None, "unit": str, "missing": reason or None}}.
+    """
+    c = Clip(np.asarray(x, np.float64), np.asarray(mask, bool), float(fps))
+    out = {}
+    for d, fn in DESCRIPTORS:
+        absent = [n for n in d.needs if not c.has(n)]
+        value, why = None, None
+        if absent:
+            why = f"the skeleton has no {', '.join(absent)}"
+        elif x.shape[0] < 3:
+            why = "too few frames"
+        else:
+            value = fn(c)
+            if value is None:
+                why = "too few frames or joints to measure"
+            elif not np.isfinite(value):
+                value, why = None, "not measurable on this clip"
+        out[d.name] = {"value": value, "unit": d.unit, "missing": why}
+    return out
+
+
+def descriptor_vector(x: np.ndarray, mask: np.ndarray, fps: float) -> np.ndarray:
+    """The descriptors as a float vector in NAMES order, NaN where missing."""
+    d = describe(x, mask, fps)
+    return np.array([np.nan if d[n]["value"] is None else d[n]["value"] for n in NAMES])
