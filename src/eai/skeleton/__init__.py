@@ -1,0 +1,1 @@
+"""Skeleton layouts and the unified canonical skeleton."""
