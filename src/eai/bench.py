@@ -1,6 +1,7 @@
 """`eai bench`: the benchmark protocol run end to end, every model on the same folds in the same run."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -13,11 +14,16 @@ from eai.report import table
 
 
 def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int = 1,
-                    models: tuple[str, ...] = ("baseline",), progress: bool = True) -> dict:
-    """Cross-validated recognition: {"dataset", "task", "folds", "seeds", "labels", "models": {name: ...}}."""
+                    models: tuple[str, ...] = ("encoder", "baseline"), progress: bool = True,
+                    schedule_name: str | None = None, epochs: int | None = None, use_pretrain: bool = True) -> dict:
+    """Cross-validated recognition: {"dataset", "task", "folds", "seeds", "labels", "models": {name: ...}}.
+
+    Every model sees the same folds of the same windows. The encoder is pre-trained once per seed on the
+    dataset's auxiliary clips (Bandai's character styles), which are never test clips."""
     ds = open_dataset(data, task)
     clips = load_clips(ds, progress=progress)
     w = Windows.from_clips(clips)
+    enc = _EncoderBench(ds, clips, w.labels, schedule_name, epochs, use_pretrain, progress) if "encoder" in models else None
     try:
         splits = {seed: folds(w, n_folds, seed) for seed in range(n_seeds)}
     except ValueError as e:
@@ -32,7 +38,10 @@ def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int 
         for train, test in split:
             for name in models:
                 t0 = time.perf_counter()
-                proba = _fit_predict(name, w, F, train, test, seed, progress)
+                if name == "encoder":
+                    proba = enc.fit_predict(sorted(set(w.clip[train])), sorted(set(w.clip[test])), seed)
+                else:
+                    proba = _fit_predict(name, w, F, train, test, seed, progress)
                 seconds[name] += time.perf_counter() - t0
                 runs[name].append(metrics(w.y[test], proba, w.clip[test], w.labels))
                 bar.update()
@@ -40,8 +49,45 @@ def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int 
     return {
         "dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": w.labels,
         "clips": len(clips), "windows": len(w),
+        "encoder_setup": enc.describe() if enc else None,
         "models": {m: {**summarise(runs[m], w.labels), "seconds": round(seconds[m], 2)} for m in models},
     }
+
+
+class _EncoderBench:
+    """The encoder under the protocol: windows and descriptors cut once, pre-training once per seed."""
+
+    def __init__(self, ds, clips, labels, schedule_name, epochs, use_pretrain, progress):
+        from eai.encoder.train import default_schedule, window_set
+        from eai.train import pretrain_windows, schedule
+
+        self.name = schedule_name or default_schedule()
+        self.cfg = schedule(self.name)
+        if epochs:
+            base = self.cfg
+            self.cfg = dataclasses.replace(base, epochs=epochs, warmup=max(1, round(base.warmup * epochs / base.epochs)),
+                                           milestones=[round(m * epochs / base.epochs) for m in base.milestones])
+        self.labels, self.progress = labels, progress
+        self.train_ws = window_set(clips, labels, self.cfg.window, self.cfg.train_stride, self.cfg.descriptors)
+        self.test_ws = window_set(clips, labels, self.cfg.window, self.cfg.eval_stride, self.cfg.descriptors)
+        self.pre = pretrain_windows(ds, self.cfg, progress) if use_pretrain else None
+        self.pre_state: dict[int, dict] = {}
+
+    def fit_predict(self, train_clips, test_clips, seed: int) -> np.ndarray:
+        from eai.encoder.model import EncoderConfig
+        from eai.encoder.train import predict_proba, train_encoder
+        from eai.train import pretrain
+
+        cfg = dataclasses.replace(self.cfg, seed=seed)
+        if self.pre is not None and seed not in self.pre_state:
+            self.pre_state[seed] = pretrain(self.pre[0], len(self.pre[1]), cfg, EncoderConfig(), None, self.progress)
+        model, _ = train_encoder(self.train_ws.subset(train_clips), len(self.labels), cfg, EncoderConfig(),
+                                 progress=self.progress, init=self.pre_state.get(seed))
+        return predict_proba(model, self.test_ws.subset(test_clips))
+
+    def describe(self) -> dict:
+        return {"schedule": self.name, "epochs": self.cfg.epochs, "train_stride": self.cfg.train_stride,
+                "pretrain_labels": self.pre[1] if self.pre else None}
 
 
 def _fit_predict(name: str, w: Windows, F: np.ndarray | None, train: np.ndarray, test: np.ndarray,

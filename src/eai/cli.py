@@ -94,6 +94,41 @@ def cmd_data(args) -> None:
     print(f"problems: {len(ds.problems)}" + "".join(f"\n  {p}" for p in ds.problems))
 
 
+def cmd_train(args) -> None:
+    from eai.train import train_encoder_run
+
+    if args.stage != "encoder":
+        raise EaiError(f"stage {args.stage!r} is not built yet; this eai trains the encoder (--stage encoder)")
+    run = train_encoder_run(args.data, args.out, args.task, args.schedule, args.holdout, args.seed,
+                            not args.no_pretrain, not args.quiet, args.epochs)
+    m = json.loads((run / "manifest.json").read_text())
+    held = m["held_out_metrics"]
+    print(f"wrote run {run} ({m['data']['train_windows']} training windows, {m['train_seconds']:.0f} s)")
+    if held:
+        print(f"held-out clips: window accuracy {held['window_accuracy']:.3f}, clip accuracy "
+              f"{held['clip_accuracy']:.3f}, macro-F1 {held['macro_f1']:.3f}")
+
+
+def cmd_evaluate(args) -> None:
+    from eai.evaluate import evaluate_run
+    from eai.report import table
+
+    r = evaluate_run(args.run, args.data, args.task, args.all, args.out, not args.quiet)
+    print(f"{r['dataset']} ({r['scope']}: {r['clips']} clips, {r['windows']} windows)")
+    print(table([[r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]], ["window acc", "clip acc", "macro-F1"]))
+    print(table([[c, v] for c, v in r["per_class_recall"].items()], ["label", "recall"]))
+    print("wrote " + ", ".join(r["written"]))
+
+
+def cmd_bench(args) -> None:
+    from eai.bench import recognition_table, run_recognition
+
+    result = run_recognition(args.data, args.task, args.folds, args.seeds, progress=not args.quiet,
+                             schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain)
+    print(recognition_table(result))
+    _write_results(args, result)
+
+
 def cmd_baseline(args) -> None:
     from eai.bench import recognition_table, run_recognition
 
@@ -162,6 +197,36 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("baseline", help="descriptor + random forest baseline under the benchmark protocol")
     _protocol_args(s)
     s.set_defaults(fn=cmd_baseline)
+
+    s = sub.add_parser("train", help="train a model into a run folder (resumes from its checkpoint)")
+    s.add_argument("--stage", default="encoder", help="encoder (the LLM stages come later)")
+    s.add_argument("--data", required=True, help="dataset folder or CSV manifest")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--task", help="Bandai only: emotion (default), style or content")
+    s.add_argument("--schedule", default="paper", help="paper (default: 200 epochs), gpu, cpu or smoke")
+    s.add_argument("--epochs", type=int, help="override the schedule's epochs (milestones scale with it)")
+    s.add_argument("--holdout", type=float, default=0.2, help="fraction of clips held out for evaluation")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-pretrain", action="store_true", help="skip pre-training on auxiliary clips")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrix of a run on a dataset")
+    s.add_argument("run")
+    s.add_argument("--data", required=True)
+    s.add_argument("--task")
+    s.add_argument("--all", action="store_true", help="on the training dataset, use every clip, not the held-out")
+    s.add_argument("--out", help="folder for evaluation.json and confusion.png (default RUN/eval-<dataset>)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("bench", help="benchmarks: 'recognition' runs the protocol for encoder and baseline")
+    s.add_argument("what", choices=["recognition"])
+    _protocol_args(s)
+    s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--no-pretrain", action="store_true")
+    s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("synth", help="write a generated emotional-motion dataset (tests and offline demos)")
     s.add_argument("out")

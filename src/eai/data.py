@@ -55,6 +55,9 @@ class Dataset:
     task: str
     clips: list[ClipRef]
     problems: list[str] = field(default_factory=list)
+    # labelled clips outside the task (Bandai's character styles for the emotion task): they may serve
+    # pre-training, and are never test clips of the task
+    auxiliary: list[ClipRef] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -74,7 +77,7 @@ def _bandai(root: Path, task: str | None) -> Dataset:
     task = task or "emotion"
     if task not in ("emotion", "style", "content"):
         raise DatasetError(f"unknown task {task!r} for a Bandai dataset; use emotion, style or content", root)
-    clips, problems = [], []
+    clips, aux, problems = [], [], []
     data = root / "data" if (root / "data").is_dir() else root
     for bvh in sorted(data.glob("*.bvh")):
         meta = bvh.with_suffix(".json")
@@ -85,10 +88,11 @@ def _bandai(root: Path, task: str | None) -> Dataset:
             problems.append(f"{meta}: no usable label file ({type(e).__name__})")
             continue
         if task == "emotion" and style not in BANDAI_EMOTIONS:
+            aux.append(ClipRef(bvh, normalise_label(style), bvh.stem))
             continue
         label = {"emotion": style, "style": style, "content": content}[task]
         clips.append(ClipRef(bvh, normalise_label(label), bvh.stem))
-    return Dataset(root.name, root, "bandai", task, clips, problems)
+    return Dataset(root.name, root, "bandai", task, clips, problems, aux)
 
 
 def _folders(root: Path) -> Dataset:
@@ -144,12 +148,15 @@ def open_dataset(path: str | Path, task: str | None = None) -> Dataset:
     return ds
 
 
-def load_clips(ds: Dataset, fps: float = 30.0, progress: bool = True) -> list[UnifiedMotion]:
-    """Read and unify every clip; a clip that cannot be read is skipped and noted in ds.problems."""
+def load_clips(ds: Dataset, fps: float = 30.0, progress: bool = True, refs: list[ClipRef] | None = None
+               ) -> list[UnifiedMotion]:
+    """Read and unify every clip (or the given refs); one that cannot be read is skipped and noted in
+    ds.problems."""
     out: list[UnifiedMotion] = []
-    bvh = [c for c in ds.clips if c.path.suffix.lower() == ".bvh"]
-    other = [c for c in ds.clips if c.path.suffix.lower() != ".bvh"]
-    bar = tqdm(total=len(ds.clips), desc=f"reading {ds.name}", unit="clip", disable=not progress, leave=False)
+    refs = ds.clips if refs is None else refs
+    bvh = [c for c in refs if c.path.suffix.lower() == ".bvh"]
+    other = [c for c in refs if c.path.suffix.lower() != ".bvh"]
+    bar = tqdm(total=len(refs), desc=f"reading {ds.name}", unit="clip", disable=not progress, leave=False)
     for start in range(0, len(bvh), 64):  # batched: one parse and one FK pass per batch
         batch = bvh[start:start + 64]
         for ref, m in zip(batch, read_bvh_many([c.path for c in batch])):

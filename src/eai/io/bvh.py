@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 
 from eai.errors import FormatError
 from eai.io.files import atomic_path, decode_text, read_bytes
@@ -147,7 +146,9 @@ def parse_hierarchy(lines: list[str], path: str) -> tuple[Hierarchy, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _frame_schema(n_cols: int, trailing_space: bool) -> pl.Schema:
+def _frame_schema(n_cols: int, trailing_space: bool):
+    import polars as pl
+
     cols = {f"c{i}": pl.Float64 for i in range(n_cols)}
     if trailing_space:  # "1 2 3 \n" has an empty last field
         cols["_tail"] = pl.String
@@ -163,6 +164,8 @@ def _parse_frames_fast(body: bytes, n_cols: int) -> np.ndarray | None:
     first = body.split(b"\n", 1)[0].rstrip(b"\r")
     if not first.strip() or b"  " in first or b"\t" in first or first.startswith(b" "):
         return None
+    import polars as pl
+
     try:
         df = pl.read_csv(body, separator=" ", has_header=False, schema=_frame_schema(n_cols, first.endswith(b" ")),
                          columns=list(range(n_cols)))

@@ -1,0 +1,145 @@
+"""The skeleton encoder: a spatio-temporal graph network over the canonical joint graph.
+
+ST-GCN's spatial partitioning (root, centripetal, centrifugal) plus a learnable residual adjacency per
+block (as in 2s-AGCN), temporal convolutions with residuals, and the joint presence mask honoured at
+every block, so any layout runs through one network. Three input streams (joints, bones, motion) are
+embedded separately and fused by summation. forward() gives features (N, C', T', K) for the tokenizer
+and logits from a head that also sees the window's kinematic descriptors.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from eai.skeleton.registry import canonical
+
+
+@dataclass
+class EncoderConfig:
+    channels: list[int] = field(default_factory=lambda: [48, 48, 96, 96, 192, 192])
+    strides: list[int] = field(default_factory=lambda: [1, 1, 2, 1, 2, 1])
+    temporal_kernel: int = 9
+    dropout: float = 0.4
+    n_classes: int = 7
+    n_descriptors: int = 0  # kinematic descriptors fused into the head (0: none)
+    streams: list[str] = field(default_factory=lambda: ["joints", "bones", "motion"])
+    frame_step: int = 2  # input frames taken every this many (60 frames at 30 fps -> 30 at 15 fps)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def partitioned_adjacency() -> np.ndarray:
+    """(3, K, K) normalised adjacency of the canonical skeleton: self, towards the root, away from it."""
+    can = canonical()
+    K = can.n
+    depth = np.zeros(K, int)
+    for k, p in enumerate(can.parents):
+        depth[k] = 0 if p < 0 else depth[p] + 1
+    A = np.zeros((3, K, K), np.float32)
+    A[0] = np.eye(K)
+    for k, p in enumerate(can.parents):
+        if p < 0:
+            continue
+        A[1, k, p] = 1.0  # k gathers from its parent (closer to the root)
+        A[2, p, k] = 1.0  # the parent gathers from its child
+    deg = A.sum(axis=(0, 2))  # per receiving joint, over all partitions
+    return A / np.maximum(deg, 1)[None, :, None]
+
+
+class GraphConv(nn.Module):
+    """Spatial graph convolution: per partition a 1x1 conv, aggregated over (A + learned B)."""
+
+    def __init__(self, c_in: int, c_out: int, A: torch.Tensor):
+        super().__init__()
+        self.register_buffer("A", A.clone(), persistent=False)  # the skeleton graph: rebuilt, not saved
+        self.B = nn.Parameter(torch.zeros_like(A))  # adaptive adjacency, starts at the skeleton's
+        self.conv = nn.Conv2d(c_in, c_out * A.shape[0], 1)
+        self.parts = A.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, C, T, K)
+        N, _, T, K = x.shape
+        y = self.conv(x).view(N, self.parts, -1, T, K)
+        return torch.einsum("npctk,pqk->nctq", y, self.A + self.B)
+
+
+class Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, kernel: int, dropout: float, A: torch.Tensor):
+        super().__init__()
+        self.gcn = GraphConv(c_in, c_out, A)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        pad = (kernel - 1) // 2
+        self.tcn = nn.Sequential(nn.Conv2d(c_out, c_out, (kernel, 1), (stride, 1), (pad, 0)), nn.BatchNorm2d(c_out),
+                                 nn.Dropout(dropout))
+        if c_in == c_out and stride == 1:
+            self.res = nn.Identity()
+        else:
+            self.res = nn.Sequential(nn.Conv2d(c_in, c_out, 1, (stride, 1)), nn.BatchNorm2d(c_out))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.bn1(self.gcn(x)))
+        y = self.act(self.tcn(y) + self.res(x))
+        return y * mask  # absent joints carry nothing forward
+
+
+class SkeletonEncoder(nn.Module):
+    """(N, S*3, T, K) streams + mask (N, K) [+ descriptors (N, D)] -> features (N, C', T', K), logits."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        A = torch.from_numpy(partitioned_adjacency())
+        K = A.shape[-1]
+        c0 = cfg.channels[0]
+        self.embed = nn.ModuleList([nn.Sequential(nn.BatchNorm1d(3 * K), ) for _ in cfg.streams])
+        self.stem = nn.ModuleList([nn.Conv2d(3, c0, 1) for _ in cfg.streams])
+        blocks, c_prev = [], c0
+        for c, s in zip(cfg.channels, cfg.strides):
+            blocks.append(Block(c_prev, c, s, cfg.temporal_kernel, cfg.dropout, A))
+            c_prev = c
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = c_prev
+        head_in = c_prev
+        if cfg.n_descriptors:
+            self.desc = nn.Sequential(nn.BatchNorm1d(cfg.n_descriptors), nn.Linear(cfg.n_descriptors, 64), nn.ReLU())
+            head_in += 64
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(head_in, cfg.n_classes)
+
+    def prepare(self, raw: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Faced windows (N, T, K, 3) and mask (N, K) -> input streams (N, 3S, T', K) and mask tensors."""
+        from eai.encoder.streams import make_streams
+
+        dev = self.head.weight.device
+        x = make_streams(raw[:, :: self.cfg.frame_step], mask, self.cfg.streams)
+        return torch.from_numpy(x).to(dev), torch.from_numpy(mask).to(dev)
+
+    def features(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (N, 3*S, T, K), mask (N, K) -> (N, C', T', K)."""
+        N, _, T, K = x.shape
+        m = mask[:, None, None, :].to(x.dtype)
+        h = 0
+        for i, (bn, stem) in enumerate(zip(self.embed, self.stem)):
+            s = x[:, 3 * i: 3 * i + 3]  # (N, 3, T, K): normalise per joint and axis, then embed
+            s = bn(s.permute(0, 1, 3, 2).reshape(N, 3 * K, T)).view(N, 3, K, T).permute(0, 1, 3, 2)
+            h = h + stem(s * m)
+        h = h * m
+        for b in self.blocks:
+            h = b(h, m)
+        return h
+
+    def pooled(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean over time and present joints: (N, C')."""
+        m = mask[:, None, None, :].to(feats.dtype)
+        return (feats * m).sum((2, 3)) / (m.sum((2, 3)) * feats.shape[2]).clamp_min(1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, desc: torch.Tensor | None = None):
+        feats = self.features(x, mask)
+        z = self.pooled(feats, mask)
+        if self.cfg.n_descriptors:
+            z = torch.cat([z, self.desc(desc)], dim=1)
+        return feats, self.head(self.drop(z))

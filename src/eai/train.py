@@ -1,0 +1,138 @@
+"""`eai train --stage encoder`: one run folder from a dataset, resumable, with a held-out evaluation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from eai.data import Dataset, load_clips, open_dataset
+from eai.encoder.model import EncoderConfig
+from eai.encoder.train import SCHEDULES, TrainConfig, WindowSet, predict_proba, train_encoder, window_set
+from eai.errors import EaiError
+from eai.protocol import Windows, folds, metrics
+from eai.run import ENCODER_WEIGHTS, MANIFEST, plot_curves, save_weights, versions, write_manifest
+from eai.skeleton.registry import canonical
+from eai.skeleton.unify import UnifiedMotion
+
+PRETRAIN_WEIGHTS = "pretrain.safetensors"
+
+
+def schedule(name: str, **overrides) -> TrainConfig:
+    if name not in SCHEDULES:
+        raise EaiError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+    return dataclasses.replace(SCHEDULES[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+def pretrain_windows(ds: Dataset, cfg, progress: bool) -> tuple[WindowSet, list[str]] | None:
+    """Windows of the dataset's auxiliary clips (e.g. Bandai's character styles), labelled by their own
+    labels, for pre-training; None if the dataset has none."""
+    if not ds.auxiliary:
+        return None
+    aux = load_clips(ds, progress=progress, refs=ds.auxiliary)
+    labels = sorted({c.label for c in aux})
+    return window_set(aux, labels, cfg.window, cfg.train_stride, cfg.descriptors), labels
+
+
+def pretrain(ws: WindowSet, n_labels: int, cfg, enc: EncoderConfig, out: Path | None, progress: bool) -> dict:
+    """Encoder weights pre-trained on auxiliary labels; cached in the run folder when `out` is given."""
+    if out is not None and (out / PRETRAIN_WEIGHTS).is_file():
+        return load_file(str(out / PRETRAIN_WEIGHTS))
+    model, _ = train_encoder(ws, n_labels, cfg, enc, checkpoint=None if out is None else out / "pretrain.pt",
+                             progress=progress)
+    state = model.state_dict()
+    if out is not None:
+        save_weights(model, out / PRETRAIN_WEIGHTS)
+        (out / "pretrain.pt").unlink(missing_ok=True)
+    return state
+
+
+def holdout_split(clips: list[UnifiedMotion], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Clip indices (train, held out): one grouped, stratified fold of about `fraction` of the clips."""
+    if fraction <= 0:
+        return list(range(len(clips))), []
+    w = Windows.from_clips(clips)
+    k = max(2, int(round(1 / fraction)))
+    try:
+        train, test = folds(w, k, seed)[0]
+    except ValueError as e:
+        raise EaiError(f"cannot hold out {fraction:.0%} of the clips by group and label ({e}); "
+                       "use --holdout 0") from None
+    return sorted(set(w.clip[train].tolist())), sorted(set(w.clip[test].tolist()))
+
+
+def train_encoder_run(data: str, out: str, task: str | None = None, schedule_name: str = "paper",
+                      holdout: float = 0.2, seed: int = 0, use_pretrain: bool = True, progress: bool = True,
+                      epochs: int | None = None) -> Path:
+    """Train the encoder on a dataset into run folder `out` (resuming if it holds a checkpoint)."""
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = schedule(schedule_name, seed=seed, epochs=epochs)
+    if epochs is not None:  # keep the schedule's shape on a shorter or longer run
+        base = SCHEDULES[schedule_name]
+        cfg = dataclasses.replace(cfg, warmup=max(1, round(base.warmup * epochs / base.epochs)),
+                                  milestones=[round(m * epochs / base.epochs) for m in base.milestones])
+    enc = EncoderConfig()
+    ds = open_dataset(data, task)
+    clips = load_clips(ds, progress=progress)
+    labels = sorted({c.label for c in clips})
+    train_idx, held_idx = holdout_split(clips, holdout, seed)
+    _check_resume(run, cfg, labels, str(Path(data).resolve()))
+    started = time.time()
+    init = None
+    pre_info = None
+    if use_pretrain:
+        got = pretrain_windows(ds, cfg, progress)
+        if got is not None:
+            ws_pre, pre_labels = got
+            init = pretrain(ws_pre, len(pre_labels), cfg, enc, run, progress)
+            pre_info = {"labels": pre_labels, "windows": len(ws_pre.y)}
+    ws = window_set([clips[i] for i in train_idx], labels, cfg.window, cfg.train_stride, cfg.descriptors)
+    log_path = run / "log.jsonl"
+
+    def log(rec: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    model, history = train_encoder(ws, len(labels), cfg, enc, checkpoint=run / "checkpoint.pt",
+                                   progress=progress, init=init, log=log)
+    result = None
+    if held_idx:
+        held = window_set([clips[i] for i in held_idx], labels, cfg.window, cfg.eval_stride, cfg.descriptors)
+        m = metrics(held.y, predict_proba(model, held), held.clip, labels)
+        result = {k: m[k] for k in ("window_accuracy", "clip_accuracy", "macro_f1", "per_class_recall")}
+    save_weights(model, run / ENCODER_WEIGHTS)
+    manifest = {
+        "kind": "eai-run", "stage": "encoder", "labels": labels, "task": ds.task,
+        "encoder": model.cfg.to_dict(), "train": cfg.to_dict(), "schedule": schedule_name,
+        "layout": "canonical", "canonical_joints": list(canonical().names),
+        "data": {"path": str(Path(data).resolve()), "name": ds.name, "kind": ds.kind, "clips": len(clips),
+                 "train_clips": len(train_idx), "train_windows": len(ws.y),
+                 "held_out_groups": [clips[i].group for i in held_idx]},
+        "pretrain": pre_info, "seed": seed, "versions": versions(), "held_out_metrics": result,
+        "train_seconds": round(time.time() - started, 1),
+    }
+    write_manifest(run, manifest)
+    plot_curves(history, run / "curves.png", f"encoder on {ds.name} ({schedule_name} schedule)")
+    (run / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete; the weights are the record
+    return run
+
+
+def _check_resume(run: Path, cfg, labels: list[str], data: str) -> None:
+    """Refuse to resume a checkpoint made with another configuration or label set."""
+    stamp = run / "run-config.json"
+    want = {"train": cfg.to_dict(), "labels": labels, "data": data}
+    if stamp.exists():
+        have = json.loads(stamp.read_text())
+        if have != want and (run / "checkpoint.pt").exists():
+            raise EaiError("this folder holds a checkpoint of another configuration or dataset; choose a new "
+                           "--out, or delete the folder to start over", run)
+    if (run / MANIFEST).exists() and not (run / "checkpoint.pt").exists():
+        raise EaiError("this folder already holds a finished run; choose a new --out", run)
+    from eai.io.files import atomic_write_text
+
+    atomic_write_text(stamp, json.dumps(want, indent=2))
+
+

@@ -1,0 +1,157 @@
+"""The encoder: graph, mask, training beats chance on held-out clips, exact reload, resume after a kill."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eai.data import load_clips, open_dataset
+from eai.encoder import EncoderConfig, SkeletonEncoder, predict_proba, train_encoder, window_set
+from eai.encoder.model import partitioned_adjacency
+from eai.encoder.streams import augment, face_windows, make_streams
+from eai.encoder.train import SCHEDULES
+from eai.protocol import Windows, folds, metrics
+from eai.run import load_run, save_weights, write_manifest
+from eai.skeleton.registry import canonical
+
+TINY = EncoderConfig(channels=[16, 16, 32, 32], strides=[1, 2, 1, 2], dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def synth_clips(synth_dir):
+    return load_clips(open_dataset(synth_dir), progress=False)
+
+
+def test_adjacency_partitions():
+    A = partitioned_adjacency()
+    can = canonical()
+    assert A.shape == (3, can.n, can.n)
+    np.testing.assert_allclose(A.sum(axis=(0, 2)), 1.0, atol=1e-6)  # each joint averages its neighbourhood
+    p = can.parents[can.index("l_elbow")]
+    assert A[1, can.index("l_elbow"), p] > 0 and A[2, p, can.index("l_elbow")] > 0
+
+
+def test_absent_joints_change_nothing():
+    torch.manual_seed(0)
+    model = SkeletonEncoder(dataclasses.replace(TINY, n_classes=3)).eval()
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(2, 60, canonical().n, 3)).astype(np.float32)
+    mask = np.ones((2, canonical().n), bool)
+    absent = canonical().index("l_toe")
+    mask[:, absent] = False
+    x, m = model.prepare(raw, mask)
+    feats, logits = model(x, m)
+    assert torch.all(feats[:, :, :, absent] == 0)
+    raw2 = raw.copy()
+    raw2[:, :, absent] += 5.0
+    _, logits2 = model(*model.prepare(raw2, mask))
+    torch.testing.assert_close(logits, logits2)
+
+
+def test_streams_and_facing():
+    can = canonical()
+    w = np.zeros((1, 4, can.n, 3), np.float32)
+    w[:, :, can.index("l_hip")] = [0, 0, 0.1]  # left hip at +z: the body faces -x
+    w[:, :, can.index("r_hip")] = [0, 0, -0.1]
+    w[:, :, can.index("head")] = [0, 1, 0]
+    w[:, 1:, can.index("head")] += [0.5, 0, 0]
+    mask = np.ones((1, can.n), bool)
+    f = face_windows(w, mask)
+    np.testing.assert_allclose(f[0, 0, can.index("l_hip")], [0.1, 0, 0], atol=1e-6)
+    x = make_streams(f, mask)
+    assert x.shape == (1, 9, 4, can.n)
+    head = can.index("head")
+    np.testing.assert_allclose(x[0, 3:6, 0, head], f[0, 0, head] - f[0, 0, can.parents[head]], atol=1e-6)
+    np.testing.assert_allclose(x[0, 6:9, 0, head], f[0, 1, head] - f[0, 0, head], atol=1e-6)
+    a, m = augment(f, mask, np.random.default_rng(0), drop_p=0.5)
+    assert a.shape == f.shape and m[0, can.index("pelvis")] and m.sum() < mask.sum()
+
+
+@pytest.mark.slow
+def test_short_training_beats_chance_on_held_out_clips(synth_clips):
+    w = Windows.from_clips(synth_clips)
+    labels = w.labels
+    cfg = dataclasses.replace(SCHEDULES["smoke"], epochs=12, warmup=1, milestones=[9], train_stride=15,
+                              descriptors=False)
+    accs = []
+    for train, test in folds(w, 3, seed=0)[:2]:
+        tr = window_set([synth_clips[i] for i in sorted(set(w.clip[train]))], labels, 60, cfg.train_stride, False)
+        te = window_set([synth_clips[i] for i in sorted(set(w.clip[test]))], labels, 60, 30, False)
+        model, hist = train_encoder(tr, len(labels), cfg, EncoderConfig(channels=[32, 32, 64, 64],
+                                    strides=[1, 2, 1, 2]), progress=False)
+        accs.append(metrics(te.y, predict_proba(model, te), te.clip, labels)["window_accuracy"])
+    assert np.mean(accs) > 2.5 / len(labels), accs  # chance is 1/7 = 0.14
+
+
+def _tiny_train(clips, labels, checkpoint=None, log=None, epochs=3):
+    ws = window_set(clips, labels, 60, 30, True)
+    cfg = dataclasses.replace(SCHEDULES["smoke"], epochs=epochs, warmup=1, milestones=[2], batch=16)
+    return ws, train_encoder(ws, len(labels), cfg, TINY, checkpoint=checkpoint, progress=False, log=log)
+
+
+def test_saved_run_reloads_to_identical_logits(synth_clips, tmp_path):
+    labels = sorted({c.label for c in synth_clips})
+    ws, (model, _) = _tiny_train(synth_clips[:14], labels)
+    save_weights(model, tmp_path / "encoder.safetensors")
+    write_manifest(tmp_path, {"labels": labels, "encoder": model.cfg.to_dict(), "canonical_joints":
+                              list(canonical().names)})
+    run = load_run(tmp_path)
+    x, m = model.prepare(ws.raw, ws.mask)
+    d = torch.from_numpy(ws.desc)
+    with torch.no_grad():
+        assert torch.equal(model(x, m, d)[1], run.encoder(x, m, d)[1])
+    np.testing.assert_array_equal(predict_proba(model, ws), predict_proba(run.encoder, ws))
+
+
+def test_training_resumes_after_a_kill(synth_clips, tmp_path):
+    labels = sorted({c.label for c in synth_clips})
+    clips = synth_clips[:14]
+    _, (full, hist_full) = _tiny_train(clips, labels, checkpoint=tmp_path / "a.pt", epochs=4)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(rec):
+        if rec["epoch"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _tiny_train(clips, labels, checkpoint=tmp_path / "b.pt", log=kill_after_two, epochs=4)
+    _, (resumed, hist) = _tiny_train(clips, labels, checkpoint=tmp_path / "b.pt", epochs=4)
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+@pytest.mark.slow
+def test_cli_train_and_evaluate(synth_dir, tmp_path, capsys):
+    from eai.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_dir), "--out", str(run), "--schedule", "smoke", "--quiet"]) == 0
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["stage"] == "encoder" and len(m["labels"]) == 7 and m["held_out_metrics"] is not None
+    assert (run / "encoder.safetensors").exists() and (run / "curves.png").exists()
+    assert not (run / "checkpoint.pt").exists()
+    assert main(["evaluate", str(run), "--data", str(synth_dir), "--quiet"]) == 0
+    ev = json.loads((run / f"eval-{synth_dir.name}" / "evaluation.json").read_text())
+    assert ev["scope"] == "held-out clips" and ev["clips"] == len(m["data"]["held_out_groups"])
+    assert main(["train", "--data", str(synth_dir), "--out", str(run), "--schedule", "smoke"]) == 2
+
+
+@pytest.mark.slow
+def test_bench_recognition_json(synth_dir, tmp_path, capsys):
+    from eai.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["bench", "recognition", "--data", str(synth_dir), "--folds", "3", "--schedule", "smoke",
+                 "--epochs", "2", "--quiet", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["folds"] == 3 and r["seeds"] == 1 and r["task"] == "emotion"
+    for name in ("encoder", "baseline"):
+        m = r["models"][name]
+        assert all(0 <= m[k] <= 1 for k in ("window_accuracy", "clip_accuracy", "macro_f1"))
+        assert set(m["std"]) == {"window_accuracy", "clip_accuracy", "macro_f1"}
+    text = capsys.readouterr().out
+    assert "encoder" in text and "baseline" in text
