@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_read.py --data $(DATA)/bandai-namco-1
+	$(BIN)/python bench/bench_encoder.py
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache
