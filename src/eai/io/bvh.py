@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from eai.errors import FormatError
-from eai.io.files import atomic_path, decode_text, read_bytes
+from eai.io.files import atomic_path, decode_text, is_number, read_bytes
 from eai.motion import Motion
 
 CHANNEL_NAMES = {f"{a}{k}": (a, k) for a in "XYZ" for k in ("position", "rotation")}
@@ -191,7 +191,7 @@ def _parse_frames_careful(lines: list[str], line0: int, n_frames: int, n_cols: i
         try:
             out[row] = np.array(parts, dtype=np.float64)
         except ValueError:
-            bad = next(p for p in parts if not _is_float(p))
+            bad = next(p for p in parts if not is_number(p))
             raise FormatError(f"value {bad!r} is not a number", path, line0 + i + 1) from None
         if not np.isfinite(out[row]).all():
             bad = next(p for p in parts if not math.isfinite(float(p)))
@@ -201,14 +201,6 @@ def _parse_frames_careful(lines: list[str], line0: int, n_frames: int, n_cols: i
         raise FormatError(f"the header declares {n_frames} frames but only {row} are present "
                           "(is the file truncated?)", path, line0 + len(lines))
     return out
-
-
-def _is_float(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 def _motion_header(after: bytes, line0: int, path: str) -> tuple[int, float, int, int]:

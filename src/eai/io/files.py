@@ -11,6 +11,15 @@ from eai.errors import FormatError
 DEFAULT_MAX_MB = 512
 
 
+def is_number(s: str) -> bool:
+    """Whether a text token parses as a float (the readers' test when naming a bad value)."""
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
 def max_file_bytes() -> int:
     """The largest motion file eai reads, in bytes (EAI_MAX_FILE_MB overrides the default)."""
     raw = os.environ.get("EAI_MAX_FILE_MB", str(DEFAULT_MAX_MB))

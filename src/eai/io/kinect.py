@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from eai.errors import FormatError
-from eai.io.files import decode_text, read_bytes
+from eai.io.files import decode_text, is_number, read_bytes
 from eai.motion import Motion
 from eai.skeleton.registry import registry
 
@@ -34,19 +34,11 @@ def _numbers(parts: list[str], path: str, line: int) -> list[float]:
     try:
         vals = [float(p) for p in parts]
     except ValueError:
-        bad = next(p for p in parts if not _is_number(p))
+        bad = next(p for p in parts if not is_number(p))
         raise FormatError(f"value {bad!r} is not a number", path, line) from None
     if not all(np.isfinite(vals)):
         raise FormatError("value is not finite (NaN/inf); repair or drop this frame", path, line)
     return vals
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 def read_kinect_csv(path: str | Path, fps: float | None = None) -> Motion:
@@ -60,7 +52,7 @@ def read_kinect_csv(path: str | Path, fps: float | None = None) -> Motion:
     order = None  # column index of each joint's x, y, z
     time_col = None
     first_line, header = rows[0]
-    if sum(_is_number(p) for p in header) < len(header) / 2:  # a header row is mostly words
+    if sum(is_number(p) for p in header) < len(header) / 2:  # a header row is mostly words
         cols = {c.strip().lower(): i for i, c in enumerate(header)}
         order = []
         for j in joints:
