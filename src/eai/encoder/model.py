@@ -95,7 +95,7 @@ class SkeletonEncoder(nn.Module):
         A = torch.from_numpy(partitioned_adjacency())
         K = A.shape[-1]
         c0 = cfg.channels[0]
-        self.embed = nn.ModuleList([nn.Sequential(nn.BatchNorm1d(3 * K), ) for _ in cfg.streams])
+        self.embed = nn.ModuleList([nn.BatchNorm1d(3 * K) for _ in cfg.streams])  # per joint and axis
         self.stem = nn.ModuleList([nn.Conv2d(3, c0, 1) for _ in cfg.streams])
         blocks, c_prev = [], c0
         for c, s in zip(cfg.channels, cfg.strides):

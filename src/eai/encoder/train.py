@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from eai.encoder.model import EncoderConfig, SkeletonEncoder
 from eai.encoder.streams import augment, face_windows
-from eai.kinematics import NAMES, descriptor_vector
+from eai.kinematics import descriptor_vector
 from eai.skeleton.unify import UnifiedMotion, windows
 
 
@@ -245,5 +245,3 @@ def predict_proba(model: SkeletonEncoder, ws: WindowSet, batch: int = 256, mirro
         out.append(p / len(views))
     return np.concatenate(out)
 
-
-__all__ = ["TrainConfig", "SCHEDULES", "WindowSet", "window_set", "train_encoder", "predict_proba", "NAMES"]
