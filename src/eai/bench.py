@@ -62,11 +62,7 @@ class _EncoderBench:
         from eai.train import pretrain_windows, schedule
 
         self.name = schedule_name or default_schedule()
-        self.cfg = schedule(self.name)
-        if epochs:
-            base = self.cfg
-            self.cfg = dataclasses.replace(base, epochs=epochs, warmup=max(1, round(base.warmup * epochs / base.epochs)),
-                                           milestones=[round(m * epochs / base.epochs) for m in base.milestones])
+        self.cfg = schedule(self.name, epochs)
         self.labels, self.progress = labels, progress
         self.train_ws = window_set(clips, labels, self.cfg.window, self.cfg.train_stride, self.cfg.descriptors)
         self.test_ws = window_set(clips, labels, self.cfg.window, self.cfg.eval_stride, self.cfg.descriptors)

@@ -20,10 +20,16 @@ from eai.skeleton.unify import UnifiedMotion
 PRETRAIN_WEIGHTS = "pretrain.safetensors"
 
 
-def schedule(name: str, **overrides) -> TrainConfig:
+def schedule(name: str, epochs: int | None = None, **overrides) -> TrainConfig:
+    """A named schedule; with `epochs`, warm-up and milestones scale with it (the schedule keeps its shape)."""
     if name not in SCHEDULES:
         raise EaiError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
-    return dataclasses.replace(SCHEDULES[name], **{k: v for k, v in overrides.items() if v is not None})
+    cfg = dataclasses.replace(SCHEDULES[name], **{k: v for k, v in overrides.items() if v is not None})
+    if epochs:
+        r = epochs / cfg.epochs
+        cfg = dataclasses.replace(cfg, epochs=epochs, warmup=max(1, round(cfg.warmup * r)),
+                                  milestones=[round(m * r) for m in cfg.milestones])
+    return cfg
 
 
 def pretrain_windows(ds: Dataset, cfg, progress: bool) -> tuple[WindowSet, list[str]] | None:
@@ -69,11 +75,7 @@ def train_encoder_run(data: str, out: str, task: str | None = None, schedule_nam
     """Train the encoder on a dataset into run folder `out` (resuming if it holds a checkpoint)."""
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    cfg = schedule(schedule_name, seed=seed, epochs=epochs)
-    if epochs is not None:  # keep the schedule's shape on a shorter or longer run
-        base = SCHEDULES[schedule_name]
-        cfg = dataclasses.replace(cfg, warmup=max(1, round(base.warmup * epochs / base.epochs)),
-                                  milestones=[round(m * epochs / base.epochs) for m in base.milestones])
+    cfg = schedule(schedule_name, epochs, seed=seed)
     enc = EncoderConfig()
     ds = open_dataset(data, task)
     clips = load_clips(ds, progress=progress)
