@@ -10,7 +10,7 @@ import numpy as np
 
 from eai.bench import recognition_table, run_recognition
 from eai.data import load_clips, open_dataset
-from eai.kinematics import describe
+from eai.kinematics import DESCRIPTOR_BY_NAME, describe
 from eai.report import plot_confusion, table, write_json
 
 SHOWN = ["speed", "travel_speed", "jerk", "hand_spread", "head_pitch", "trunk_lean", "step_frequency", "arm_swing"]
@@ -39,7 +39,7 @@ def plot_descriptors(summary: dict, path: Path) -> None:
     for ax, name in zip(axes.ravel(), SHOWN):
         ax.bar(range(len(labels)), [summary[l][name] for l in labels], color="tab:blue")
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f"{name} ({DESCRIPTOR_BY_NAME[name].unit})", fontsize=9)
     fig.suptitle("kinematic descriptors per label (clip means)")
     fig.tight_layout()
     with atomic_path(path) as tmp:
