@@ -97,16 +97,53 @@ def cmd_data(args) -> None:
 def cmd_train(args) -> None:
     from eai.train import train_encoder_run
 
-    if args.stage != "encoder":
-        raise EaiError(f"stage {args.stage!r} is not built yet; this eai trains the encoder (--stage encoder)")
-    run = train_encoder_run(args.data, args.out, args.task, args.schedule, args.holdout, args.seed,
-                            not args.no_pretrain, not args.quiet, args.epochs)
+    if args.stage not in ("encoder", "all"):
+        raise EaiError(f"unknown stage {args.stage!r}: 'encoder', or 'all' (encoder, description, recognition)")
+    if args.stage == "all":
+        from eai.llm.pipeline import train_all_run
+        from eai.llm.train import SCHEDULES
+
+        llm_schedule = args.llm_schedule or (args.schedule if args.schedule in SCHEDULES else "paper")
+        run = train_all_run(args.data, args.out, args.task, args.schedule, llm_schedule, args.backbone,
+                            args.holdout, args.seed, not args.no_pretrain, not args.quiet, args.epochs,
+                            {"description": args.description_steps, "recognition": args.recognition_steps})
+    else:
+        run = train_encoder_run(args.data, args.out, args.task, args.schedule, args.holdout, args.seed,
+                                not args.no_pretrain, not args.quiet, args.epochs)
     m = json.loads((run / "manifest.json").read_text())
     held = m["held_out_metrics"]
-    print(f"wrote run {run} ({m['data']['train_windows']} training windows, {m['train_seconds']:.0f} s)")
+    print(f"wrote run {run} ({m['data']['train_windows']} training windows, {m['train_seconds']:.0f} s encoder)")
     if held:
-        print(f"held-out clips: window accuracy {held['window_accuracy']:.3f}, clip accuracy "
+        print(f"held-out clips, encoder: window accuracy {held['window_accuracy']:.3f}, clip accuracy "
               f"{held['clip_accuracy']:.3f}, macro-F1 {held['macro_f1']:.3f}")
+    if m.get("held_out_llm"):
+        h = m["held_out_llm"]["llm"]
+        print(f"held-out clips, LLM (label likelihood): window accuracy {h['window_accuracy']:.3f}, clip accuracy "
+              f"{h['clip_accuracy']:.3f}, macro-F1 {h['macro_f1']:.3f}, ECE {h['ece']:.3f}")
+
+
+def cmd_explain(args) -> None:
+    from eai.llm.pipeline import Interpreter
+    from eai.skeleton.unify import unify
+
+    it = Interpreter.load(args.model)
+    clips = [unify(_motion(args, f)) for f in args.files]
+    rows = []
+    for f, u in zip(args.files, clips):
+        if u.n_frames < 2:
+            raise EaiError("too short to read (fewer than 2 frames)", f)
+    for f, r in zip(args.files, it.explain(clips, args.max_tokens)):
+        r = {"file": f, **r}
+        rows.append(r)
+        if not args.json:
+            probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+            print(f"{f}\n  emotion      {r['emotion']}  ({probs})\n  explanation  {r['explanation']}")
+            for e in r["evidence"]:
+                mark = "ok " if e["verified"] else "NOT"
+                val = "" if e.get("value") is None else f": {e['value']:g} {e['unit']} vs neutral {e['neutral']:g}"
+                print(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val})")
+    if args.json:
+        print(json.dumps(rows, indent=2))
 
 
 def cmd_evaluate(args) -> None:
@@ -117,12 +154,40 @@ def cmd_evaluate(args) -> None:
     print(f"{r['dataset']} ({r['scope']}: {r['clips']} clips, {r['windows']} windows)")
     print(table([[r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]], ["window acc", "clip acc", "macro-F1"]))
     print(table([[c, v] for c, v in r["per_class_recall"].items()], ["label", "recall"]))
+    if "llm" in r:
+        rec, ex = r["llm"]["recognition"]["llm"], r["llm"]["explanations"]
+        print("LLM (label likelihood, mirror-averaged):")
+        print(table([[rec["window_accuracy"], rec["clip_accuracy"], rec["macro_f1"], rec["ece"]]],
+                    ["window acc", "clip acc", "macro-F1", "ECE"]))
+        print(table([[ex["label_consistency"], ex["faithfulness"], ex["bleu4"], ex["rouge_l"],
+                      ex.get("minilm_similarity")]],
+                    ["label consistency", "faithfulness", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
     print("wrote " + ", ".join(r["written"]))
 
 
 def cmd_bench(args) -> None:
-    from eai.bench import recognition_table, run_recognition
+    from eai.bench import recognition_table, run_explain, run_recognition
 
+    if args.what == "explain":
+        if not args.model:
+            raise EaiError("bench explain needs --model RUN")
+        result = run_explain(args.model, args.data, args.task, progress=not args.quiet)
+        rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
+        from eai.report import table
+
+        print(f"{result['dataset']} ({result['scope']}: {result['clips']} clips, {rec['windows']} windows)")
+        print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"]]
+                     for k in ("llm", "encoder")], ["model", "window acc", "clip acc", "macro-F1", "ECE"]))
+        print(table([[ex["label_consistency"], ex["faithfulness"], ex["claims_per_explanation"], ex["bleu4"],
+                      ex["rouge_l"], ex.get("minilm_similarity")]],
+                    ["label consistency", "faithfulness", "claims/expl.", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
+        print(f"latency ({lat['clip_seconds']} s clip, model loaded, median of {lat['repeats']}): explain "
+              f"{lat['explain_s_median']:.3f} s, label scoring alone {lat['label_scoring_s_median']:.3f} s")
+        if args.json:
+            from eai.report import write_json
+
+            write_json(result, Path(args.json))
+        return
     result = run_recognition(args.data, args.task, args.folds, args.seeds, progress=not args.quiet,
                              schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain)
     print(recognition_table(result))
@@ -199,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_baseline)
 
     s = sub.add_parser("train", help="train a model into a run folder (resumes from its checkpoint)")
-    s.add_argument("--stage", default="encoder", help="encoder (the LLM stages come later)")
+    s.add_argument("--stage", default="encoder", help="encoder, or all (encoder, then the LLM's description and "
+                   "recognition stages)")
     s.add_argument("--data", required=True, help="dataset folder or CSV manifest")
     s.add_argument("--out", required=True, help="run folder")
     s.add_argument("--task", help="Bandai only: emotion (default), style or content")
@@ -208,8 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout", type=float, default=0.2, help="fraction of clips held out for evaluation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-pretrain", action="store_true", help="skip pre-training on auxiliary clips")
+    s.add_argument("--backbone", default="smollm2-135m-instruct",
+                   help="LLM: the bundled smollm2-135m-instruct (default), a local folder or a hub id")
+    s.add_argument("--llm-schedule", help="paper, gpu, cpu or smoke (default: --schedule's name, else paper)")
+    s.add_argument("--description-steps", type=int, help="override the description stage's steps")
+    s.add_argument("--recognition-steps", type=int, help="override the recognition stage's steps")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("explain", help="emotion, probabilities and a checked explanation of motion files")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--model", required=True, help="run folder trained with --stage all")
+    s.add_argument("--json", action="store_true", help="print a JSON list with the evidence of each claim")
+    s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
+    s.set_defaults(fn=cmd_explain)
 
     s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrix of a run on a dataset")
     s.add_argument("run")
@@ -220,8 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
 
-    s = sub.add_parser("bench", help="benchmarks: 'recognition' runs the protocol for encoder and baseline")
-    s.add_argument("what", choices=["recognition"])
+    s = sub.add_parser("bench", help="benchmarks: 'recognition' runs the protocol for encoder and baseline; "
+                       "'explain' scores a run's LLM (recognition, explanations, latency)")
+    s.add_argument("what", choices=["recognition", "explain"])
+    s.add_argument("--model", help="explain: the run folder")
     _protocol_args(s)
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)

@@ -1,0 +1,94 @@
+"""Multi-granularity skeleton tokenizer (MGST): encoder features (N, C', T', K) -> LLM input tokens.
+
+- temporal tokens: mean over present joints, then `n_temporal` segments over time (T' pooled adaptively);
+- spatial tokens: one per body part, mean over time and the part's present joints (a part with no joint is
+  masked out of attention);
+- one semantic token: the global mean, also projected into the sentence-embedding space where a CLIP-style
+  contrastive loss pulls it towards the embedding of the clip's description.
+Each kind has its own projector to the LLM hidden size (an MLP for temporal and semantic, linear for spatial).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eai.skeleton.registry import canonical
+
+PARTS = {
+    "head": ["neck", "head"],
+    "torso": ["pelvis", "spine", "chest"],
+    "left arm": ["l_collar", "l_shoulder", "l_elbow", "l_wrist", "l_hand"],
+    "right arm": ["r_collar", "r_shoulder", "r_elbow", "r_wrist", "r_hand"],
+    "left leg": ["l_hip", "l_knee", "l_ankle", "l_toe"],
+    "right leg": ["r_hip", "r_knee", "r_ankle", "r_toe"],
+}
+
+
+@dataclass
+class MGSTConfig:
+    feature_dim: int = 192
+    hidden: int = 576
+    n_temporal: int = 4
+    parts: dict = field(default_factory=lambda: dict(PARTS))
+    text_dim: int = 384
+    temperature: float = 0.07
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_temporal + len(self.parts) + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mlp(c_in: int, c_out: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(c_in, c_out), nn.GELU(), nn.Linear(c_out, c_out))
+
+
+class MGST(nn.Module):
+    def __init__(self, cfg: MGSTConfig):
+        super().__init__()
+        self.cfg = cfg
+        names = list(canonical().names)
+        member = torch.zeros(len(cfg.parts), len(names))
+        for i, joints in enumerate(cfg.parts.values()):
+            for j in joints:
+                member[i, names.index(j)] = 1.0
+        self.register_buffer("member", member, persistent=False)
+        self.norm = nn.LayerNorm(cfg.feature_dim)
+        self.temporal = _mlp(cfg.feature_dim, cfg.hidden)
+        self.spatial = nn.Linear(cfg.feature_dim, cfg.hidden)
+        self.part_embed = nn.Parameter(torch.zeros(len(cfg.parts), cfg.hidden))
+        self.semantic = _mlp(cfg.feature_dim, cfg.hidden)
+        self.to_text = nn.Linear(cfg.feature_dim, cfg.text_dim)
+        # the projectors' output scale should match the LM's token embeddings (set by EmotionLLM)
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor):
+        """feats (N, C, T, K), mask (N, K) -> tokens (N, n_tokens, H), token mask (N, n_tokens) bool,
+        semantic text-space embedding (N, text_dim), unit length."""
+        N, C, T, K = feats.shape
+        m = mask.to(feats.dtype)
+        x = feats.permute(0, 2, 3, 1)  # (N, T, K, C)
+        per_t = (x * m[:, None, :, None]).sum(2) / m.sum(1).clamp_min(1)[:, None, None]  # (N, T, C)
+        seg = F.adaptive_avg_pool1d(per_t.transpose(1, 2), self.cfg.n_temporal).transpose(1, 2)
+        w = self.member[None] * m[:, None, :]  # (N, P, K)
+        per_part = torch.einsum("npk,ntkc->npc", w, x) / (w.sum(2, keepdim=True) * T).clamp_min(1e-6)
+        glob = per_t.mean(1)
+        tok_t = self.temporal(self.norm(seg))
+        tok_s = self.spatial(self.norm(per_part)) + self.part_embed
+        tok_g = self.semantic(self.norm(glob))[:, None]
+        tokens = torch.cat([tok_t, tok_s, tok_g], 1) * self.scale
+        tmask = torch.cat([torch.ones(N, self.cfg.n_temporal, dtype=torch.bool, device=feats.device),
+                           w.sum(2) > 0, torch.ones(N, 1, dtype=torch.bool, device=feats.device)], 1)
+        sem = F.normalize(self.to_text(self.norm(glob)), dim=1)
+        return tokens, tmask, sem
+
+    def contrastive_loss(self, sem: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Symmetric InfoNCE between semantic embeddings and their descriptions' embeddings (both unit)."""
+        logits = sem @ text.T / self.cfg.temperature
+        target = torch.arange(len(sem), device=sem.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

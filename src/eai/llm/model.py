@@ -1,0 +1,182 @@
+"""EmotionLLM: skeleton tokens spliced into a chat prompt of a (LoRA-tuned) causal LM.
+
+The user turn holds one `<skeleton>` placeholder per MGST token, written in the model's own chat template;
+`embed` swaps the placeholders' embeddings for the tokens (their attention masked where a body part is
+absent). Training labels cover only the assistant's answer; a batch whose placeholders or labels do not line
+up raises instead of training on nothing. Recognition scores every candidate label's log-likelihood in one
+batched pass that shares the prompt's key/value cache; explanations are decoded greedily after the
+recognised label, which conditions them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eai.llm.mgst import MGST
+
+SKELETON = "<skeleton>"
+SYSTEM = "You read human body movement from skeleton tokens and explain the emotion it expresses."
+IGNORE = -100
+
+
+def recognition_prompt(n_tokens: int, tag: str, labels: list[str]) -> str:
+    return (f"[{tag}] Movement: {SKELETON * n_tokens}\nWhich emotion does this body express? "
+            f"Answer with one of: {', '.join(labels)}.")
+
+
+def description_prompt(n_tokens: int, tag: str, label: str, evidence: str) -> str:
+    return (f"[{tag}] Movement: {SKELETON * n_tokens}\nEmotion: {label}. Measured against neutral "
+            f"(z-scores): {evidence}.\nExplain which movements show the emotion.")
+
+
+def answer_start(label: str) -> str:
+    """How an explanation begins: the recognised label, which the rest is conditioned on."""
+    return label[:1].upper() + label[1:]
+
+
+class EmotionLLM(nn.Module):
+    def __init__(self, lm: nn.Module, tokenizer, mgst: MGST):
+        super().__init__()
+        self.lm = lm
+        self.mgst = mgst
+        self.tok = tokenizer
+        if SKELETON not in tokenizer.get_vocab():
+            tokenizer.add_tokens([SKELETON], special_tokens=True)
+        self.sk_id = tokenizer.convert_tokens_to_ids(SKELETON)
+        self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+
+    # ---- text -> ids
+    def _prompt_ids(self, prompt: str) -> list[int]:
+        msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def batch(self, prompts: list[str], answers: list[str] | None = None, left_pad: bool = False) -> dict:
+        """input_ids, attention_mask (padding only), labels (answer tokens + end of turn; -100 elsewhere)."""
+        rows, labs = [], []
+        for i, p in enumerate(prompts):
+            ids = self._prompt_ids(p)
+            lab = [IGNORE] * len(ids)
+            if answers is not None:
+                a = self._ids(answers[i]) + [self.eos]
+                ids, lab = ids + a, lab + a
+            rows.append(ids)
+            labs.append(lab)
+        L = max(map(len, rows))
+        ids = torch.full((len(rows), L), self.pad, dtype=torch.long)
+        att = torch.zeros((len(rows), L), dtype=torch.long)
+        lab = torch.full((len(rows), L), IGNORE, dtype=torch.long)
+        for i, (r, l) in enumerate(zip(rows, labs)):
+            s = slice(L - len(r), L) if left_pad else slice(0, len(r))
+            ids[i, s], att[i, s], lab[i, s] = torch.tensor(r), 1, torch.tensor(l)
+        return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+    # ---- splice
+    def embed(self, ids: torch.Tensor, attention: torch.Tensor, tokens: torch.Tensor, tmask: torch.Tensor):
+        """Embeddings with the skeleton tokens in place of the placeholders, the attention mask (padding and
+        absent body parts masked) and position ids (counting real tokens)."""
+        is_sk = ids == self.sk_id
+        counts = is_sk.sum(1)
+        if (counts != tokens.shape[1]).any():
+            raise ValueError(f"skeleton placeholders per row {counts.tolist()} do not match the "
+                             f"{tokens.shape[1]} skeleton tokens")
+        emb = self.lm.get_input_embeddings()(ids.masked_fill(is_sk, 0))
+        emb = emb.masked_scatter(is_sk[..., None], tokens.to(emb.dtype))
+        pos = (attention.cumsum(1) - 1).clamp_min(0)
+        att = attention.masked_scatter(is_sk, tmask.to(attention.dtype))
+        return emb, att, pos
+
+    def skeleton(self, feats: torch.Tensor, mask: torch.Tensor):
+        return self.mgst(feats, mask)
+
+    def loss(self, feats, mask, prompts: list[str], answers: list[str]):
+        """Mean cross-entropy over answer tokens, and the semantic embeddings for the contrastive loss."""
+        b = self.batch(prompts, answers)
+        dev = feats.device
+        ids, att, lab = (b[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
+        tokens, tmask, sem = self.skeleton(feats, mask)
+        emb, att, pos = self.embed(ids, att, tokens, tmask)
+        supervised = (lab != IGNORE)
+        if (supervised.sum(1) == 0).any() or (supervised & (ids == self.sk_id)).any():
+            raise ValueError("loss mask mismatch: a row has no answer tokens or labels a skeleton position")
+        out = self.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos)
+        logits = out.logits[:, :-1].float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
+                               ignore_index=IGNORE), sem
+
+    # ---- recognition by label likelihood
+    @torch.no_grad()
+    def label_logprobs(self, feats, mask, prompts: list[str], candidates: list[str]) -> torch.Tensor:
+        """(N, L) log-likelihood of each candidate answer (its tokens and the end of turn), sharing the
+        prompt's key/value cache across candidates."""
+        dev = feats.device
+        b = self.batch(prompts, left_pad=True)
+        ids, att = b["input_ids"].to(dev), b["attention_mask"].to(dev)
+        tokens, tmask, _ = self.skeleton(feats, mask)
+        emb, att2, pos = self.embed(ids, att, tokens, tmask)
+        out = self.lm(inputs_embeds=emb, attention_mask=att2, position_ids=pos, use_cache=True)
+        first = torch.log_softmax(out.logits[:, -1].float(), -1)  # (N, V)
+        cands = [self._ids(c) + [self.eos] for c in candidates]
+        N, L, M = len(prompts), len(cands), max(map(len, cands))
+        cid = torch.full((L, M), self.pad, dtype=torch.long, device=dev)
+        cm = torch.zeros((L, M), dtype=torch.long, device=dev)
+        for j, c in enumerate(cands):
+            cid[j, :len(c)], cm[j, :len(c)] = torch.tensor(c), 1
+        score = first[:, cid[:, 0]]  # (N, L)
+        if M > 1:
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(L)
+            ids2 = cid.repeat(N, 1)[:, :-1]
+            att3 = torch.cat([att2.repeat_interleave(L, 0), cm.repeat(N, 1)[:, :-1]], 1)
+            pos2 = att.sum(1).repeat_interleave(L)[:, None] + torch.arange(M - 1, device=dev)
+            lp = torch.log_softmax(self.lm(input_ids=ids2, attention_mask=att3, position_ids=pos2,
+                                           past_key_values=cache).logits.float(), -1)
+            nxt = cid[:, 1:].repeat(N, 1)
+            tok_lp = lp.gather(2, nxt[..., None])[..., 0] * cm[:, 1:].repeat(N, 1)
+            score = score + tok_lp.sum(1).view(N, L)
+        return score
+
+    @torch.no_grad()
+    def label_proba(self, feats, mask, prompts, candidates) -> np.ndarray:
+        return torch.softmax(self.label_logprobs(feats, mask, prompts, candidates), 1).cpu().numpy()
+
+    # ---- explanation
+    @torch.no_grad()
+    def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40) -> list[str]:
+        """Greedy continuation of each answer start (returned with it), stopping at the end of turn."""
+        dev = feats.device
+        rows = [self._prompt_ids(p) + self._ids(s) for p, s in zip(prompts, starts)]
+        L = max(map(len, rows))
+        ids = torch.full((len(rows), L), self.pad, dtype=torch.long, device=dev)
+        att = torch.zeros((len(rows), L), dtype=torch.long, device=dev)
+        for i, r in enumerate(rows):
+            ids[i, L - len(r):], att[i, L - len(r):] = torch.tensor(r), 1
+        tokens, tmask, _ = self.skeleton(feats, mask)
+        emb, att2, pos = self.embed(ids, att, tokens, tmask)
+        out = self.lm(inputs_embeds=emb, attention_mask=att2, position_ids=pos, use_cache=True)
+        cache, nxt_pos = out.past_key_values, att.sum(1)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=dev)
+        new = []
+        logits = out.logits[:, -1]
+        for _ in range(max_new_tokens):
+            t = logits.argmax(-1).masked_fill(done, self.pad)
+            new.append(t)
+            done |= t == self.eos
+            if done.all():
+                break
+            att2 = torch.cat([att2, (~done).long()[:, None]], 1)
+            out = self.lm(input_ids=t[:, None], attention_mask=att2, position_ids=nxt_pos[:, None],
+                          past_key_values=cache, use_cache=True)
+            cache, nxt_pos, logits = out.past_key_values, nxt_pos + 1, out.logits[:, -1]
+        gen = torch.stack(new, 1).tolist() if new else [[] for _ in rows]
+        texts = []
+        for s, g in zip(starts, gen):
+            g = g[:g.index(self.eos)] if self.eos in g else g
+            texts.append((s + self.tok.decode(g, skip_special_tokens=True)).strip())
+        return texts

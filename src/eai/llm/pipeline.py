@@ -1,0 +1,291 @@
+"""`eai train --stage all`: encoder -> emotion description -> emotion recognition into one run folder, and
+the Interpreter that turns clips into emotion, probabilities and a checked explanation.
+
+Run folder additions: `llm.safetensors` (LoRA weights and MGST projectors), `llm-adapter/` (the same LoRA
+as a peft adapter for other tools), `base.safetensors` for the tiny test backbone only, and the manifest's
+"llm" section (backbone, MGST and LoRA config, dataset tag, neutral reference, stages done, peak memory).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eai.data import load_clips, open_dataset
+from eai.encoder.train import predict_proba, window_set
+from eai.errors import EaiError
+from eai.kinematics import descriptor_vector
+from eai.llm import evidence as ev
+from eai.llm.backbone import BUNDLED, TINY, load_backbone
+from eai.llm.mgst import MGST, MGSTConfig
+from eai.llm.model import EmotionLLM, answer_start, description_prompt, recognition_prompt
+from eai.llm.train import (LORA, STAGES, FeatureSet, Sampler, add_lora, configs_json, feature_set, peak_memory_mb,
+                           stage_configs, train_stage, trainable_state)
+from eai.protocol import metrics
+from eai.run import MANIFEST, Run, load_run, write_manifest
+from eai.skeleton.unify import UnifiedMotion
+
+LLM_WEIGHTS = "llm.safetensors"
+BASE_WEIGHTS = "base.safetensors"
+
+
+def build_llm(backbone: str, feature_dim: int, lora: dict | None = None, mgst: dict | None = None,
+              seed: int = 0) -> EmotionLLM:
+    lm, tok = load_backbone(backbone, seed=seed)
+    cfg = MGSTConfig(**{**(mgst or {}), "feature_dim": feature_dim, "hidden": lm.config.hidden_size})
+    torch.manual_seed(seed)
+    m = MGST(cfg)
+    m.scale.fill_(float(lm.get_input_embeddings().weight.detach().std()) * 4)
+    llm = EmotionLLM(add_lora(lm, lora), tok, m)
+    return llm
+
+
+def save_llm(run: Path, llm: EmotionLLM, backbone: str) -> None:
+    from safetensors.torch import save_file
+
+    from eai.io.files import atomic_path
+
+    state = {k: v.contiguous() for k, v in trainable_state(llm).items()}
+    state.update({f"mgst.{k}": v.detach().cpu().contiguous() for k, v in llm.mgst.state_dict().items()})
+    with atomic_path(run / LLM_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    tmpdir = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run))
+    llm.lm.save_pretrained(tmpdir)
+    shutil.rmtree(run / "llm-adapter", ignore_errors=True)
+    tmpdir.rename(run / "llm-adapter")
+    if backbone == TINY and not (run / BASE_WEIGHTS).is_file():
+        base = {k: v for k, v in llm.lm.state_dict().items() if "lora_" not in k}
+        with atomic_path(run / BASE_WEIGHTS) as tmp:
+            save_file({k: v.detach().cpu().clone().contiguous() for k, v in base.items()}, str(tmp))
+
+
+def load_llm(run: Run) -> EmotionLLM:
+    from safetensors.torch import load_file
+
+    meta = run.manifest["llm"]
+    llm = build_llm(meta["backbone"], run.encoder.out_channels, meta["lora"], meta["mgst"], meta.get("seed", 0))
+    if meta["backbone"] == TINY:
+        llm.lm.load_state_dict(load_file(str(run.path / BASE_WEIGHTS)), strict=False)
+    state = load_file(str(run.path / LLM_WEIGHTS))
+    missing, unexpected = llm.load_state_dict(state, strict=False)
+    trained = {k for k, p in llm.named_parameters() if p.requires_grad}
+    if unexpected or trained - set(state):
+        raise EaiError(f"the run's LLM weights do not fit its configuration ({len(unexpected)} unexpected, "
+                       f"{len(trained - set(state))} missing)", run.path)
+    return llm.eval()
+
+
+def clip_descriptors(clips: list[UnifiedMotion]) -> np.ndarray:
+    return np.stack([descriptor_vector(u.metres(), u.mask, u.fps) for u in clips])
+
+
+def train_all_run(data: str, out: str, task: str | None = None, schedule_name: str = "paper",
+                  llm_schedule: str = "paper", backbone: str = BUNDLED, holdout: float = 0.2, seed: int = 0,
+                  use_pretrain: bool = True, progress: bool = True, epochs: int | None = None,
+                  steps: dict | None = None) -> Path:
+    """Encoder (reused if the folder holds a finished one), then the LLM stages; resumable at every step."""
+    from eai.train import holdout_split, train_encoder_run
+
+    run_dir = Path(out)
+    mf = run_dir / MANIFEST
+    if not mf.is_file():
+        train_encoder_run(data, out, task, schedule_name, holdout, seed, use_pretrain, progress, epochs)
+    run = load_run(run_dir)
+    manifest = run.manifest
+    if str(Path(data).resolve()) != manifest["data"]["path"]:
+        raise EaiError("this folder holds a run on another dataset; choose a new --out", run_dir)
+    cfgs = stage_configs(llm_schedule, steps)
+    ds = open_dataset(data, manifest["task"])
+    clips = load_clips(ds, progress=progress)
+    labels = run.labels
+    train_idx, held_idx = holdout_split(clips, holdout, seed)
+    train_clips = [clips[i] for i in train_idx]
+    tcfg = manifest["train"]
+    ws = window_set(train_clips, labels, tcfg["window"], tcfg["train_stride"], True, progress)
+    cdesc = clip_descriptors(train_clips)
+    ref = ev.Reference.fit(cdesc, [c.label for c in train_clips])
+    fs = feature_set(run.encoder, ws, cdesc, ref, mirror=True, progress=progress)
+    meta = manifest.get("llm") or {
+        "backbone": backbone, "lora": LORA, "mgst": {"n_temporal": 4}, "seed": seed, "tag": ds.name,
+        "reference": ref.to_dict(), "schedule": llm_schedule, "stages": configs_json(cfgs), "done": [],
+        "history": [], "peak_memory_mb": None, "train_seconds": {}}
+    llm = build_llm(meta["backbone"], run.encoder.out_channels, meta["lora"], meta["mgst"], seed)
+    if meta["done"]:
+        llm = load_llm(Run(run.path, {**manifest, "llm": meta}, run.encoder))
+    sampler = Sampler(fs, labels, meta["tag"], llm.mgst.cfg.n_tokens, seed)
+    log_path = run_dir / "log.jsonl"
+
+    def log(rec: dict) -> None:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    for stage in STAGES:
+        if stage in meta["done"]:
+            continue
+        t0 = time.time()
+        hist = train_stage(llm, sampler, stage, cfgs[stage], run_dir / f"llm-{stage}.pt", progress, log)
+        save_llm(run_dir, llm, meta["backbone"])
+        meta["done"].append(stage)
+        meta["history"] += [h for h in hist if h["step"] % 5 == 0 or h["step"] == cfgs[stage].steps]
+        meta["train_seconds"][stage] = round(time.time() - t0, 1)
+        meta["peak_memory_mb"] = round(peak_memory_mb(), 1)
+        manifest["llm"] = meta
+        write_manifest(run_dir, manifest)
+        (run_dir / f"llm-{stage}.pt").unlink(missing_ok=True)
+    if held_idx and "held_out_llm" not in manifest:
+        held = [clips[i] for i in held_idx]
+        interp = Interpreter(Run(run.path, manifest, run.encoder), llm)
+        manifest["held_out_llm"] = interp.recognition_metrics(held, progress)
+    manifest["stage"] = "all"
+    write_manifest(run_dir, manifest)
+    plot_llm_curves(meta["history"], run_dir / "llm-curves.png")
+    return run_dir
+
+
+def plot_llm_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eai.io.files import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for stage in STAGES:
+        h = [r for r in history if r["stage"] == stage]
+        if h:
+            ax.plot([r["step"] for r in h], [r["loss"] for r in h], label=stage)
+    ax.set_xlabel("step")
+    ax.set_ylabel("answer-token loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    conf, pred = proba.max(1), proba.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    e = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            e += sel.mean() * abs((pred[sel] == y[sel]).mean() - conf[sel].mean())
+    return float(e)
+
+
+@dataclass
+class Interpreter:
+    """A trained run, ready to read clips: recognition by label likelihood and grounded explanations."""
+
+    run: Run
+    llm: EmotionLLM
+
+    @staticmethod
+    def load(run_dir: str | Path) -> "Interpreter":
+        run = load_run(run_dir)
+        if "llm" not in run.manifest or not run.manifest["llm"]["done"]:
+            raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run_dir)
+        return Interpreter(run, load_llm(run))
+
+    @property
+    def labels(self) -> list[str]:
+        return self.run.labels
+
+    @property
+    def reference(self) -> ev.Reference:
+        return ev.Reference.from_dict(self.run.manifest["llm"]["reference"])
+
+    @property
+    def tag(self) -> str:
+        return self.run.manifest["llm"]["tag"]
+
+    def window_proba(self, fs_feats: np.ndarray, mask: np.ndarray, batch: int = 32) -> np.ndarray:
+        n = self.llm.mgst.cfg.n_tokens
+        prompt = recognition_prompt(n, self.tag, self.labels)
+        out = []
+        for b in range(0, len(fs_feats), batch):
+            f = torch.from_numpy(fs_feats[b:b + batch])
+            out.append(self.llm.label_proba(f, torch.from_numpy(mask[b:b + batch]), [prompt] * len(f), self.labels))
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
+
+    def _windows(self, clips: list[UnifiedMotion], stride_key: str = "eval_stride"):
+        t = self.run.manifest["train"]
+        labels = self.labels
+        return window_set(clips, labels, t["window"], t[stride_key], bool(self.run.encoder.cfg.n_descriptors))
+
+    def recognition_metrics(self, clips: list[UnifiedMotion], progress: bool = False) -> dict:
+        """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
+        from eai.llm.train import encoder_features
+        from eai.skeleton.unify import mirror
+
+        ws = self._windows(clips)
+        p = 0
+        for raw, mask in [(ws.raw, ws.mask), mirror(ws.raw, ws.mask)]:
+            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask)
+        p_llm = p / 2
+        p_enc = predict_proba(self.run.encoder, ws)
+        out = {}
+        for name, pr in (("llm", p_llm), ("encoder", p_enc)):
+            m = metrics(ws.y, pr, ws.clip, self.labels)
+            out[name] = {k: m[k] for k in ("window_accuracy", "clip_accuracy", "macro_f1", "per_class_recall")}
+            out[name]["ece"] = expected_calibration_error(pr, ws.y)
+        out["windows"], out["clips"] = int(len(ws.y)), len(clips)
+        return out
+
+    def _clip_proba(self, clips: list[UnifiedMotion]):
+        """Windows, their encoder features, and each clip's label probabilities (mean over its windows)."""
+        from eai.llm.train import encoder_features
+
+        ws = self._windows(clips)
+        feats = encoder_features(self.run.encoder, ws.raw, ws.mask)
+        pw = self.window_proba(feats, ws.mask)
+        return ws, feats, [pw[ws.clip == i].mean(0) for i in range(len(clips))]
+
+    def recognise(self, clips: list[UnifiedMotion]) -> list[dict]:
+        """Per clip: emotion and probabilities by label likelihood, without an explanation."""
+        _, _, probs = self._clip_proba(clips)
+        return [{"emotion": self.labels[int(p.argmax())],
+                 "probabilities": {l: float(q) for l, q in zip(self.labels, p)}} for p in probs]
+
+    def explain(self, clips: list[UnifiedMotion], max_new_tokens: int = 40) -> list[dict]:
+        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence."""
+        from eai.kinematics import DESCRIPTOR_BY_NAME
+
+        ref, n = self.reference, self.llm.mgst.cfg.n_tokens
+        ws, feats, probs = self._clip_proba(clips)
+        rows, prompts, starts, cf, cm, zs = [], [], [], [], [], []
+        for i, (u, p) in enumerate(zip(clips, probs)):
+            sel = ws.clip == i
+            label = self.labels[int(p.argmax())]
+            d = descriptor_vector(u.metres(), u.mask, u.fps)
+            z = ref.z(d)
+            zs.append((z, d))
+            prompts.append(description_prompt(n, self.tag, label, ev.evidence_line(z)))
+            starts.append(answer_start(label))
+            cf.append(feats[sel].mean(0))
+            cm.append(ws.mask[sel][0])
+            rows.append({"emotion": label, "probabilities": {l: round(float(q), 4) for l, q in zip(self.labels, p)}})
+        texts = self.llm.generate(torch.from_numpy(np.stack(cf)), torch.from_numpy(np.stack(cm)), prompts, starts,
+                                  max_new_tokens) if clips else []
+        for r, t, (z, d) in zip(rows, texts, zs):
+            r["explanation"] = t
+            claims = ev.check(t, z)
+            r["evidence"] = []
+            for c in claims:
+                e = c.to_dict()
+                if c.descriptor != ev.NEUTRAL:
+                    k = ev.NAMES.index(c.descriptor)
+                    e.update(value=None if not np.isfinite(d[k]) else round(float(d[k]), 4),
+                             neutral=round(float(ref.mean[k]), 4), unit=DESCRIPTOR_BY_NAME[c.descriptor].unit)
+                r["evidence"].append(e)
+            r["label_consistent"] = ev.names_label(t, r["emotion"], self.labels)
+            r["reference"] = ev.description(r["emotion"], z)
+        return rows

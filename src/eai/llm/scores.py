@@ -1,0 +1,87 @@
+"""Explanation quality: label consistency, faithfulness (checked claims), BLEU-4 and ROUGE-L against the grounded
+reference description, MiniLM cosine similarity, and whether same-emotion clips that move differently get
+different explanations."""
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from itertools import combinations
+
+import numpy as np
+
+
+def _words(s: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", s.lower())
+
+
+def bleu4(hyp: str, ref: str) -> float:
+    """Sentence BLEU-4 with add-one smoothing of the higher orders (Lin & Och 2004) and brevity penalty."""
+    h, r = _words(hyp), _words(ref)
+    if not h:
+        return 0.0
+    logp = 0.0
+    for n in range(1, 5):
+        hc = Counter(tuple(h[i:i + n]) for i in range(len(h) - n + 1))
+        rc = Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
+        match = sum(min(c, rc[g]) for g, c in hc.items())
+        total = max(sum(hc.values()), 0)
+        s = 1 if n > 1 else 0
+        logp += math.log((match + s) / (total + s)) if match + s > 0 else -math.inf
+    bp = 1.0 if len(h) > len(r) else math.exp(1 - len(r) / len(h))
+    return float(bp * math.exp(logp / 4)) if logp > -math.inf else 0.0
+
+
+def rouge_l(hyp: str, ref: str) -> float:
+    """ROUGE-L F1 from the longest common subsequence of words."""
+    h, r = _words(hyp), _words(ref)
+    if not h or not r:
+        return 0.0
+    dp = [0] * (len(r) + 1)
+    for a in h:
+        prev = 0
+        for j, b in enumerate(r, 1):
+            cur = dp[j]
+            dp[j] = prev + 1 if a == b else max(dp[j], dp[j - 1])
+            prev = cur
+    lcs = dp[-1]
+    if lcs == 0:
+        return 0.0
+    p, rec = lcs / len(h), lcs / len(r)
+    return 2 * p * rec / (p + rec)
+
+
+def explanation_scores(rows: list[dict], similarity: bool = True) -> dict:
+    """rows: Interpreter.explain outputs (with 'label' where the truth is known)."""
+    claims = [c for r in rows for c in r["evidence"]]
+    verified = sum(c["verified"] for c in claims)
+    out = {
+        "explanations": len(rows),
+        "label_consistency": float(np.mean([r["label_consistent"] for r in rows])) if rows else None,
+        "faithfulness": verified / len(claims) if claims else None,
+        "claims": len(claims), "claims_verified": int(verified),
+        "claims_per_explanation": len(claims) / max(1, len(rows)),
+        "explanations_without_claims": int(sum(not r["evidence"] for r in rows)),
+        "bleu4": float(np.mean([bleu4(r["explanation"], r["reference"]) for r in rows])) if rows else None,
+        "rouge_l": float(np.mean([rouge_l(r["explanation"], r["reference"]) for r in rows])) if rows else None,
+    }
+    if similarity and rows:
+        from eai.llm.text import embed
+
+        a, b = embed([r["explanation"] for r in rows]), embed([r["reference"] for r in rows])
+        out["minilm_similarity"] = float((a * b).sum(1).mean())
+    # same emotion, different measured evidence -> different explanation?
+    pairs = differ = 0
+    for i, j in combinations(range(len(rows)), 2):
+        ri, rj = rows[i], rows[j]
+        if ri["emotion"] == rj["emotion"] and _claimset(ri["reference"]) != _claimset(rj["reference"]):
+            pairs += 1
+            differ += ri["explanation"] != rj["explanation"]
+    out["differs_when_movement_differs"] = differ / pairs if pairs else None
+    return out
+
+
+def _claimset(text: str) -> frozenset:
+    from eai.llm.evidence import find_claims
+
+    return frozenset((d, s) for _, _, d, s in find_claims(text))

@@ -1,0 +1,225 @@
+"""LLM stages on cached encoder features: emotion description, then emotion recognition (as in the paper),
+with LoRA on the LM's linear layers and the MGST projectors trained, on Hugging Face Accelerate so the same
+code runs on a CPU, one GPU or several (`accelerate launch`). Checkpoints are written atomically every
+`save_every` steps and a killed stage resumes from its last one."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from eai.encoder.train import WindowSet
+from eai.io.files import atomic_path
+from eai.llm import evidence as ev
+from eai.llm.model import EmotionLLM, description_prompt, recognition_prompt
+
+
+@dataclass
+class StageConfig:
+    steps: int
+    batch: int
+    lr: float  # LoRA
+    projector_lr: float
+    warmup: int
+    mix: float = 0.0  # share of description samples kept in the recognition stage (against forgetting)
+    contrastive: float = 0.1  # weight of the semantic token's contrastive loss (description stage)
+
+
+# the paper's step counts and learning rate; the cpu schedule is what 2 cores afford in a few minutes
+SCHEDULES = {
+    "paper": {"description": StageConfig(10_000, 16, 1e-5, 1e-5, 500),
+              "recognition": StageConfig(800_000, 64, 1e-5, 1e-5, 2_000, mix=0.1)},
+    "gpu": {"description": StageConfig(2_000, 16, 2e-4, 1e-3, 100),
+            "recognition": StageConfig(4_000, 32, 2e-4, 1e-3, 200, mix=0.2)},
+    "cpu": {"description": StageConfig(50, 4, 5e-4, 2e-3, 5),
+            "recognition": StageConfig(70, 8, 5e-4, 2e-3, 5, mix=0.25)},
+    "smoke": {"description": StageConfig(4, 2, 1e-3, 1e-3, 1),
+              "recognition": StageConfig(4, 2, 1e-3, 1e-3, 1, mix=0.5)},
+}
+STAGES = ("description", "recognition")
+LORA = {"r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"}
+
+
+@dataclass
+class FeatureSet:
+    """Cached encoder features of windows and of whole clips, with labels and descriptor z-scores."""
+
+    feats: np.ndarray  # (N, C, T', K) float32
+    mask: np.ndarray  # (N, K) bool
+    y: np.ndarray  # (N,)
+    z: np.ndarray  # (N, D)
+    clip: np.ndarray  # (N,)
+    clip_feats: np.ndarray  # (M, C, T', K): mean over a clip's windows
+    clip_mask: np.ndarray
+    clip_y: np.ndarray
+    clip_z: np.ndarray  # (M, D) z-scores of the whole clip's descriptors
+
+
+@torch.no_grad()
+def encoder_features(encoder, raw: np.ndarray, mask: np.ndarray, batch: int = 256) -> np.ndarray:
+    encoder.eval()
+    out = []
+    for b in range(0, len(raw), batch):
+        x, m = encoder.prepare(raw[b:b + batch], mask[b:b + batch])
+        out.append(encoder.features(x, m).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def feature_set(encoder, ws: WindowSet, clip_desc: np.ndarray, ref: ev.Reference, mirror: bool = False,
+                progress: bool = False) -> FeatureSet:
+    """Features of every window (and, with `mirror`, of its left-right mirror too, for training), clip means,
+    and z-scores of window and clip descriptors against the neutral reference."""
+    from eai.skeleton.unify import mirror as mirror_fn
+
+    views = [(ws.raw, ws.mask)] + ([mirror_fn(ws.raw, ws.mask)] if mirror else [])
+    feats = np.concatenate([encoder_features(encoder, r, m) for r, m in
+                            tqdm(views, desc="encoder features", disable=not progress, leave=False)])
+    rep = len(views)
+    mask, y, clip = (np.concatenate([a] * rep) for a in (ws.mask, ws.y, ws.clip))
+    z = np.concatenate([ref.z(ws.desc)] * rep)
+    ids = np.unique(ws.clip)
+    cf = np.stack([feats[clip == c].mean(0) for c in ids])
+    cm = np.stack([mask[clip == c][0] for c in ids])
+    cy = np.array([y[clip == c][0] for c in ids])
+    return FeatureSet(feats, mask, y, z, clip, cf, cm, cy, ref.z(clip_desc[ids]))
+
+
+def _lr(step: int, cfg: StageConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+class Sampler:
+    """Class-balanced batches of recognition and description examples from a FeatureSet."""
+
+    def __init__(self, fs: FeatureSet, labels: list[str], tag: str, n_tokens: int, seed: int):
+        self.fs, self.labels, self.tag, self.n = fs, labels, tag, n_tokens
+        self.rng = np.random.default_rng(seed)
+        counts = np.bincount(fs.y, minlength=len(labels)).astype(float)
+        w = 1.0 / np.maximum(counts[fs.y], 1)
+        self.p = w / w.sum()
+
+    def recognition(self, k: int):
+        i = self.rng.choice(len(self.fs.y), k, p=self.p)
+        prompts = [recognition_prompt(self.n, self.tag, self.labels)] * k
+        return self.fs.feats[i], self.fs.mask[i], prompts, [self.labels[j] for j in self.fs.y[i]]
+
+    def description(self, k: int):
+        """Half windows (window descriptors), half whole clips (clip-mean features, clip descriptors)."""
+        fs = self.fs
+        n_clip = int(self.rng.binomial(k, 0.5))
+        i = self.rng.choice(len(fs.y), k - n_clip, p=self.p)
+        j = self.rng.choice(len(fs.clip_y), n_clip)
+        feats = np.concatenate([fs.feats[i], fs.clip_feats[j]])
+        mask = np.concatenate([fs.mask[i], fs.clip_mask[j]])
+        ys = np.concatenate([fs.y[i], fs.clip_y[j]])
+        zs = np.concatenate([fs.z[i], fs.clip_z[j]])
+        prompts = [description_prompt(self.n, self.tag, self.labels[y], ev.evidence_line(z)) for y, z in zip(ys, zs)]
+        answers = [ev.description(self.labels[y], z, self.rng) for y, z in zip(ys, zs)]
+        return feats, mask, prompts, answers
+
+
+def add_lora(lm, lora: dict | None = None):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(lm, LoraConfig(**(lora or LORA), bias="none"))
+
+
+def trainable_state(llm: EmotionLLM) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in llm.named_parameters() if v.requires_grad}
+
+
+def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig, checkpoint: Path | None = None,
+                progress: bool = True, log=None) -> list[dict]:
+    """One stage; returns its loss history. Resumes from `checkpoint` when it exists."""
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=not torch.cuda.is_available(),
+                      mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    lora = [p for n, p in llm.named_parameters() if p.requires_grad and not n.startswith("mgst.")]
+    proj = [p for p in llm.mgst.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": lora, "lr": cfg.lr}, {"params": proj, "lr": cfg.projector_lr}],
+                            weight_decay=0.0)
+    base_lr = [cfg.lr, cfg.projector_lr]
+    start, history = 0, []
+    if checkpoint is not None and checkpoint.is_file():
+        st = torch.load(checkpoint, weights_only=False)
+        llm.load_state_dict(st["model"], strict=False)
+        opt.load_state_dict(st["opt"])
+        sampler.rng.bit_generator.state = st["rng"]
+        start, history = st["step"], st["history"]
+    model, opt = acc.prepare(llm, opt)
+    core = acc.unwrap_model(model)
+    core.train()
+    text_embed = None
+    if stage == "description" and cfg.contrastive > 0:
+        from eai.llm.text import embed as text_embed
+    bar = tqdm(range(start, cfg.steps), desc=f"LLM {stage}", disable=not progress, initial=start,
+               total=cfg.steps)
+    for step in bar:
+        for g, lr in zip(opt.param_groups, base_lr):
+            g["lr"] = lr * _lr(step, cfg)
+        n_desc = cfg.batch if stage == "description" else int(sampler.rng.binomial(cfg.batch, cfg.mix))
+        parts = []
+        if cfg.batch - n_desc:
+            parts.append(sampler.recognition(cfg.batch - n_desc))
+        if n_desc:
+            parts.append(sampler.description(n_desc))
+        feats = torch.from_numpy(np.concatenate([p[0] for p in parts])).to(acc.device)
+        mask = torch.from_numpy(np.concatenate([p[1] for p in parts])).to(acc.device)
+        prompts = [x for p in parts for x in p[2]]
+        answers = [x for p in parts for x in p[3]]
+        with acc.autocast():
+            loss, sem = core.loss(feats, mask, prompts, answers)
+            total = loss
+            if text_embed is not None and len(answers) > 1:
+                t = torch.from_numpy(text_embed(answers)).to(sem.device, sem.dtype)
+                total = loss + cfg.contrastive * core.mgst.contrastive_loss(sem, t)
+        acc.backward(total)
+        acc.clip_grad_norm_(lora + proj, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        rec = {"stage": stage, "step": step + 1, "loss": float(loss.detach()), "total": float(total.detach())}
+        history.append(rec)
+        if log:
+            log(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}")
+        last = step + 1 == cfg.steps
+        if checkpoint is not None and acc.is_main_process and ((step + 1) % 20 == 0 or last):
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"model": trainable_state(core), "opt": opt.state_dict(), "step": step + 1,
+                            "rng": sampler.rng.bit_generator.state, "history": history}, tmp)
+    core.eval()
+    return history
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (CPU) or peak allocated GPU memory, in MiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stage_configs(name: str, steps: dict | None = None) -> dict[str, StageConfig]:
+    from eai.errors import EaiError
+
+    if name not in SCHEDULES:
+        raise EaiError(f"unknown LLM schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+    out = dict(SCHEDULES[name])
+    for st, n in (steps or {}).items():
+        if n:
+            out[st] = dataclasses.replace(out[st], steps=n, warmup=min(out[st].warmup, max(1, n // 10)))
+    return out
+
+
+def configs_json(cfgs: dict[str, StageConfig]) -> dict:
+    return json.loads(json.dumps({k: dataclasses.asdict(v) for k, v in cfgs.items()}))

@@ -1,0 +1,202 @@
+"""The LLM stage: splice and masks, label scoring, decoding, grounded descriptions and their checker, a run
+that trains, reloads to identical probabilities and explains; one test with the real bundled model."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eai.llm import evidence as ev
+from eai.llm.backbone import TINY, load_backbone
+from eai.llm.mgst import MGST, MGSTConfig
+from eai.llm.model import EmotionLLM, recognition_prompt
+from eai.llm.scores import bleu4, rouge_l
+
+LABELS = ["angry", "happy", "not-confident", "sad"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    lm, tok = load_backbone(TINY)
+    torch.manual_seed(0)
+    return EmotionLLM(lm, tok, MGST(MGSTConfig(hidden=lm.config.hidden_size)))
+
+
+def _inputs(n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.randn(n, 192, 8, 23, generator=g)
+    mask = torch.ones(n, 23, dtype=torch.bool)
+    return f, mask
+
+
+def test_placeholders_become_skeleton_tokens_and_absent_parts_are_masked(tiny):
+    f, mask = _inputs(2)
+    mask[1, 15:] = False  # no legs: the two leg tokens of row 1 must be masked
+    n = tiny.mgst.cfg.n_tokens
+    b = tiny.batch([recognition_prompt(n, "t", LABELS)] * 2, ["sad", "happy"])
+    tokens, tmask, _ = tiny.skeleton(f, mask)
+    emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
+    where = (b["input_ids"][0] == tiny.sk_id).nonzero()[:, 0]
+    assert len(where) == n
+    assert torch.allclose(emb[0, where], tokens[0])
+    assert att[0, where].all() and att[1, where].tolist() == tmask[1].long().tolist()
+    legs = [i for i, p in enumerate(tiny.mgst.cfg.parts) if "leg" in p]
+    assert not tmask[1, tiny.mgst.cfg.n_temporal + np.array(legs)].any()
+    # answer tokens only are supervised
+    lab = b["labels"][0]
+    assert (lab[: where.max() + 1] == -100).all() and (lab != -100).sum() == len(tiny._ids("sad")) + 1
+
+
+def test_placeholder_mismatch_raises(tiny):
+    f, mask = _inputs(1)
+    b = tiny.batch([recognition_prompt(3, "t", LABELS)], ["sad"])  # 3 placeholders, 11 tokens
+    tokens, tmask, _ = tiny.skeleton(f, mask)
+    with pytest.raises(ValueError, match="placeholders"):
+        tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
+
+
+def test_label_scoring_with_shared_prefix_equals_full_sequences(tiny):
+    f, mask = _inputs(3)
+    mask[2, :5] = False
+    n = tiny.mgst.cfg.n_tokens
+    prompts = [recognition_prompt(n, "t", LABELS), recognition_prompt(n, "a longer tag", LABELS),
+               recognition_prompt(n, "t", LABELS)]
+    fast = tiny.label_logprobs(f, mask, prompts, LABELS)
+    ref = torch.zeros(3, len(LABELS))
+    with torch.no_grad():
+        for j, c in enumerate(LABELS):
+            b = tiny.batch(prompts, [c] * 3)
+            tokens, tmask, _ = tiny.skeleton(f, mask)
+            emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
+            lp = torch.log_softmax(tiny.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos).logits, -1)
+            lab = b["labels"]
+            sel = lab[:, 1:] != -100
+            tok_lp = lp[:, :-1].gather(2, lab[:, 1:].clamp_min(0)[..., None])[..., 0]
+            ref[:, j] = (tok_lp * sel).sum(1)
+    assert torch.allclose(fast, ref, atol=1e-4)
+    p = tiny.label_proba(f, mask, prompts, LABELS)
+    assert np.allclose(p.sum(1), 1, atol=1e-5)
+
+
+def test_cached_greedy_decoding_equals_recomputing(tiny):
+    f, mask = _inputs(1)
+    n = tiny.mgst.cfg.n_tokens
+    prompt = ev_prompt = recognition_prompt(n, "t", LABELS)
+    got = tiny.generate(f, mask, [prompt], ["Sad"], max_new_tokens=6)[0]
+    ids = tiny._prompt_ids(ev_prompt) + tiny._ids("Sad")
+    with torch.no_grad():
+        tokens, tmask, _ = tiny.skeleton(f, mask)
+        for _ in range(6):
+            x = torch.tensor([ids])
+            emb, att, pos = tiny.embed(x, torch.ones_like(x), tokens, tmask)
+            nxt = int(tiny.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos).logits[0, -1].argmax())
+            if nxt == tiny.eos:
+                break
+            ids.append(nxt)
+    start = len(tiny._prompt_ids(ev_prompt)) + len(tiny._ids("Sad"))
+    assert got == ("Sad" + tiny.tok.decode(ids[start:], skip_special_tokens=True)).strip()
+
+
+def test_grounded_descriptions_claim_only_what_is_measured():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        z = rng.normal(0, 1.2, len(ev.NAMES))
+        z[rng.random(len(z)) < 0.1] = np.nan
+        label = LABELS[rng.integers(4)]
+        text = ev.description(label, z, rng)
+        claims = ev.check(text, z)
+        assert claims and all(c.verified for c in claims), text
+        assert ev.names_label(text, label, LABELS)
+        assert len(claims) == max(1, len(ev.salient(z)))
+
+
+def test_checker_flags_contradicted_and_missing_claims():
+    z = np.zeros(len(ev.NAMES))
+    z[ev.NAMES.index("speed")] = -1.5
+    z[ev.NAMES.index("head_pitch")] = np.nan
+    claims = ev.check("Happy: fast, energetic movement, the head lowered and slow limb movement.", z)
+    assert [(c.descriptor, c.verified) for c in claims] == [("speed", False), ("head_pitch", False),
+                                                             ("speed", True)]
+    assert not ev.names_label("Sad and happy", "sad", ["sad", "happy"])
+    assert ev.names_label("Not confident: slow movement", "not-confident", LABELS)
+
+
+def test_reference_is_the_neutral_clips():
+    d = np.array([[1.0] * 16, [3.0] * 16, [5.0] * 16])
+    ref = ev.Reference.fit(d, ["neutral", "sad", "happy"])
+    assert np.allclose(ref.mean, 1.0) and np.allclose(ref.z(d[1]), 2 / np.std([1, 3, 5]))
+    assert ev.Reference.from_dict(json.loads(json.dumps(ref.to_dict()))).z(d[2]).tolist() == ref.z(d[2]).tolist()
+
+
+def test_bleu_and_rouge_known_values():
+    assert bleu4("the head is lowered and slow", "the head is lowered and slow") == pytest.approx(1.0)
+    assert bleu4("", "x") == 0.0
+    # LCS of (a b c d) and (a c d e) is 3 words: P = R = 3/4
+    assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth_dir, tmp_path_factory):
+    from eai.llm.pipeline import train_all_run
+
+    out = tmp_path_factory.mktemp("llmrun") / "run"
+    train_all_run(str(synth_dir), str(out), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
+                  progress=False)
+    return out
+
+
+def test_stage_all_writes_a_run_that_reloads_to_identical_probabilities(tiny_run, synth_dir):
+    from eai.data import load_clips, open_dataset
+    from eai.llm.pipeline import Interpreter
+
+    m = json.loads((tiny_run / "manifest.json").read_text())
+    assert m["stage"] == "all" and m["llm"]["done"] == ["description", "recognition"]
+    assert {"llm", "encoder"} <= set(m["held_out_llm"]) and m["llm"]["peak_memory_mb"] > 0
+    assert (tiny_run / "llm-adapter" / "adapter_config.json").is_file()
+    clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:3]
+    a = Interpreter.load(tiny_run).explain(clips, 8)
+    b = Interpreter.load(tiny_run).explain(clips, 8)
+    assert [r["probabilities"] for r in a] == [r["probabilities"] for r in b]
+    assert [r["explanation"] for r in a] == [r["explanation"] for r in b]
+    for r in a:
+        assert abs(sum(r["probabilities"].values()) - 1) < 1e-3
+        assert r["explanation"].lower().startswith(r["emotion"].lower())
+
+
+def test_finished_stages_are_not_retrained(tiny_run, synth_dir):
+    from eai.llm.pipeline import train_all_run
+
+    before = (tiny_run / "llm.safetensors").stat().st_mtime_ns
+    train_all_run(str(synth_dir), str(tiny_run), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
+                  progress=False)
+    assert (tiny_run / "llm.safetensors").stat().st_mtime_ns == before
+
+
+def test_cli_explain_json_and_bad_input(tiny_run, synth_dir, tmp_path, capsys):
+    from eai.cli import main
+
+    f = sorted(p for p in synth_dir.rglob("*.bvh"))[0]
+    assert main(["explain", str(f), "--model", str(tiny_run), "--json", "--max-tokens", "6"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["file"] == str(f) and set(rows[0]) >= {"emotion", "probabilities", "explanation", "evidence"}
+    bad = tmp_path / "bad.bvh"
+    bad.write_text("HIERARCHY\nROOT Hips {\n")
+    assert main(["explain", str(bad), "--model", str(tiny_run)]) == 2
+    assert main(["explain", str(f), "--model", str(tmp_path)]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bundled_model_trains_a_few_steps_and_explains(synth_dir, tmp_path):
+    from eai.data import load_clips, open_dataset
+    from eai.llm.pipeline import Interpreter, train_all_run
+
+    run = train_all_run(str(synth_dir), str(tmp_path / "run"), schedule_name="smoke", llm_schedule="smoke",
+                        progress=False, steps={"description": 2, "recognition": 2})
+    it = Interpreter.load(run)
+    assert it.llm.lm.config.hidden_size == 576
+    clip = load_clips(open_dataset(str(synth_dir)), progress=False)[:1]
+    r = it.explain(clip, 12)[0]
+    assert r["emotion"] in it.labels and r["explanation"].lower().startswith(r["emotion"].lower())
+    assert Interpreter.load(run).recognise(clip)[0]["probabilities"] == pytest.approx(
+        it.recognise(clip)[0]["probabilities"], abs=1e-6)
