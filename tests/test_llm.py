@@ -55,11 +55,12 @@ def test_placeholder_mismatch_raises(tiny):
         tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
 
 
-def test_label_scoring_with_shared_prefix_equals_full_sequences(tiny):
+@pytest.mark.parametrize("same", [True, False])
+def test_label_scoring_with_shared_prefix_equals_full_sequences(tiny, same):
     f, mask = _inputs(3)
     mask[2, :5] = False
     n = tiny.mgst.cfg.n_tokens
-    prompts = [recognition_prompt(n, "t", LABELS), recognition_prompt(n, "a longer tag", LABELS),
+    prompts = [recognition_prompt(n, "t", LABELS), recognition_prompt(n, "t" if same else "a longer tag", LABELS),
                recognition_prompt(n, "t", LABELS)]
     fast = tiny.label_logprobs(f, mask, prompts, LABELS)
     ref = torch.zeros(3, len(LABELS))
@@ -200,3 +201,21 @@ def test_bundled_model_trains_a_few_steps_and_explains(synth_dir, tmp_path):
     assert r["emotion"] in it.labels and r["explanation"].lower().startswith(r["emotion"].lower())
     assert Interpreter.load(run).recognise(clip)[0]["probabilities"] == pytest.approx(
         it.recognise(clip)[0]["probabilities"], abs=1e-6)
+
+
+def test_training_loss_with_shared_prefix_equals_full_sequences(tiny):
+    f, mask = _inputs(3)
+    n = tiny.mgst.cfg.n_tokens
+    prompts = [recognition_prompt(n, "t", LABELS)] * 3
+    answers = ["sad", "not-confident", "happy"]
+    loss, _ = tiny.loss(f, mask, prompts, answers)
+    b = tiny.batch(prompts, answers)
+    tokens, tmask, _ = tiny.skeleton(f, mask)
+    emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
+    logits = tiny.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos).logits[:, :-1]
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
+                                            ignore_index=-100)
+    assert float(loss) == pytest.approx(float(ref), abs=1e-5)
+    loss.backward()
+    assert tiny.mgst.semantic[0].weight.grad is not None
+    tiny.zero_grad()

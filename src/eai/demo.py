@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="eai-demo")
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--out", default="runs/demo")
-    ap.add_argument("--epochs", type=int, default=15, help="encoder epochs (cpu schedule shape)")
+    ap.add_argument("--epochs", type=int, default=8, help="encoder epochs (cpu schedule shape)")
+    ap.add_argument("--backbone", default="smollm2-135m-instruct")
     args = ap.parse_args(argv)
     out = Path(args.out)
     bandai = Path(args.data) / "bandai-namco-1"
@@ -77,31 +78,64 @@ def main(argv=None) -> int:
     print("\n" + recognition_table(result))
     plot_confusion(result["models"]["baseline"]["confusion"], result["labels"], out / "confusion-baseline.png",
                    f"{result['dataset']}: descriptor forest")
-    encoder = train_demo_encoder(data, out, args.epochs)
-    write_json({"descriptors_per_label": summary, "recognition": result, "encoder": encoder}, out / "demo.json")
-    print(f"\nwrote {out}/demo.json, {out}/descriptors.png, {out}/confusion-baseline.png; encoder run in {out} "
-          f"(eai evaluate {out} --data {data})")
+    trained = train_demo_run(data, out, args.epochs, args.backbone)
+    explained = explain_held_out(out, data, 3)
+    write_json({"descriptors_per_label": summary, "recognition": result, "run": trained, "explained": explained},
+               out / "demo.json")
+    print(f"\nwrote {out}/demo.json, {out}/descriptors.png, {out}/confusion-baseline.png; the run is in {out}:\n"
+          f"  eai explain FILE --model {out}\n  eai evaluate {out} --data {data}\n"
+          f"  eai bench explain --model {out} --data {data}")
     return 0
 
 
-def train_demo_encoder(data: Path, out: Path, epochs: int) -> dict:
-    """Train the encoder on a short CPU schedule into `out`, holding out a fifth of the clips; an existing
-    finished run there is reused (delete the folder to retrain)."""
+def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
+    """Encoder and LLM stages on the CPU schedules into `out`, a fifth of the clips held out; a finished run
+    there is reused (delete the folder to retrain), an interrupted one resumes."""
     import json
+    import time
 
-    from eai.train import train_encoder_run
+    from eai.llm.pipeline import train_all_run
 
-    if (out / "manifest.json").is_file():
-        print(f"\nencoder: reusing the finished run in {out}")
+    m = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    if m.get("stage") == "all":
+        print(f"\nreusing the finished run in {out}")
     else:
-        print(f"\nencoder: training on {data} (cpu schedule, {epochs} epochs, pre-training on auxiliary clips "
-              "when the dataset has them; 20 % of clips held out)")
-        train_encoder_run(str(data), str(out), schedule_name="cpu", holdout=0.2, epochs=epochs)
-    m = json.loads((out / "manifest.json").read_text())
-    held = m["held_out_metrics"]
-    print(f"encoder on held-out clips: window accuracy {held['window_accuracy']:.3f}, clip accuracy "
-          f"{held['clip_accuracy']:.3f}, macro-F1 {held['macro_f1']:.3f} (trained {m['train_seconds']:.0f} s)")
-    return {"run": str(out), "held_out": held, "train_seconds": m["train_seconds"]}
+        print(f"\ntraining on {data}: encoder (cpu schedule, {epochs} epochs, pre-trained on auxiliary clips when "
+              f"the dataset has them), then the LLM ({backbone}, LoRA) on the cpu schedule; 20 % of clips held out")
+        t0 = time.time()
+        train_all_run(str(data), str(out), None, "cpu", "cpu", backbone, 0.2, 0, True, True, epochs)
+        print(f"trained in {time.time() - t0:.0f} s")
+        m = json.loads((out / "manifest.json").read_text())
+    h = m["held_out_llm"]
+    rows = [[name, h[name]["window_accuracy"], h[name]["clip_accuracy"], h[name]["macro_f1"], h[name]["ece"]]
+            for name in ("encoder", "llm")]
+    print(f"held-out clips ({h['clips']} clips, {h['windows']} windows):")
+    print(table(rows, ["model", "window acc", "clip acc", "macro-F1", "ECE"]))
+    return {"run": str(out), "held_out": h, "encoder_seconds": m["train_seconds"],
+            "llm_seconds": m["llm"]["train_seconds"], "peak_memory_mb": m["llm"]["peak_memory_mb"]}
+
+
+def explain_held_out(out: Path, data: Path, n: int) -> list[dict]:
+    """Explain n held-out clips of different labels and print them with their checked evidence."""
+    from eai.evaluate import select_clips
+    from eai.llm.pipeline import Interpreter
+
+    it = Interpreter.load(out)
+    clips, _, _ = select_clips(it.run, str(data), None, False, progress=False)
+    picked, seen = [], set()
+    for u in clips:
+        if u.label not in seen:
+            picked.append(u)
+            seen.add(u.label)
+    rows = it.explain(picked[:n])
+    print("\nexplanations of held-out clips:")
+    for u, r in zip(picked, rows):
+        print(f"- {Path(u.source).name} (true: {u.label}) -> {r['emotion']} ({r['probabilities'][r['emotion']]:.2f})\n"
+              f"  {r['explanation']}")
+        for e in r["evidence"]:
+            print(f"    [{'ok' if e['verified'] else 'NOT ok'}] {e['phrase']}: {e['descriptor'] or 'overall'}, "
+                  f"z {e['z']}")
+    return [{"clip": u.source, "label": u.label, **r} for u, r in zip(picked, rows)]
 
 
 if __name__ == "__main__":

@@ -21,14 +21,15 @@ SYSTEM = "You read human body movement from skeleton tokens and explain the emot
 IGNORE = -100
 
 
+# the skeleton comes last in the user turn, so that everything before it is one prefix shared by all windows
 def recognition_prompt(n_tokens: int, tag: str, labels: list[str]) -> str:
-    return (f"[{tag}] Movement: {SKELETON * n_tokens}\nWhich emotion does this body express? "
-            f"Answer with one of: {', '.join(labels)}.")
+    return (f"[{tag}] Which emotion does this body express? Answer with one of: {', '.join(labels)}.\n"
+            f"Movement: {SKELETON * n_tokens}")
 
 
 def description_prompt(n_tokens: int, tag: str, label: str, evidence: str) -> str:
-    return (f"[{tag}] Movement: {SKELETON * n_tokens}\nEmotion: {label}. Measured against neutral "
-            f"(z-scores): {evidence}.\nExplain which movements show the emotion.")
+    return (f"[{tag}] Emotion: {label}. Measured against neutral (z-scores): {evidence}.\n"
+            f"Explain which movements show the emotion.\nMovement: {SKELETON * n_tokens}")
 
 
 def answer_start(label: str) -> str:
@@ -97,18 +98,60 @@ class EmotionLLM(nn.Module):
 
     def loss(self, feats, mask, prompts: list[str], answers: list[str]):
         """Mean cross-entropy over answer tokens, and the semantic embeddings for the contrastive loss."""
-        b = self.batch(prompts, answers)
-        dev = feats.device
-        ids, att, lab = (b[k].to(dev) for k in ("input_ids", "attention_mask", "labels"))
-        tokens, tmask, sem = self.skeleton(feats, mask)
-        emb, att, pos = self.embed(ids, att, tokens, tmask)
-        supervised = (lab != IGNORE)
-        if (supervised.sum(1) == 0).any() or (supervised & (ids == self.sk_id)).any():
-            raise ValueError("loss mask mismatch: a row has no answer tokens or labels a skeleton position")
-        out = self.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos)
-        logits = out.logits[:, :-1].float()
+        rows, labs = [], []
+        for p, a in zip(prompts, answers):
+            ids, ans = self._prompt_ids(p), self._ids(a) + [self.eos]
+            rows.append(ids + ans)
+            labs.append([IGNORE] * len(ids) + ans)
+        if any(not any(t != IGNORE for t in l) for l in labs):
+            raise ValueError("loss mask mismatch: a row has no answer tokens")
+        logits, lab, sem = self._forward(rows, feats, mask, labs)
+        if (lab != IGNORE).sum() == 0:
+            raise ValueError("loss mask mismatch: no answer token is supervised")
+        logits = logits[:, :-1].float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
                                ignore_index=IGNORE), sem
+
+    def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None,
+                 use_cache: bool = False):
+        """Run token rows holding placeholders through the LM. The longest prefix the rows share before their
+        first placeholder (the system prompt and question: all of it for recognition) runs once and its
+        key/value cache is repeated for every row, in training too (its gradient sums over the rows).
+        Training: returns (logits of the rest, right-padded labels of the rest, semantic embeddings).
+        Inference (labels None, left padding): (last logits, cache, attention mask, next positions)."""
+        dev = feats.device
+        N = len(rows)
+        tokens, tmask, sem = self.skeleton(feats, mask)
+        pre = 0
+        if N > 1:
+            first = min(r.index(self.sk_id) if self.sk_id in r else len(r) for r in rows)
+            while pre < first and all(r[pre] == rows[0][pre] for r in rows):
+                pre += 1
+        cache = None
+        if pre:
+            cache = self.lm(input_ids=torch.tensor([rows[0][:pre]], device=dev), use_cache=True).past_key_values
+            cache.batch_repeat_interleave(N)
+        rest = [r[pre:] for r in rows]
+        L = max(map(len, rest))
+        ids = torch.full((N, L), self.pad, dtype=torch.long, device=dev)
+        att = torch.zeros((N, L), dtype=torch.long, device=dev)
+        lab = torch.full((N, L), IGNORE, dtype=torch.long, device=dev)
+        for i, r in enumerate(rest):
+            s = slice(0, len(r)) if labels is not None else slice(L - len(r), L)
+            ids[i, s], att[i, s] = torch.tensor(r), 1
+            if labels is not None:
+                lab[i, s] = torch.tensor(labels[i][pre:])
+        if (lab[:, 0] != IGNORE).any():
+            raise ValueError("loss mask mismatch: an answer token falls inside the shared prompt prefix")
+        emb, att2, pos = self.embed(ids, att, tokens, tmask)
+        if ((lab != IGNORE) & (ids == self.sk_id)).any():
+            raise ValueError("loss mask mismatch: a skeleton position is labelled")
+        full = torch.cat([torch.ones((N, pre), dtype=torch.long, device=dev), att2], 1)
+        out = self.lm(inputs_embeds=emb, attention_mask=full, position_ids=pos + pre, past_key_values=cache,
+                      use_cache=use_cache or labels is None)
+        if labels is not None:
+            return out.logits, lab, sem
+        return out.logits[:, -1], out.past_key_values, full, att.sum(1) + pre
 
     # ---- recognition by label likelihood
     @torch.no_grad()
@@ -116,12 +159,8 @@ class EmotionLLM(nn.Module):
         """(N, L) log-likelihood of each candidate answer (its tokens and the end of turn), sharing the
         prompt's key/value cache across candidates."""
         dev = feats.device
-        b = self.batch(prompts, left_pad=True)
-        ids, att = b["input_ids"].to(dev), b["attention_mask"].to(dev)
-        tokens, tmask, _ = self.skeleton(feats, mask)
-        emb, att2, pos = self.embed(ids, att, tokens, tmask)
-        out = self.lm(inputs_embeds=emb, attention_mask=att2, position_ids=pos, use_cache=True)
-        first = torch.log_softmax(out.logits[:, -1].float(), -1)  # (N, V)
+        last, cache, att2, nxt = self._forward([self._prompt_ids(p) for p in prompts], feats, mask)
+        first = torch.log_softmax(last.float(), -1)  # (N, V)
         cands = [self._ids(c) + [self.eos] for c in candidates]
         N, L, M = len(prompts), len(cands), max(map(len, cands))
         cid = torch.full((L, M), self.pad, dtype=torch.long, device=dev)
@@ -130,15 +169,14 @@ class EmotionLLM(nn.Module):
             cid[j, :len(c)], cm[j, :len(c)] = torch.tensor(c), 1
         score = first[:, cid[:, 0]]  # (N, L)
         if M > 1:
-            cache = out.past_key_values
             cache.batch_repeat_interleave(L)
             ids2 = cid.repeat(N, 1)[:, :-1]
             att3 = torch.cat([att2.repeat_interleave(L, 0), cm.repeat(N, 1)[:, :-1]], 1)
-            pos2 = att.sum(1).repeat_interleave(L)[:, None] + torch.arange(M - 1, device=dev)
+            pos2 = nxt.repeat_interleave(L)[:, None] + torch.arange(M - 1, device=dev)
             lp = torch.log_softmax(self.lm(input_ids=ids2, attention_mask=att3, position_ids=pos2,
                                            past_key_values=cache).logits.float(), -1)
-            nxt = cid[:, 1:].repeat(N, 1)
-            tok_lp = lp.gather(2, nxt[..., None])[..., 0] * cm[:, 1:].repeat(N, 1)
+            target = cid[:, 1:].repeat(N, 1)
+            tok_lp = lp.gather(2, target[..., None])[..., 0] * cm[:, 1:].repeat(N, 1)
             score = score + tok_lp.sum(1).view(N, L)
         return score
 
@@ -152,18 +190,9 @@ class EmotionLLM(nn.Module):
         """Greedy continuation of each answer start (returned with it), stopping at the end of turn."""
         dev = feats.device
         rows = [self._prompt_ids(p) + self._ids(s) for p, s in zip(prompts, starts)]
-        L = max(map(len, rows))
-        ids = torch.full((len(rows), L), self.pad, dtype=torch.long, device=dev)
-        att = torch.zeros((len(rows), L), dtype=torch.long, device=dev)
-        for i, r in enumerate(rows):
-            ids[i, L - len(r):], att[i, L - len(r):] = torch.tensor(r), 1
-        tokens, tmask, _ = self.skeleton(feats, mask)
-        emb, att2, pos = self.embed(ids, att, tokens, tmask)
-        out = self.lm(inputs_embeds=emb, attention_mask=att2, position_ids=pos, use_cache=True)
-        cache, nxt_pos = out.past_key_values, att.sum(1)
+        logits, cache, att2, nxt_pos = self._forward(rows, feats, mask)
         done = torch.zeros(len(rows), dtype=torch.bool, device=dev)
         new = []
-        logits = out.logits[:, -1]
         for _ in range(max_new_tokens):
             t = logits.argmax(-1).masked_fill(done, self.pad)
             new.append(t)
