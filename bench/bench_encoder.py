@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -18,21 +17,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-
-def median_time(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from timing import median_time  # bench/timing.py
 
 
 def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / median_time(lambda: torch.mm(a, b), repeats)
+    return 2 * n**3 / median_time(lambda: torch.mm(a, b), repeats, warmup=2)
 
 
 def main() -> None:

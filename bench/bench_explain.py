@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-
-def median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+from timing import median_time  # bench/timing.py
 
 
 def bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
@@ -44,7 +32,7 @@ def default_clip() -> Path:
         sys.exit("no clip given and ../shared/data/bandai-namco-1 not found: pass --file")
     from eai.io import read_motion
 
-    return max(clips[:60], key=lambda p: read_motion(p).n_frames)
+    return min(clips[:60], key=lambda p: abs(read_motion(p).duration - 10.0))  # the clip nearest 10 s
 
 
 def main() -> None:

@@ -122,7 +122,7 @@ def run_explain(model: str, data: str, task: str | None = None, progress: bool =
     for r, u in zip(rows, clips):
         r["label"] = u.label
     scores = explanation_scores(rows)
-    one = max(clips, key=lambda u: u.n_frames)
+    one = min(clips, key=lambda u: abs(u.n_frames / u.fps - 10.0))  # the clip nearest 10 s
     t_all, t_score = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from eai.llm import evidence as ev
 from eai.llm.backbone import BUNDLED, TINY, load_backbone
 from eai.llm.mgst import MGST, MGSTConfig
 from eai.llm.model import EmotionLLM, answer_start, description_prompt, recognition_prompt
-from eai.llm.train import (LORA, STAGES, FeatureSet, Sampler, add_lora, configs_json, feature_set, peak_memory_mb,
+from eai.llm.train import (LORA, STAGES, Sampler, add_lora, configs_json, feature_set, peak_memory_mb,
                            stage_configs, train_stage, trainable_state)
 from eai.protocol import metrics
 from eai.run import MANIFEST, Run, load_run, write_manifest

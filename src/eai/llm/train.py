@@ -38,8 +38,8 @@ SCHEDULES = {
               "recognition": StageConfig(800_000, 64, 1e-5, 1e-5, 2_000, mix=0.1)},
     "gpu": {"description": StageConfig(2_000, 16, 2e-4, 1e-3, 100),
             "recognition": StageConfig(4_000, 32, 2e-4, 1e-3, 200, mix=0.2)},
-    "cpu": {"description": StageConfig(50, 4, 5e-4, 2e-3, 5),
-            "recognition": StageConfig(70, 8, 5e-4, 2e-3, 5, mix=0.25)},
+    "cpu": {"description": StageConfig(30, 4, 5e-4, 2e-3, 3),
+            "recognition": StageConfig(45, 8, 5e-4, 2e-3, 4, mix=0.25)},
     "smoke": {"description": StageConfig(4, 2, 1e-3, 1e-3, 1),
               "recognition": StageConfig(4, 2, 1e-3, 1e-3, 1, mix=0.5)},
 }
@@ -161,7 +161,7 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
     core = acc.unwrap_model(model)
     core.train()
     text_embed = None
-    if stage == "description" and cfg.contrastive > 0:
+    if cfg.contrastive > 0:
         from eai.llm.text import embed as text_embed
     bar = tqdm(range(start, cfg.steps), desc=f"LLM {stage}", disable=not progress, initial=start,
                total=cfg.steps)
@@ -171,19 +171,20 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
         n_desc = cfg.batch if stage == "description" else int(sampler.rng.binomial(cfg.batch, cfg.mix))
         parts = []
         if cfg.batch - n_desc:
-            parts.append(sampler.recognition(cfg.batch - n_desc))
+            parts.append(("recognition", sampler.recognition(cfg.batch - n_desc)))
         if n_desc:
-            parts.append(sampler.description(n_desc))
-        feats = torch.from_numpy(np.concatenate([p[0] for p in parts])).to(acc.device)
-        mask = torch.from_numpy(np.concatenate([p[1] for p in parts])).to(acc.device)
-        prompts = [x for p in parts for x in p[2]]
-        answers = [x for p in parts for x in p[3]]
-        with acc.autocast():
-            loss, sem = core.loss(feats, mask, prompts, answers)
-            total = loss
-            if text_embed is not None and len(answers) > 1:
-                t = torch.from_numpy(text_embed(answers)).to(sem.device, sem.dtype)
-                total = loss + cfg.contrastive * core.mgst.contrastive_loss(sem, t)
+            parts.append(("description", sampler.description(n_desc)))
+        # recognition and description examples go through separately: each keeps its shared prompt prefix
+        loss = total = 0
+        for kind, (f, m, prompts, answers) in parts:
+            feats, mask = torch.from_numpy(f).to(acc.device), torch.from_numpy(m).to(acc.device)
+            with acc.autocast():
+                l, sem = core.loss(feats, mask, prompts, answers)
+                w = len(prompts) / cfg.batch
+                loss, total = loss + w * l, total + w * l
+                if text_embed is not None and kind == "description" and len(answers) > 1:
+                    t = torch.from_numpy(text_embed(answers)).to(sem.device, sem.dtype)
+                    total = total + w * cfg.contrastive * core.mgst.contrastive_loss(sem, t)
         acc.backward(total)
         acc.clip_grad_norm_(lora + proj, 1.0)
         opt.step()
