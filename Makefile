@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/python -m eai.demo --data $(DATA)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=12
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_read.py --data $(DATA)/bandai-namco-1

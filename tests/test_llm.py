@@ -83,7 +83,7 @@ def test_cached_greedy_decoding_equals_recomputing(tiny):
     f, mask = _inputs(1)
     n = tiny.mgst.cfg.n_tokens
     prompt = ev_prompt = recognition_prompt(n, "t", LABELS)
-    got = tiny.generate(f, mask, [prompt], ["Sad"], max_new_tokens=6)[0]
+    got = tiny.generate(f, mask, [prompt], ["Sad"], max_new_tokens=6, constrained=False)[0]
     ids = tiny._prompt_ids(ev_prompt) + tiny._ids("Sad")
     with torch.no_grad():
         tokens, tmask, _ = tiny.skeleton(f, mask)
@@ -219,3 +219,31 @@ def test_training_loss_with_shared_prefix_equals_full_sequences(tiny):
     loss.backward()
     assert tiny.mgst.semantic[0].weight.grad is not None
     tiny.zero_grad()
+
+
+def test_every_training_description_is_in_the_decoding_grammar(tiny):
+    from eai.llm.model import ClaimDecoder
+
+    g = ClaimDecoder(tiny.tok, tiny.eos)
+    rng = np.random.default_rng(1)
+    for _ in range(150):
+        z = rng.normal(0, 1.3, len(ev.NAMES))
+        label = LABELS[rng.integers(4)]
+        ids = tiny._ids(ev.description(label, z, rng))
+        start = tiny._ids(ev.label_text(label))
+        assert ids[:len(start)] == start
+        st = g.start()
+        for t in ids[len(start):] + [tiny.eos]:
+            assert t in g.allowed(st)
+            if t != tiny.eos:
+                g.advance(st, t)
+
+
+def test_constrained_decoding_makes_only_lexicon_claims(tiny):
+    f, mask = _inputs(4, seed=3)
+    n = tiny.mgst.cfg.n_tokens
+    texts = tiny.generate(f, mask, [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"], 40)
+    for t in texts:
+        claims = ev.find_claims(t)
+        assert t.endswith(".") and 1 <= len(claims) <= 3, t
+        assert len({d for _, _, d, _ in claims}) == len(claims)  # one claim per descriptor

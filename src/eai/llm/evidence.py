@@ -63,8 +63,9 @@ PHRASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 NEUTRAL_PHRASES = ("movement close to the neutral baseline", "nothing far from neutral movement")
 assert set(PHRASES) == set(NAMES), "every descriptor needs wordings"
 
-TEMPLATES = ("{Label}: {claims}.", "{Label}. The body shows {claims}.", "This reads as {label}: {claims}.",
-             "{Label}, because of {claims}.")
+# how an explanation goes on after the label; claims follow, each with a leading space, joined by "," and
+# " and", closed by "." (the grammar ClaimDecoder decodes in)
+LEADS = (":", ", because of", ". The body shows", " is read from")
 
 # phrase -> (descriptor, direction), longest first so that no phrase is matched inside a longer one
 LEXICON: list[tuple[str, str, int]] = sorted(
@@ -129,14 +130,18 @@ def _join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+def label_text(label: str) -> str:
+    """How an explanation begins: the label, capitalised."""
+    return label[:1].upper() + label[1:]
+
+
 def description(label: str, z: np.ndarray, rng: np.random.Generator | None = None) -> str:
     """A grounded description: the label and the claims the measurements support (wording varied by rng;
     with rng None, the first wording and template)."""
     pick = (lambda seq: seq[0]) if rng is None else (lambda seq: seq[int(rng.integers(len(seq)))])
     items = salient(z)
     claims = [pick(PHRASES[n][0 if s > 0 else 1]) for n, s, _ in items] or [pick(NEUTRAL_PHRASES)]
-    text = pick(TEMPLATES).format(Label=label[:1].upper() + label[1:], label=label, claims=_join(claims))
-    return text
+    return f"{label_text(label)}{pick(LEADS)} {_join(claims)}."
 
 
 @dataclass

@@ -32,9 +32,72 @@ def description_prompt(n_tokens: int, tag: str, label: str, evidence: str) -> st
             f"Explain which movements show the emotion.\nMovement: {SKELETON * n_tokens}")
 
 
+class ClaimDecoder:
+    """Decoding constrained to the grounded-description grammar: LEAD claim ("," claim | " and" claim)* "."
+    with claims from the checker's lexicon, one per descriptor, at most `max_claims`. The model still chooses
+    every token among those the grammar allows, so which claims it makes is its own (and checked)."""
+
+    def __init__(self, tok, eos: int, max_claims: int = 3):
+        from eai.llm import evidence as ev
+
+        ids = lambda t: tuple(tok(t, add_special_tokens=False)["input_ids"])
+        self.leads = [ids(x) for x in ev.LEADS]
+        self.claims = {ids(" " + p): d for p, d, _ in ev.LEXICON}
+        self.seps = [ids(","), ids(" and")]
+        self.end = ids(".")
+        self.eos, self.max_claims = eos, max_claims
+
+    def start(self) -> dict:
+        return {"phase": "lead", "partial": (), "used": set(), "n": 0}
+
+    def _pieces(self, st: dict) -> list[tuple[int, ...]]:
+        ph = st["phase"]
+        if ph == "lead":
+            return self.leads
+        if ph == "claim":
+            return [c for c, d in self.claims.items() if d not in st["used"]]
+        if ph == "after":
+            return [self.end] + (self.seps if st["n"] < self.max_claims else [])
+        return []
+
+    def _next_phase(self, st: dict, piece: tuple[int, ...]) -> None:
+        if st["phase"] == "lead" or (st["phase"] == "after" and piece in self.seps):
+            st["phase"] = "claim"
+        elif st["phase"] == "claim":
+            st["used"].add(self.claims[piece])
+            st["n"] += 1
+            st["phase"] = "after"
+        else:
+            st["phase"] = "done"
+        st["partial"] = ()
+
+    def allowed(self, st: dict) -> list[int]:
+        if st["phase"] == "done":
+            return [self.eos]
+        k = len(st["partial"])
+        out = {p[k] for p in self._pieces(st) if len(p) > k and p[:k] == st["partial"]}
+        if st["partial"] in self._pieces(st):  # a complete piece: the next phase may begin
+            nxt = dict(st, used=set(st["used"]))
+            self._next_phase(nxt, st["partial"])
+            out |= set(self.allowed(nxt))
+        return sorted(out)
+
+    def advance(self, st: dict, token: int) -> None:
+        k = len(st["partial"])
+        cont = [p for p in self._pieces(st) if len(p) > k and p[:k] == st["partial"] and p[k] == token]
+        if not cont and st["partial"] in self._pieces(st):
+            self._next_phase(st, st["partial"])
+            if st["phase"] == "done":
+                return
+            return self.advance(st, token)
+        st["partial"] = st["partial"] + (token,)
+
+
 def answer_start(label: str) -> str:
     """How an explanation begins: the recognised label, which the rest is conditioned on."""
-    return label[:1].upper() + label[1:]
+    from eai.llm.evidence import label_text
+
+    return label_text(label)
 
 
 class EmotionLLM(nn.Module):
@@ -186,15 +249,28 @@ class EmotionLLM(nn.Module):
 
     # ---- explanation
     @torch.no_grad()
-    def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40) -> list[str]:
-        """Greedy continuation of each answer start (returned with it), stopping at the end of turn."""
+    def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40,
+                 constrained: bool = True) -> list[str]:
+        """Greedy continuation of each answer start (returned with it), stopping at the end of turn; with
+        `constrained`, in the grammar of grounded descriptions (ClaimDecoder), else free text."""
         dev = feats.device
         rows = [self._prompt_ids(p) + self._ids(s) for p, s in zip(prompts, starts)]
         logits, cache, att2, nxt_pos = self._forward(rows, feats, mask)
         done = torch.zeros(len(rows), dtype=torch.bool, device=dev)
         new = []
+        grammar = ClaimDecoder(self.tok, self.eos) if constrained else None
+        states = [grammar.start() for _ in rows] if grammar else None
         for _ in range(max_new_tokens):
+            if grammar:
+                allow = torch.full_like(logits, float("-inf"))
+                for i, st in enumerate(states):
+                    allow[i, grammar.allowed(st)] = 0
+                logits = logits + allow
             t = logits.argmax(-1).masked_fill(done, self.pad)
+            if grammar:
+                for i, st in enumerate(states):
+                    if not done[i] and int(t[i]) != self.eos:
+                        grammar.advance(st, int(t[i]))
             new.append(t)
             done |= t == self.eos
             if done.all():
