@@ -247,3 +247,17 @@ def test_constrained_decoding_makes_only_lexicon_claims(tiny):
         claims = ev.find_claims(t)
         assert t.endswith(".") and 1 <= len(claims) <= 3, t
         assert len({d for _, _, d, _ in claims}) == len(claims)  # one claim per descriptor
+
+
+def test_kinematic_token_needs_and_uses_descriptors():
+    m = MGST(MGSTConfig(hidden=32, n_descriptors=len(ev.NAMES)))
+    f, mask = _inputs(2)
+    with pytest.raises(ValueError, match="z-scores"):
+        m(f, mask)
+    f = f[:1].repeat(2, 1, 1, 1)  # the same movement twice
+    z = torch.zeros(2, len(ev.NAMES))
+    z[1, 0] = float("nan")  # missing differs from neutral
+    tokens, tmask, _ = m(f, mask, z)
+    assert tokens.shape == (2, m.cfg.n_tokens, 32) and tmask.all()
+    assert not torch.allclose(tokens[0, -1], tokens[1, -1])
+    assert torch.allclose(tokens[0, :-1], tokens[1, :-1])

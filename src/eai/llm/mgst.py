@@ -4,7 +4,9 @@
 - spatial tokens: one per body part, mean over time and the part's present joints (a part with no joint is
   masked out of attention);
 - one semantic token: the global mean, also projected into the sentence-embedding space where a CLIP-style
-  contrastive loss pulls it towards the embedding of the clip's description.
+  contrastive loss pulls it towards the embedding of the clip's description;
+- one kinematic token (with `n_descriptors`): the window's descriptor z-scores against neutral (clipped to
+  +-5, missing ones zero and flagged), as the encoder's head also sees them.
 Each kind has its own projector to the LLM hidden size (an MLP for temporal and semantic, linear for spatial).
 """
 from __future__ import annotations
@@ -35,10 +37,11 @@ class MGSTConfig:
     parts: dict = field(default_factory=lambda: dict(PARTS))
     text_dim: int = 384
     temperature: float = 0.07
+    n_descriptors: int = 0
 
     @property
     def n_tokens(self) -> int:
-        return self.n_temporal + len(self.parts) + 1
+        return self.n_temporal + len(self.parts) + 1 + bool(self.n_descriptors)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,12 +67,14 @@ class MGST(nn.Module):
         self.part_embed = nn.Parameter(torch.zeros(len(cfg.parts), cfg.hidden))
         self.semantic = _mlp(cfg.feature_dim, cfg.hidden)
         self.to_text = nn.Linear(cfg.feature_dim, cfg.text_dim)
+        if cfg.n_descriptors:
+            self.kinematic = _mlp(2 * cfg.n_descriptors, cfg.hidden)
         # the projectors' output scale should match the LM's token embeddings (set by EmotionLLM)
         self.register_buffer("scale", torch.ones(()))
 
-    def forward(self, feats: torch.Tensor, mask: torch.Tensor):
-        """feats (N, C, T, K), mask (N, K) -> tokens (N, n_tokens, H), token mask (N, n_tokens) bool,
-        semantic text-space embedding (N, text_dim), unit length."""
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor, z: torch.Tensor | None = None):
+        """feats (N, C, T, K), mask (N, K)[, descriptor z-scores (N, D), NaN where missing] -> tokens
+        (N, n_tokens, H), token mask (N, n_tokens) bool, semantic text-space embedding (N, text_dim), unit."""
         N, C, T, K = feats.shape
         m = mask.to(feats.dtype)
         x = feats.permute(0, 2, 3, 1)  # (N, T, K, C)
@@ -81,9 +86,17 @@ class MGST(nn.Module):
         tok_t = self.temporal(self.norm(seg))
         tok_s = self.spatial(self.norm(per_part)) + self.part_embed
         tok_g = self.semantic(self.norm(glob))[:, None]
-        tokens = torch.cat([tok_t, tok_s, tok_g], 1) * self.scale
-        tmask = torch.cat([torch.ones(N, self.cfg.n_temporal, dtype=torch.bool, device=feats.device),
-                           w.sum(2) > 0, torch.ones(N, 1, dtype=torch.bool, device=feats.device)], 1)
+        parts = [tok_t, tok_s, tok_g]
+        if self.cfg.n_descriptors:
+            if z is None or z.shape != (N, self.cfg.n_descriptors):
+                raise ValueError(f"this tokenizer needs descriptor z-scores of shape ({N}, {self.cfg.n_descriptors})")
+            z = z.to(feats.dtype)
+            present = torch.isfinite(z)
+            zin = torch.cat([torch.nan_to_num(z).clamp(-5, 5), present.to(z.dtype)], 1)
+            parts.append(self.kinematic(zin)[:, None])
+        tokens = torch.cat(parts, 1) * self.scale
+        ones = lambda k: torch.ones(N, k, dtype=torch.bool, device=feats.device)
+        tmask = torch.cat([ones(self.cfg.n_temporal), w.sum(2) > 0, ones(1 + bool(self.cfg.n_descriptors))], 1)
         sem = F.normalize(self.to_text(self.norm(glob)), dim=1)
         return tokens, tmask, sem
 

@@ -112,7 +112,7 @@ def train_all_run(data: str, out: str, task: str | None = None, schedule_name: s
     ref = ev.Reference.fit(cdesc, [c.label for c in train_clips])
     fs = feature_set(run.encoder, ws, cdesc, ref, mirror=True, progress=progress)
     meta = manifest.get("llm") or {
-        "backbone": backbone, "lora": LORA, "mgst": {"n_temporal": 4}, "seed": seed, "tag": ds.name,
+        "backbone": backbone, "lora": LORA, "mgst": {"n_temporal": 4, "n_descriptors": len(ev.NAMES)}, "seed": seed, "tag": ds.name,
         "reference": ref.to_dict(), "schedule": llm_schedule, "stages": configs_json(cfgs), "done": [],
         "history": [], "peak_memory_mb": None, "train_seconds": {}}
     llm = build_llm(meta["backbone"], run.encoder.out_channels, meta["lora"], meta["mgst"], seed)
@@ -207,19 +207,20 @@ class Interpreter:
     def tag(self) -> str:
         return self.run.manifest["llm"]["tag"]
 
-    def window_proba(self, fs_feats: np.ndarray, mask: np.ndarray, batch: int = 32) -> np.ndarray:
+    def window_proba(self, feats: np.ndarray, mask: np.ndarray, z: np.ndarray, batch: int = 32) -> np.ndarray:
         n = self.llm.mgst.cfg.n_tokens
         prompt = recognition_prompt(n, self.tag, self.labels)
         out = []
-        for b in range(0, len(fs_feats), batch):
-            f = torch.from_numpy(fs_feats[b:b + batch])
-            out.append(self.llm.label_proba(f, torch.from_numpy(mask[b:b + batch]), [prompt] * len(f), self.labels))
+        for b in range(0, len(feats), batch):
+            f = torch.from_numpy(feats[b:b + batch])
+            out.append(self.llm.label_proba(f, torch.from_numpy(mask[b:b + batch]), [prompt] * len(f), self.labels,
+                                            torch.from_numpy(z[b:b + batch].astype(np.float32))))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
 
     def _windows(self, clips: list[UnifiedMotion], stride_key: str = "eval_stride"):
         t = self.run.manifest["train"]
         labels = self.labels
-        return window_set(clips, labels, t["window"], t[stride_key], bool(self.run.encoder.cfg.n_descriptors))
+        return window_set(clips, labels, t["window"], t[stride_key], True)  # descriptors: kinematic token
 
     def recognition_metrics(self, clips: list[UnifiedMotion], progress: bool = False) -> dict:
         """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
@@ -229,7 +230,7 @@ class Interpreter:
         ws = self._windows(clips)
         p = 0
         for raw, mask in [(ws.raw, ws.mask), mirror(ws.raw, ws.mask)]:
-            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask)
+            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, self.reference.z(ws.desc))
         p_llm = p / 2
         p_enc = predict_proba(self.run.encoder, ws)
         out = {}
@@ -246,7 +247,7 @@ class Interpreter:
 
         ws = self._windows(clips)
         feats = encoder_features(self.run.encoder, ws.raw, ws.mask)
-        pw = self.window_proba(feats, ws.mask)
+        pw = self.window_proba(feats, ws.mask, self.reference.z(ws.desc))
         return ws, feats, [pw[ws.clip == i].mean(0) for i in range(len(clips))]
 
     def recognise(self, clips: list[UnifiedMotion]) -> list[dict]:
@@ -273,8 +274,9 @@ class Interpreter:
             cf.append(feats[sel].mean(0))
             cm.append(ws.mask[sel][0])
             rows.append({"emotion": label, "probabilities": {l: round(float(q), 4) for l, q in zip(self.labels, p)}})
+        zc = torch.from_numpy(np.stack([z for z, _ in zs]).astype(np.float32)) if clips else None
         texts = self.llm.generate(torch.from_numpy(np.stack(cf)), torch.from_numpy(np.stack(cm)), prompts, starts,
-                                  max_new_tokens) if clips else []
+                                  max_new_tokens, z=zc) if clips else []
         for r, t, (z, d) in zip(rows, texts, zs):
             r["explanation"] = t
             claims = ev.check(t, z)

@@ -111,7 +111,7 @@ class Sampler:
     def recognition(self, k: int):
         i = self.rng.choice(len(self.fs.y), k, p=self.p)
         prompts = [recognition_prompt(self.n, self.tag, self.labels)] * k
-        return self.fs.feats[i], self.fs.mask[i], prompts, [self.labels[j] for j in self.fs.y[i]]
+        return self.fs.feats[i], self.fs.mask[i], self.fs.z[i], prompts, [self.labels[j] for j in self.fs.y[i]]
 
     def description(self, k: int):
         """Half windows (window descriptors), half whole clips (clip-mean features, clip descriptors)."""
@@ -125,7 +125,7 @@ class Sampler:
         zs = np.concatenate([fs.z[i], fs.clip_z[j]])
         prompts = [description_prompt(self.n, self.tag, self.labels[y], ev.evidence_line(z)) for y, z in zip(ys, zs)]
         answers = [ev.description(self.labels[y], z, self.rng) for y, z in zip(ys, zs)]
-        return feats, mask, prompts, answers
+        return feats, mask, zs, prompts, answers
 
 
 def add_lora(lm, lora: dict | None = None):
@@ -176,10 +176,11 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
             parts.append(("description", sampler.description(n_desc)))
         # recognition and description examples go through separately: each keeps its shared prompt prefix
         loss = total = 0
-        for kind, (f, m, prompts, answers) in parts:
+        for kind, (f, m, z, prompts, answers) in parts:
             feats, mask = torch.from_numpy(f).to(acc.device), torch.from_numpy(m).to(acc.device)
+            z = torch.from_numpy(z.astype(np.float32)).to(acc.device)
             with acc.autocast():
-                l, sem = core.loss(feats, mask, prompts, answers)
+                l, sem = core.loss(feats, mask, prompts, answers, z)
                 w = len(prompts) / cfg.batch
                 loss, total = loss + w * l, total + w * l
                 if text_embed is not None and kind == "description" and len(answers) > 1:
