@@ -261,3 +261,24 @@ def test_kinematic_token_needs_and_uses_descriptors():
     assert tokens.shape == (2, m.cfg.n_tokens, 32) and tmask.all()
     assert not torch.allclose(tokens[0, -1], tokens[1, -1])
     assert torch.allclose(tokens[0, :-1], tokens[1, :-1])
+
+
+def test_stage_all_with_the_kinematic_token(tiny_run, synth_dir, tmp_path):
+    import shutil
+
+    from eai.data import load_clips, open_dataset
+    from eai.llm.pipeline import Interpreter, train_all_run
+
+    run = tmp_path / "kin"
+    shutil.copytree(tiny_run, run)
+    m = json.loads((run / "manifest.json").read_text())
+    for k in ("llm", "held_out_llm"):
+        m.pop(k)
+    (run / "manifest.json").write_text(json.dumps(m))
+    train_all_run(str(synth_dir), str(run), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
+                  progress=False, kinematic_token=True)
+    it = Interpreter.load(run)
+    assert it.llm.mgst.cfg.n_descriptors == len(ev.NAMES)
+    clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:2]
+    assert [r["probabilities"] for r in it.explain(clips, 8)] == [
+        r["probabilities"] for r in Interpreter.load(run).explain(clips, 8)]

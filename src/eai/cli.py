@@ -106,7 +106,8 @@ def cmd_train(args) -> None:
         llm_schedule = args.llm_schedule or (args.schedule if args.schedule in SCHEDULES else "paper")
         run = train_all_run(args.data, args.out, args.task, args.schedule, llm_schedule, args.backbone,
                             args.holdout, args.seed, not args.no_pretrain, not args.quiet, args.epochs,
-                            {"description": args.description_steps, "recognition": args.recognition_steps})
+                            {"description": args.description_steps, "recognition": args.recognition_steps},
+                            args.kinematic_token)
     else:
         run = train_encoder_run(args.data, args.out, args.task, args.schedule, args.holdout, args.seed,
                                 not args.no_pretrain, not args.quiet, args.epochs)
@@ -279,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--llm-schedule", help="paper, gpu, cpu or smoke (default: --schedule's name, else paper)")
     s.add_argument("--description-steps", type=int, help="override the description stage's steps")
     s.add_argument("--recognition-steps", type=int, help="override the recognition stage's steps")
+    s.add_argument("--kinematic-token", action="store_true",
+                   help="add a token of the window's descriptor z-scores to the skeleton tokens")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_train)
 

@@ -121,9 +121,12 @@ def salient(z: np.ndarray, k: int = MAX_CLAIMS, threshold: float = CLAIM_Z) -> l
 
 
 def evidence_line(z: np.ndarray) -> str:
-    """The measured evidence as the prompt states it: 'speed -1.4; head_pitch +1.2' (strongest first)."""
+    """The measured evidence as the description prompt states it, strongest first, in the claims' first
+    wording: 'slow movement (z -1.6); the head lowered (z +1.3)'."""
     items = salient(z)
-    return "; ".join(f"{n} {v:+.1f}" for n, _, v in items) if items else "none beyond 1 sd of neutral"
+    if not items:
+        return f"{NEUTRAL_PHRASES[0]} (no descriptor beyond {CLAIM_Z:g} sd)"
+    return "; ".join(f"{PHRASES[n][0 if s > 0 else 1][0]} (z {v:+.1f})" for n, s, v in items)
 
 
 def _join(parts: list[str]) -> str:

@@ -28,7 +28,7 @@ def recognition_prompt(n_tokens: int, tag: str, labels: list[str]) -> str:
 
 
 def description_prompt(n_tokens: int, tag: str, label: str, evidence: str) -> str:
-    return (f"[{tag}] Emotion: {label}. Measured against neutral (z-scores): {evidence}.\n"
+    return (f"[{tag}] Emotion: {label}. Measured against neutral: {evidence}.\n"
             f"Explain which movements show the emotion.\nMovement: {SKELETON * n_tokens}")
 
 

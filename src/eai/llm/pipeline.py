@@ -88,7 +88,7 @@ def clip_descriptors(clips: list[UnifiedMotion]) -> np.ndarray:
 def train_all_run(data: str, out: str, task: str | None = None, schedule_name: str = "paper",
                   llm_schedule: str = "paper", backbone: str = BUNDLED, holdout: float = 0.2, seed: int = 0,
                   use_pretrain: bool = True, progress: bool = True, epochs: int | None = None,
-                  steps: dict | None = None) -> Path:
+                  steps: dict | None = None, kinematic_token: bool = False) -> Path:
     """Encoder (reused if the folder holds a finished one), then the LLM stages; resumable at every step."""
     from eai.train import holdout_split, train_encoder_run
 
@@ -112,7 +112,8 @@ def train_all_run(data: str, out: str, task: str | None = None, schedule_name: s
     ref = ev.Reference.fit(cdesc, [c.label for c in train_clips])
     fs = feature_set(run.encoder, ws, cdesc, ref, mirror=True, progress=progress)
     meta = manifest.get("llm") or {
-        "backbone": backbone, "lora": LORA, "mgst": {"n_temporal": 4, "n_descriptors": len(ev.NAMES)}, "seed": seed, "tag": ds.name,
+        "backbone": backbone, "lora": LORA, "seed": seed, "tag": ds.name,
+        "mgst": {"n_temporal": 4, "n_descriptors": len(ev.NAMES) if kinematic_token else 0},
         "reference": ref.to_dict(), "schedule": llm_schedule, "stages": configs_json(cfgs), "done": [],
         "history": [], "peak_memory_mb": None, "train_seconds": {}}
     llm = build_llm(meta["backbone"], run.encoder.out_channels, meta["lora"], meta["mgst"], seed)
