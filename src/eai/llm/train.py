@@ -38,8 +38,8 @@ SCHEDULES = {
               "recognition": StageConfig(800_000, 64, 1e-5, 1e-5, 2_000, mix=0.1)},
     "gpu": {"description": StageConfig(2_000, 16, 2e-4, 1e-3, 100),
             "recognition": StageConfig(4_000, 32, 2e-4, 1e-3, 200, mix=0.2)},
-    "cpu": {"description": StageConfig(45, 4, 5e-4, 2e-3, 4),
-            "recognition": StageConfig(30, 8, 5e-4, 2e-3, 3, mix=0.25)},
+    "cpu": {"description": StageConfig(30, 4, 5e-4, 2e-3, 3),
+            "recognition": StageConfig(45, 8, 5e-4, 2e-3, 4, mix=0.25)},
     "smoke": {"description": StageConfig(4, 2, 1e-3, 1e-3, 1),
               "recognition": StageConfig(4, 2, 1e-3, 1e-3, 1, mix=0.5)},
 }
