@@ -194,7 +194,9 @@ class Interpreter:
         run = load_run(run_dir)
         if "llm" not in run.manifest or not run.manifest["llm"]["done"]:
             raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run_dir)
-        return Interpreter(run, load_llm(run))
+        llm = load_llm(run)
+        llm.lm.merge_adapter()  # inference: LoRA folded into the weights, one matmul per layer
+        return Interpreter(run, llm)
 
     @property
     def labels(self) -> list[str]:
