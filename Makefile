@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_read.py --data $(DATA)/bandai-namco-1
 	$(BIN)/python bench/bench_encoder.py
+	if [ -d runs/demo ]; then $(BIN)/python bench/bench_explain.py --model runs/demo; else echo "bench_explain: run make demo first"; fi
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache
