@@ -43,7 +43,6 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=40)
     ap.add_argument("--json")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     from eai.io import read_motion
     from eai.llm.pipeline import Interpreter
     from eai.skeleton.unify import unify

@@ -34,7 +34,7 @@ def test_placeholders_become_skeleton_tokens_and_absent_parts_are_masked(tiny):
     mask[1, 15:] = False  # no legs: the two leg tokens of row 1 must be masked
     n = tiny.mgst.cfg.n_tokens
     b = tiny.batch([recognition_prompt(n, "t", LABELS)] * 2, ["sad", "happy"])
-    tokens, tmask, _ = tiny.skeleton(f, mask)
+    tokens, tmask, _ = tiny.mgst(f, mask)
     emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
     where = (b["input_ids"][0] == tiny.sk_id).nonzero()[:, 0]
     assert len(where) == n
@@ -50,7 +50,7 @@ def test_placeholders_become_skeleton_tokens_and_absent_parts_are_masked(tiny):
 def test_placeholder_mismatch_raises(tiny):
     f, mask = _inputs(1)
     b = tiny.batch([recognition_prompt(3, "t", LABELS)], ["sad"])  # 3 placeholders, 11 tokens
-    tokens, tmask, _ = tiny.skeleton(f, mask)
+    tokens, tmask, _ = tiny.mgst(f, mask)
     with pytest.raises(ValueError, match="placeholders"):
         tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
 
@@ -67,7 +67,7 @@ def test_label_scoring_with_shared_prefix_equals_full_sequences(tiny, same):
     with torch.no_grad():
         for j, c in enumerate(LABELS):
             b = tiny.batch(prompts, [c] * 3)
-            tokens, tmask, _ = tiny.skeleton(f, mask)
+            tokens, tmask, _ = tiny.mgst(f, mask)
             emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
             lp = torch.log_softmax(tiny.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos).logits, -1)
             lab = b["labels"]
@@ -86,7 +86,7 @@ def test_cached_greedy_decoding_equals_recomputing(tiny):
     got = tiny.generate(f, mask, [prompt], ["Sad"], max_new_tokens=6, constrained=False)[0]
     ids = tiny._prompt_ids(ev_prompt) + tiny._ids("Sad")
     with torch.no_grad():
-        tokens, tmask, _ = tiny.skeleton(f, mask)
+        tokens, tmask, _ = tiny.mgst(f, mask)
         for _ in range(6):
             x = torch.tensor([ids])
             emb, att, pos = tiny.embed(x, torch.ones_like(x), tokens, tmask)
@@ -210,7 +210,7 @@ def test_training_loss_with_shared_prefix_equals_full_sequences(tiny):
     answers = ["sad", "not-confident", "happy"]
     loss, _ = tiny.loss(f, mask, prompts, answers)
     b = tiny.batch(prompts, answers)
-    tokens, tmask, _ = tiny.skeleton(f, mask)
+    tokens, tmask, _ = tiny.mgst(f, mask)
     emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
     logits = tiny.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos).logits[:, :-1]
     ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),

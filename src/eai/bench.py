@@ -111,17 +111,12 @@ def run_explain(model: str, data: str, task: str | None = None, progress: bool =
     """`eai bench explain`: on the run's held-out clips (all clips of another dataset) the LLM's recognition
     beside the encoder's, explanation scores, and latency with the model loaded (median of `repeats`)."""
     from eai.llm.pipeline import Interpreter
-    from eai.llm.scores import explanation_scores
 
     it = Interpreter.load(model)
     from eai.evaluate import select_clips
 
     clips, scope, ds = select_clips(it.run, data, task, False, progress)
-    rec = it.recognition_metrics(clips, progress)
-    rows = it.explain(clips)
-    for r, u in zip(rows, clips):
-        r["label"] = u.label
-    scores = explanation_scores(rows)
+    scores, rows = it.assess(clips, progress)
     one = min(clips, key=lambda u: abs(u.n_frames / u.fps - 10.0))  # the clip nearest 10 s
     t_all, t_score = [], []
     for _ in range(repeats):
@@ -132,7 +127,7 @@ def run_explain(model: str, data: str, task: str | None = None, progress: bool =
         it.recognise([one])
         t_score.append(time.perf_counter() - t0)
     return {"model": str(model), "dataset": ds.name, "scope": scope, "clips": len(clips), "labels": it.labels,
-            "recognition": rec, "explanations": scores,
+            **scores,
             "latency": {"clip_seconds": round(one.n_frames / one.fps, 2), "explain_s_median": float(np.median(t_all)),
                         "label_scoring_s_median": float(np.median(t_score)), "repeats": repeats},
             "examples": [{k: r[k] for k in ("label", "emotion", "explanation")} for r in rows[:10]]}

@@ -32,7 +32,7 @@ def plot_descriptors(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from eai.io.files import atomic_path
+    from eai.report import save_figure
 
     labels = list(summary)
     fig, axes = plt.subplots(2, 4, figsize=(13, 5.5))
@@ -41,10 +41,7 @@ def plot_descriptors(summary: dict, path: Path) -> None:
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
         ax.set_title(f"{name} ({DESCRIPTOR_BY_NAME[name].unit})", fontsize=9)
     fig.suptitle("kinematic descriptors per label (clip means)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:

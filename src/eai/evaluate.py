@@ -44,15 +44,11 @@ def evaluate_run(run_dir: str, data: str, task: str | None = None, all_clips: bo
     result = {"run": str(run.path), "dataset": ds.name, "scope": scope, "clips": len(clips), "windows": len(ws.y),
               "labels": run.labels, **m}
     if run.manifest.get("llm", {}).get("done"):
-        from eai.llm.pipeline import Interpreter, load_llm
-        from eai.llm.scores import explanation_scores
+        from eai.llm.pipeline import Interpreter
 
-        it = Interpreter(run, load_llm(run))
-        rows = it.explain(clips)
-        result["llm"] = {"recognition": it.recognition_metrics(clips, progress),
-                         "explanations": explanation_scores(rows),
-                         "examples": [{"label": u.label, **{k: r[k] for k in ("emotion", "explanation")}}
-                                      for u, r in zip(clips, rows)]}
+        scores, rows = Interpreter.of(run).assess(clips, progress)
+        result["llm"] = {**scores, "examples": [{k: r[k] for k in ("label", "emotion", "explanation")}
+                                                for r in rows]}
     dest = Path(out) if out else run.path / f"eval-{ds.name}"
     write_json(result, dest / "evaluation.json")
     plot_confusion(m["confusion"], run.labels, dest / "confusion.png", f"{ds.name} ({scope})")

@@ -30,6 +30,16 @@ def write_json(obj, path: str | Path) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
 def plot_confusion(confusion, labels: list[str], path: str | Path, title: str = "") -> None:
     """Row-normalised confusion matrix as a PNG (rows: true label)."""
     import matplotlib
@@ -51,7 +61,4 @@ def plot_confusion(confusion, labels: list[str], path: str | Path, title: str = 
                     color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    with atomic_path(Path(path).with_suffix(".png")) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, Path(path).with_suffix(".png"), dpi=120)

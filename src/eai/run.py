@@ -69,6 +69,8 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from eai.report import save_figure
+
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].plot(ep, [h["loss"] for h in history])
@@ -79,7 +81,4 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     ax[1].set_ylabel("accuracy")
     ax[1].legend()
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)

@@ -93,13 +93,6 @@ class ClaimDecoder:
         st["partial"] = st["partial"] + (token,)
 
 
-def answer_start(label: str) -> str:
-    """How an explanation begins: the recognised label, which the rest is conditioned on."""
-    from eai.llm.evidence import label_text
-
-    return label_text(label)
-
-
 class EmotionLLM(nn.Module):
     def __init__(self, lm: nn.Module, tokenizer, mgst: MGST):
         super().__init__()
@@ -121,24 +114,24 @@ class EmotionLLM(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def batch(self, prompts: list[str], answers: list[str] | None = None, left_pad: bool = False) -> dict:
-        """input_ids, attention_mask (padding only), labels (answer tokens + end of turn; -100 elsewhere)."""
+    def _rows(self, prompts: list[str], answers: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """Token rows (prompt, answer, end of turn) and their labels (-100 on the prompt)."""
         rows, labs = [], []
-        for i, p in enumerate(prompts):
-            ids = self._prompt_ids(p)
-            lab = [IGNORE] * len(ids)
-            if answers is not None:
-                a = self._ids(answers[i]) + [self.eos]
-                ids, lab = ids + a, lab + a
-            rows.append(ids)
-            labs.append(lab)
+        for p, a in zip(prompts, answers):
+            ids, ans = self._prompt_ids(p), self._ids(a) + [self.eos]
+            rows.append(ids + ans)
+            labs.append([IGNORE] * len(ids) + ans)
+        return rows, labs
+
+    def batch(self, prompts: list[str], answers: list[str]) -> dict:
+        """The whole rows, right-padded, without prefix sharing: input_ids, attention_mask, labels."""
+        rows, labs = self._rows(prompts, answers)
         L = max(map(len, rows))
         ids = torch.full((len(rows), L), self.pad, dtype=torch.long)
         att = torch.zeros((len(rows), L), dtype=torch.long)
         lab = torch.full((len(rows), L), IGNORE, dtype=torch.long)
         for i, (r, l) in enumerate(zip(rows, labs)):
-            s = slice(L - len(r), L) if left_pad else slice(0, len(r))
-            ids[i, s], att[i, s], lab[i, s] = torch.tensor(r), 1, torch.tensor(l)
+            ids[i, :len(r)], att[i, :len(r)], lab[i, :len(r)] = torch.tensor(r), 1, torch.tensor(l)
         return {"input_ids": ids, "attention_mask": att, "labels": lab}
 
     # ---- splice
@@ -156,27 +149,15 @@ class EmotionLLM(nn.Module):
         att = attention.masked_scatter(is_sk, tmask.to(attention.dtype))
         return emb, att, pos
 
-    def skeleton(self, feats: torch.Tensor, mask: torch.Tensor, z: torch.Tensor | None = None):
-        return self.mgst(feats, mask, z)
-
     def loss(self, feats, mask, prompts: list[str], answers: list[str], z=None):
         """Mean cross-entropy over answer tokens, and the semantic embeddings for the contrastive loss."""
-        rows, labs = [], []
-        for p, a in zip(prompts, answers):
-            ids, ans = self._prompt_ids(p), self._ids(a) + [self.eos]
-            rows.append(ids + ans)
-            labs.append([IGNORE] * len(ids) + ans)
-        if any(not any(t != IGNORE for t in l) for l in labs):
-            raise ValueError("loss mask mismatch: a row has no answer tokens")
+        rows, labs = self._rows(prompts, answers)
         logits, lab, sem = self._forward(rows, feats, mask, labs, z=z)
-        if (lab != IGNORE).sum() == 0:
-            raise ValueError("loss mask mismatch: no answer token is supervised")
         logits = logits[:, :-1].float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
                                ignore_index=IGNORE), sem
 
-    def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None,
-                 use_cache: bool = False, z=None):
+    def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None):
         """Run token rows holding placeholders through the LM. The longest prefix the rows share before their
         first placeholder (the system prompt and question: all of it for recognition) runs once and its
         key/value cache is repeated for every row, in training too (its gradient sums over the rows).
@@ -184,7 +165,7 @@ class EmotionLLM(nn.Module):
         Inference (labels None, left padding): (last logits, cache, attention mask, next positions)."""
         dev = feats.device
         N = len(rows)
-        tokens, tmask, sem = self.skeleton(feats, mask, z)
+        tokens, tmask, sem = self.mgst(feats, mask, z)
         pre = 0
         if N > 1:
             first = min(r.index(self.sk_id) if self.sk_id in r else len(r) for r in rows)
@@ -211,7 +192,7 @@ class EmotionLLM(nn.Module):
             raise ValueError("loss mask mismatch: a skeleton position is labelled")
         full = torch.cat([torch.ones((N, pre), dtype=torch.long, device=dev), att2], 1)
         out = self.lm(inputs_embeds=emb, attention_mask=full, position_ids=pos + pre, past_key_values=cache,
-                      use_cache=use_cache or labels is None)
+                      use_cache=labels is None)
         if labels is not None:
             return out.logits, lab, sem
         return out.logits[:, -1], out.past_key_values, full, att.sum(1) + pre

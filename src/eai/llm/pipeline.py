@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from eai.kinematics import descriptor_vector
 from eai.llm import evidence as ev
 from eai.llm.backbone import BUNDLED, TINY, load_backbone
 from eai.llm.mgst import MGST, MGSTConfig
-from eai.llm.model import EmotionLLM, answer_start, description_prompt, recognition_prompt
+from eai.llm.model import EmotionLLM, description_prompt, recognition_prompt
 from eai.llm.train import (LORA, STAGES, Sampler, add_lora, configs_json, feature_set, peak_memory_mb,
                            stage_configs, train_stage, trainable_state)
 from eai.protocol import metrics
@@ -116,9 +117,10 @@ def train_all_run(data: str, out: str, task: str | None = None, schedule_name: s
         "mgst": {"n_temporal": 4, "n_descriptors": len(ev.NAMES) if kinematic_token else 0},
         "reference": ref.to_dict(), "schedule": llm_schedule, "stages": configs_json(cfgs), "done": [],
         "history": [], "peak_memory_mb": None, "train_seconds": {}}
-    llm = build_llm(meta["backbone"], run.encoder.out_channels, meta["lora"], meta["mgst"], seed)
-    if meta["done"]:
+    if meta["done"]:  # resuming after a finished stage: its weights, not a fresh model
         llm = load_llm(Run(run.path, {**manifest, "llm": meta}, run.encoder))
+    else:
+        llm = build_llm(meta["backbone"], run.encoder.out_channels, meta["lora"], meta["mgst"], seed)
     sampler = Sampler(fs, labels, meta["tag"], llm.mgst.cfg.n_tokens, seed)
     log_path = run_dir / "log.jsonl"
 
@@ -155,7 +157,7 @@ def plot_llm_curves(history: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from eai.io.files import atomic_path
+    from eai.report import save_figure
 
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for stage in STAGES:
@@ -165,10 +167,7 @@ def plot_llm_curves(history: list[dict], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("answer-token loss")
     ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -191,9 +190,13 @@ class Interpreter:
 
     @staticmethod
     def load(run_dir: str | Path) -> "Interpreter":
-        run = load_run(run_dir)
+        return Interpreter.of(load_run(run_dir))
+
+    @staticmethod
+    def of(run: Run) -> "Interpreter":
+        """The interpreter of a loaded run (its LLM stages must be trained)."""
         if "llm" not in run.manifest or not run.manifest["llm"]["done"]:
-            raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run_dir)
+            raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run.path)
         llm = load_llm(run)
         llm.lm.merge_adapter()  # inference: LoRA folded into the weights, one matmul per layer
         return Interpreter(run, llm)
@@ -202,7 +205,7 @@ class Interpreter:
     def labels(self) -> list[str]:
         return self.run.labels
 
-    @property
+    @cached_property
     def reference(self) -> ev.Reference:
         return ev.Reference.from_dict(self.run.manifest["llm"]["reference"])
 
@@ -220,10 +223,9 @@ class Interpreter:
                                             torch.from_numpy(z[b:b + batch].astype(np.float32))))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
 
-    def _windows(self, clips: list[UnifiedMotion], stride_key: str = "eval_stride"):
+    def _windows(self, clips: list[UnifiedMotion]):
         t = self.run.manifest["train"]
-        labels = self.labels
-        return window_set(clips, labels, t["window"], t[stride_key], True)  # descriptors: kinematic token
+        return window_set(clips, self.labels, t["window"], t["eval_stride"], True)  # descriptors: kinematic token
 
     def recognition_metrics(self, clips: list[UnifiedMotion], progress: bool = False) -> dict:
         """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
@@ -231,9 +233,10 @@ class Interpreter:
         from eai.skeleton.unify import mirror
 
         ws = self._windows(clips)
+        z = self.reference.z(ws.desc)  # descriptors do not change under mirroring
         p = 0
         for raw, mask in [(ws.raw, ws.mask), mirror(ws.raw, ws.mask)]:
-            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, self.reference.z(ws.desc))
+            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z)
         p_llm = p / 2
         p_enc = predict_proba(self.run.encoder, ws)
         out = {}
@@ -265,15 +268,15 @@ class Interpreter:
 
         ref, n = self.reference, self.llm.mgst.cfg.n_tokens
         ws, feats, probs = self._clip_proba(clips)
+        desc = clip_descriptors(clips) if clips else np.zeros((0, len(ev.NAMES)))
         rows, prompts, starts, cf, cm, zs = [], [], [], [], [], []
-        for i, (u, p) in enumerate(zip(clips, probs)):
+        for i, (d, p) in enumerate(zip(desc, probs)):
             sel = ws.clip == i
             label = self.labels[int(p.argmax())]
-            d = descriptor_vector(u.metres(), u.mask, u.fps)
             z = ref.z(d)
             zs.append((z, d))
             prompts.append(description_prompt(n, self.tag, label, ev.evidence_line(z)))
-            starts.append(answer_start(label))
+            starts.append(ev.label_text(label))
             cf.append(feats[sel].mean(0))
             cm.append(ws.mask[sel][0])
             rows.append({"emotion": label, "probabilities": {l: round(float(q), 4) for l, q in zip(self.labels, p)}})
@@ -294,3 +297,14 @@ class Interpreter:
             r["label_consistent"] = ev.names_label(t, r["emotion"], self.labels)
             r["reference"] = ev.description(r["emotion"], z)
         return rows
+
+    def assess(self, clips: list[UnifiedMotion], progress: bool = False) -> tuple[dict, list[dict]]:
+        """What `eai evaluate` and `eai bench explain` report of the LLM on labelled clips: recognition beside
+        the encoder, explanation scores, and the explanation rows (each with its clip's true label)."""
+        from eai.llm.scores import explanation_scores
+
+        rows = self.explain(clips)
+        for r, u in zip(rows, clips):
+            r["label"] = u.label
+        return {"recognition": self.recognition_metrics(clips, progress),
+                "explanations": explanation_scores(rows)}, rows

@@ -72,9 +72,10 @@ def explanation_scores(rows: list[dict], similarity: bool = True) -> dict:
         out["minilm_similarity"] = float((a * b).sum(1).mean())
     # same emotion, different measured evidence -> different explanation?
     pairs = differ = 0
+    measured = [_claimset(r["reference"]) for r in rows]
     for i, j in combinations(range(len(rows)), 2):
         ri, rj = rows[i], rows[j]
-        if ri["emotion"] == rj["emotion"] and _claimset(ri["reference"]) != _claimset(rj["reference"]):
+        if ri["emotion"] == rj["emotion"] and measured[i] != measured[j]:
             pairs += 1
             differ += ri["explanation"] != rj["explanation"]
     out["differs_when_movement_differs"] = differ / pairs if pairs else None

@@ -1,11 +1,10 @@
 """LLM stages on cached encoder features: emotion description, then emotion recognition (as in the paper),
 with LoRA on the LM's linear layers and the MGST projectors trained, on Hugging Face Accelerate so the same
 code runs on a CPU, one GPU or several (`accelerate launch`). Checkpoints are written atomically every
-`save_every` steps and a killed stage resumes from its last one."""
+20 steps and a killed stage resumes from its last one."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import resource
 from dataclasses import dataclass
@@ -224,4 +223,4 @@ def stage_configs(name: str, steps: dict | None = None) -> dict[str, StageConfig
 
 
 def configs_json(cfgs: dict[str, StageConfig]) -> dict:
-    return json.loads(json.dumps({k: dataclasses.asdict(v) for k, v in cfgs.items()}))
+    return {k: dataclasses.asdict(v) for k, v in cfgs.items()}
