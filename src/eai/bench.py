@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from eai.baseline import DescriptorForest, window_features
 from eai.data import load_clips, open_dataset
+from eai.encoder.train import WindowSet
 from eai.protocol import Windows, folds, metrics, summarise
 from eai.report import table
 
@@ -66,7 +67,7 @@ class _EncoderBench:
         self.labels, self.progress = labels, progress
         self.train_ws = window_set(clips, labels, self.cfg.window, self.cfg.train_stride, self.cfg.descriptors)
         self.test_ws = window_set(clips, labels, self.cfg.window, self.cfg.eval_stride, self.cfg.descriptors)
-        self.pre = pretrain_windows(ds, self.cfg, progress) if use_pretrain else None
+        self.pre = pretrain_windows([ds], self.cfg, progress) if use_pretrain else None
         self.pre_state: dict[int, dict] = {}
 
     def fit_predict(self, train_clips, test_clips, seed: int) -> np.ndarray:
@@ -115,19 +116,141 @@ def run_explain(model: str, data: str, task: str | None = None, progress: bool =
     it = Interpreter.load(model)
     from eai.evaluate import select_clips
 
-    clips, scope, ds = select_clips(it.run, data, task, False, progress)
-    scores, rows = it.assess(clips, progress)
+    clips, scope, ds, name = select_clips(it.run, data, task, False, progress)
+    voice = it.dataset(name)
+    scores, rows = it.assess(clips, voice, progress)
     one = min(clips, key=lambda u: abs(u.n_frames / u.fps - 10.0))  # the clip nearest 10 s
     t_all, t_score = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        it.explain([one])
+        it.explain([one], dataset=name)
         t_all.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        it.recognise([one])
+        it.recognise([one], dataset=name)
         t_score.append(time.perf_counter() - t0)
-    return {"model": str(model), "dataset": ds.name, "scope": scope, "clips": len(clips), "labels": it.labels,
+    return {"model": str(model), "dataset": ds.name, "scope": scope, "clips": len(clips), "labels": voice.words,
             **scores,
             "latency": {"clip_seconds": round(one.n_frames / one.fps, 2), "explain_s_median": float(np.median(t_all)),
                         "label_scoring_s_median": float(np.median(t_score)), "repeats": repeats},
             "examples": [{k: r[k] for k in ("label", "emotion", "explanation")} for r in rows[:10]]}
+
+
+def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_seeds: int = 1,
+              schedule_name: str | None = None, epochs: int | None = None, mix: str = "equal",
+              progress: bool = True) -> dict:
+    """`eai bench joint`: per dataset, the encoder trained on that dataset alone beside one trained on all of
+    them at once, on the same clip-grouped folds of each dataset in the same run.
+
+    Fold i of the joint model trains on fold i's training clips of every dataset (each window's loss over its
+    own dataset's labels, datasets drawn by `mix`) and is tested on fold i's test clips of each; no test clip
+    of any dataset is ever seen in training. Pre-training on auxiliary clips is off for both."""
+    import dataclasses as dc
+
+    from eai.encoder.model import EncoderConfig
+    from eai.encoder.train import default_schedule, predict_proba, train_encoder, window_set
+    from eai.errors import DatasetError, EaiError
+    from eai.joint import joint_labels, label_mask, mix_weights, open_parts
+    from eai.train import schedule
+
+    if len(datas) < 2:
+        raise EaiError("bench joint needs two or more --data")
+    parts = open_parts(datas, task, progress)
+    name = schedule_name or default_schedule()
+    cfg = schedule(name, epochs)
+    labels = joint_labels(parts)
+    allowed = label_mask(parts, labels)
+    local = [np.array([p.labels.index(l) if l in p.labels else -1 for l in labels]) for p in parts]
+
+    def cut(p, stride):
+        return window_set(p.clips, labels, cfg.window, stride, cfg.descriptors, progress)
+
+    train_ws = [cut(p, cfg.train_stride) for p in parts]
+    test_ws = [cut(p, cfg.eval_stride) for p in parts]
+    splits = {}
+    for d, p in enumerate(parts):
+        w = Windows.from_clips(p.clips)
+        try:
+            splits[d] = {s: [(sorted(set(w.clip[a])), sorted(set(w.clip[b]))) for a, b in folds(w, n_folds, s)]
+                         for s in range(n_seeds)}
+        except ValueError as e:
+            raise DatasetError(f"cannot make {n_folds} clip-grouped folds: {e}; use fewer --folds", p.path) from None
+    runs = {p.name: {"single": [], "joint": []} for p in parts}
+    seconds = {"single": 0.0, "joint": 0.0}
+    bar = tqdm(total=n_seeds * n_folds * (len(parts) + 1), desc="folds", disable=not progress, leave=False)
+    for seed in range(n_seeds):
+        c = dc.replace(cfg, seed=seed)
+        for i in range(n_folds):
+            tests = [test_ws[d].subset(splits[d][seed][i][1]) for d in range(len(parts))]
+            truth = [local[d][t.y] for d, t in enumerate(tests)]
+            t0 = time.perf_counter()
+            for d, p in enumerate(parts):  # (a) each dataset alone, on its own labels
+                tr = train_ws[d].subset(splits[d][seed][i][0])
+                tr = dc.replace(tr, y=local[d][tr.y])
+                model, _ = train_encoder(tr, len(p.labels), c, EncoderConfig(), progress=progress)
+                te = dc.replace(tests[d], y=truth[d])
+                runs[p.name]["single"].append(metrics(truth[d], predict_proba(model, te), te.clip, p.labels))
+                bar.update()
+            seconds["single"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            joint = WindowSet.concat([train_ws[d].subset(splits[d][seed][i][0]) for d in range(len(parts))],
+                                     ds=list(range(len(parts))))
+            model, _ = train_encoder(joint, len(labels), c, EncoderConfig(), progress=progress, allowed=allowed,
+                                     sample_p=mix_weights(joint.ds, len(parts), mix))
+            for d, p in enumerate(parts):  # (b) the joint model on each dataset's test clips, its labels only
+                te = dc.replace(tests[d], ds=np.full(len(tests[d].y), d))
+                proba = predict_proba(model, te, allowed=allowed)[:, allowed[d]]
+                runs[p.name]["joint"].append(metrics(truth[d], proba, te.clip, p.labels))
+            seconds["joint"] += time.perf_counter() - t0
+            bar.update()
+    bar.close()
+    out = {"datasets": {}, "folds": n_folds, "seeds": n_seeds, "mix": mix, "task": parts[0].dataset.task,
+           "encoder_setup": {"schedule": name, "epochs": cfg.epochs, "train_stride": cfg.train_stride,
+                             "pretrain": False},
+           "joint_labels": labels, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    for p in parts:
+        single, joint = (summarise(runs[p.name][k], p.labels) for k in ("single", "joint"))
+        gain = [j["window_accuracy"] - s["window_accuracy"] for s, j in zip(runs[p.name]["single"],
+                                                                             runs[p.name]["joint"])]
+        out["datasets"][p.name] = {
+            **p.describe(), "windows": int(len(test_ws[parts.index(p)].y)),
+            "single": single, "joint": joint,
+            "gain": {"window_accuracy": float(np.mean(gain)), "std": float(np.std(gain)),
+                     "macro_f1": joint["macro_f1"] - single["macro_f1"]}}
+    return out
+
+
+def joint_table(result: dict) -> str:
+    """Single-dataset against joint training, per dataset."""
+    rows = []
+    for name, d in result["datasets"].items():
+        s, j = d["single"], d["joint"]
+        rows.append([name, d["layout"], d["clips"], s["window_accuracy"], s["std"]["window_accuracy"],
+                     j["window_accuracy"], j["std"]["window_accuracy"], d["gain"]["window_accuracy"],
+                     s["macro_f1"], j["macro_f1"]])
+    head = (f"joint training, {result['folds']} folds x {result['seeds']} seeds, datasets drawn {result['mix']}, "
+            f"encoder {result['encoder_setup']['schedule']} schedule")
+    return head + "\n" + table(rows, ["dataset", "layout", "clips", "single acc", "± std", "joint acc", "± std",
+                                      "gain", "single F1", "joint F1"])
+
+
+def plot_joint(result: dict, path) -> None:
+    """Bars of window accuracy (single vs joint, ± std over folds x seeds) per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from eai.report import save_figure
+
+    names = list(result["datasets"])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names), 3.4))
+    for k, (kind, off) in enumerate((("single", -0.2), ("joint", 0.2))):
+        v = [result["datasets"][n][kind]["window_accuracy"] for n in names]
+        e = [result["datasets"][n][kind]["std"]["window_accuracy"] for n in names]
+        ax.bar(x + off, v, 0.4, yerr=e, capsize=3, label=kind)
+    ax.set_xticks(x, names, rotation=15, fontsize=8)
+    ax.set_ylabel("window accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    save_figure(fig, path)

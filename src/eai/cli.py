@@ -99,28 +99,32 @@ def cmd_train(args) -> None:
 
     if args.stage not in ("encoder", "all"):
         raise EaiError(f"unknown stage {args.stage!r}: 'encoder', or 'all' (encoder, description, recognition)")
+    data = args.data[0] if len(args.data) == 1 else args.data
     if args.stage == "all":
         from eai.llm.pipeline import train_all_run
         from eai.llm.train import SCHEDULES
 
         llm_schedule = args.llm_schedule or (args.schedule if args.schedule in SCHEDULES else "paper")
-        run = train_all_run(args.data, args.out, args.task, args.schedule, llm_schedule, args.backbone,
+        run = train_all_run(data, args.out, args.task, args.schedule, llm_schedule, args.backbone,
                             args.holdout, args.seed, not args.no_pretrain, not args.quiet, args.epochs,
                             {"description": args.description_steps, "recognition": args.recognition_steps},
-                            args.kinematic_token)
+                            args.kinematic_token, args.mix)
     else:
-        run = train_encoder_run(args.data, args.out, args.task, args.schedule, args.holdout, args.seed,
-                                not args.no_pretrain, not args.quiet, args.epochs)
+        run = train_encoder_run(data, args.out, args.task, args.schedule, args.holdout, args.seed,
+                                not args.no_pretrain, not args.quiet, args.epochs, args.mix)
     m = json.loads((run / "manifest.json").read_text())
-    held = m["held_out_metrics"]
     print(f"wrote run {run} ({m['data']['train_windows']} training windows, {m['train_seconds']:.0f} s encoder)")
-    if held:
-        print(f"held-out clips, encoder: window accuracy {held['window_accuracy']:.3f}, clip accuracy "
-              f"{held['clip_accuracy']:.3f}, macro-F1 {held['macro_f1']:.3f}")
-    if m.get("held_out_llm"):
-        h = m["held_out_llm"]["llm"]
-        print(f"held-out clips, LLM (label likelihood): window accuracy {h['window_accuracy']:.3f}, clip accuracy "
-              f"{h['clip_accuracy']:.3f}, macro-F1 {h['macro_f1']:.3f}, ECE {h['ece']:.3f}")
+    held = m["held_out_metrics"] or {}
+    per = held if "window_accuracy" not in held else {m["data"]["name"]: held}
+    llm = m.get("held_out_llm") or {}
+    llm = llm if "llm" not in llm else {m["data"]["name"]: llm}
+    for name, h in per.items():
+        print(f"held-out clips of {name}, encoder: window accuracy {h['window_accuracy']:.3f}, clip accuracy "
+              f"{h['clip_accuracy']:.3f}, macro-F1 {h['macro_f1']:.3f}")
+        if name in llm:
+            x = llm[name]["llm"]
+            print(f"held-out clips of {name}, LLM (label likelihood): window accuracy {x['window_accuracy']:.3f}, "
+                  f"clip accuracy {x['clip_accuracy']:.3f}, macro-F1 {x['macro_f1']:.3f}, ECE {x['ece']:.3f}")
 
 
 def cmd_explain(args) -> None:
@@ -133,12 +137,13 @@ def cmd_explain(args) -> None:
     for f, u in zip(args.files, clips):
         if u.n_frames < 2:
             raise EaiError("too short to read (fewer than 2 frames)", f)
-    for f, r in zip(args.files, it.explain(clips, args.max_tokens)):
+    for f, r in zip(args.files, it.explain(clips, args.max_tokens, args.dataset)):
         r = {"file": f, **r}
         rows.append(r)
         if not args.json:
             probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
-            print(f"{f}\n  emotion      {r['emotion']}  ({probs})\n  explanation  {r['explanation']}")
+            print(f"{f}\n  dataset      {r['dataset']}\n  emotion      {r['emotion']}  ({probs})\n"
+                  f"  explanation  {r['explanation']}")
             for e in r["evidence"]:
                 mark = "ok " if e["verified"] else "NOT"
                 val = "" if e.get("value") is None else f": {e['value']:g} {e['unit']} vs neutral {e['neutral']:g}"
@@ -151,8 +156,8 @@ def cmd_evaluate(args) -> None:
     from eai.evaluate import evaluate_run
     from eai.report import table
 
-    r = evaluate_run(args.run, args.data, args.task, args.all, args.out, not args.quiet)
-    print(f"{r['dataset']} ({r['scope']}: {r['clips']} clips, {r['windows']} windows)")
+    r = evaluate_run(args.run, args.data, args.task, args.all, args.out, not args.quiet, args.dataset)
+    print(f"{r['dataset']} read as {r['read_as']} ({r['scope']}: {r['clips']} clips, {r['windows']} windows)")
     print(table([[r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]], ["window acc", "clip acc", "macro-F1"]))
     print(table([[c, v] for c, v in r["per_class_recall"].items()], ["label", "recall"]))
     if "llm" in r:
@@ -166,9 +171,29 @@ def cmd_evaluate(args) -> None:
     print("wrote " + ", ".join(r["written"]))
 
 
-def cmd_bench(args) -> None:
-    from eai.bench import recognition_table, run_explain, run_recognition
+def _one(data: list[str], what: str) -> str:
+    if len(data) != 1:
+        raise EaiError(f"{what} takes one --data; 'eai bench joint' takes several")
+    return data[0]
 
+
+def cmd_bench(args) -> None:
+    from eai.bench import joint_table, plot_joint, recognition_table, run_explain, run_joint, run_recognition
+
+    if args.what == "joint":
+        result = run_joint(args.data, args.task, args.folds, args.seeds, args.schedule, args.epochs, args.mix,
+                           not args.quiet)
+        print(joint_table(result))
+        if args.json:
+            from eai.report import write_json
+
+            write_json(result, args.json)
+            print(f"wrote {args.json}")
+        if args.plot:
+            plot_joint(result, args.plot)
+            print(f"wrote {args.plot}")
+        return
+    args.data = _one(args.data, f"bench {args.what}")
     if args.what == "explain":
         if not args.model:
             raise EaiError("bench explain needs --model RUN")
@@ -198,6 +223,7 @@ def cmd_bench(args) -> None:
 def cmd_baseline(args) -> None:
     from eai.bench import recognition_table, run_recognition
 
+    args.data = _one(args.data, "baseline")
     result = run_recognition(args.data, args.task, args.folds, args.seeds, models=("baseline",),
                              progress=not args.quiet)
     print(recognition_table(result))
@@ -227,6 +253,19 @@ def cmd_synth(args) -> None:
     paths = write_dataset(args.out, args.layouts.split(","), args.clips_per_label, args.seconds, emotions,
                           args.seed)
     print(f"wrote {len(paths)} clips to {args.out} (generated data: for tests and demos, never for reported figures)")
+
+
+def cmd_derive(args) -> None:
+    from eai.derive import DEFAULT_RENAME, derive, parse_rename
+
+    rename = parse_rename(args.rename) if args.rename else DEFAULT_RENAME
+    rec = derive(args.data, args.out, args.layout, args.fps, rename, args.fraction, args.seed, args.task,
+                 not args.quiet)
+    d, r = rec["derived"], rec["rest"]
+    print(f"wrote {Path(args.out) / d['name']} ({len(d['clips'])} clips, {d['layout']} at {d['fps']:g} fps, "
+          f"labels {', '.join(sorted(set(d['vocabulary'].values())))})")
+    print(f"wrote {Path(args.out) / r['name'] / 'manifest.csv'} ({len(r['clips'])} clips, the original files)")
+    print(f"wrote {Path(args.out) / 'split.json'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -267,7 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a model into a run folder (resumes from its checkpoint)")
     s.add_argument("--stage", default="encoder", help="encoder, or all (encoder, then the LLM's description and "
                    "recognition stages)")
-    s.add_argument("--data", required=True, help="dataset folder or CSV manifest")
+    s.add_argument("--data", required=True, action="append",
+                   help="dataset folder or CSV manifest; give it again to train on several datasets at once")
+    s.add_argument("--mix", default="equal", help="several datasets: each one's share of an epoch, equal "
+                   "(default), sqrt (of its size) or size")
     s.add_argument("--out", required=True, help="run folder")
     s.add_argument("--task", help="Bandai only: emotion (default), style or content")
     s.add_argument("--schedule", default="paper", help="paper (default: 200 epochs), gpu, cpu or smoke")
@@ -290,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="run folder trained with --stage all")
     s.add_argument("--json", action="store_true", help="print a JSON list with the evidence of each claim")
     s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
+    s.add_argument("--dataset", help="a run trained on several datasets: which one's labels to answer in "
+                   "(default: the one with the clip's skeleton)")
     s.set_defaults(fn=cmd_explain)
 
     s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrix of a run on a dataset")
@@ -297,18 +341,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--task")
     s.add_argument("--all", action="store_true", help="on the training dataset, use every clip, not the held-out")
+    s.add_argument("--dataset", help="a run trained on several datasets: read the clips as this one's "
+                   "(default: the same path, else the one with the clips' skeleton)")
     s.add_argument("--out", help="folder for evaluation.json and confusion.png (default RUN/eval-<dataset>)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks: 'recognition' runs the protocol for encoder and baseline; "
-                       "'explain' scores a run's LLM (recognition, explanations, latency)")
-    s.add_argument("what", choices=["recognition", "explain"])
+                       "'explain' scores a run's LLM (recognition, explanations, latency); 'joint' trains on each "
+                       "--data alone and on all together, same folds")
+    s.add_argument("what", choices=["recognition", "explain", "joint"])
     s.add_argument("--model", help="explain: the run folder")
     _protocol_args(s)
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--no-pretrain", action="store_true")
+    s.add_argument("--mix", default="equal", help="joint: each dataset's share of an epoch: equal (default), "
+                   "sqrt (of its size) or size")
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("synth", help="write a generated emotional-motion dataset (tests and offline demos)")
@@ -320,11 +369,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seconds", type=float, default=6.0)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_synth)
+
+    s = sub.add_parser("derive", help="split a dataset into two disjoint sets: one re-expressed in another skeleton, "
+                       "frame rate and label vocabulary, the rest kept as a manifest of the original files")
+    s.add_argument("data", help="dataset folder or CSV manifest")
+    s.add_argument("--out", required=True, help="folder for the two sets and split.json")
+    s.add_argument("--layout", default="gait16", help="layout of the derived set (default gait16)")
+    s.add_argument("--fps", type=float, default=25.0, help="frame rate of the derived set (default 25)")
+    s.add_argument("--rename", help="label=word pairs: which labels the derived set takes and its words for them "
+                   "(default angry=anger,happy=joy,sad=sadness,neutral=neutral)")
+    s.add_argument("--fraction", type=float, default=0.5, help="share of those labels' clips derived (default 0.5)")
+    s.add_argument("--task", help="Bandai only: emotion (default), style or content")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_derive)
     return p
 
 
 def _protocol_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--data", required=True, help="dataset folder or CSV manifest")
+    s.add_argument("--data", required=True, action="append",
+                   help="dataset folder or CSV manifest ('bench joint': give it once per dataset)")
     s.add_argument("--task", help="Bandai only: emotion (default), style or content")
     s.add_argument("--folds", type=int, default=5)
     s.add_argument("--seeds", type=int, default=1)

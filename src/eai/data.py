@@ -58,10 +58,16 @@ class Dataset:
     # labelled clips outside the task (Bandai's character styles for the emotion task): they may serve
     # pre-training, and are never test clips of the task
     auxiliary: list[ClipRef] = field(default_factory=list)
+    # the dataset's own word for each unified label ('angry' -> 'anger' in a set that says 'anger')
+    vocab: dict[str, str] = field(default_factory=dict)
 
     @property
     def labels(self) -> list[str]:
         return sorted({c.label for c in self.clips})
+
+    def word(self, label: str) -> str:
+        """The dataset's own word for a unified label."""
+        return self.vocab.get(label, label)
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(c.label for c in self.clips).items()))
@@ -92,7 +98,8 @@ def _bandai(root: Path, task: str | None) -> Dataset:
             continue
         label = {"emotion": style, "style": style, "content": content}[task]
         clips.append(ClipRef(bvh, normalise_label(label), bvh.stem))
-    return Dataset(root.name, root, "bandai", task, clips, problems, aux)
+    return Dataset(root.name, root, "bandai", task, clips, problems, aux,
+                   vocab=_vocab(styles if task != "content" else contents))
 
 
 def _folders(root: Path) -> Dataset:
@@ -101,11 +108,12 @@ def _folders(root: Path) -> Dataset:
         for f in sorted(sub.rglob("*")):
             if f.is_file() and f.suffix.lower() in READ_SUFFIXES:
                 clips.append(ClipRef(f, normalise_label(sub.name), str(f.relative_to(root).with_suffix(""))))
-    return Dataset(root.name, root, "folders", "emotion", clips)
+    return Dataset(root.name, root, "folders", "emotion", clips, vocab=_vocab(sub.name for sub in root.iterdir()
+                                                                              if sub.is_dir()))
 
 
 def _manifest(path: Path) -> Dataset:
-    clips, problems = [], []
+    clips, problems, words = [], [], []
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if rows and rows[0] and rows[0][0].strip().lower() == "path":
@@ -122,7 +130,17 @@ def _manifest(path: Path) -> Dataset:
             continue
         group = row[2].strip() if len(row) > 2 and row[2].strip() else str(p.with_suffix(""))
         clips.append(ClipRef(p, normalise_label(row[1]), group))
-    return Dataset(path.stem, path.parent, "manifest", "emotion", clips, problems)
+        words.append(row[1])
+    name = path.parent.name if path.name == "manifest.csv" else path.stem
+    return Dataset(name, path.parent, "manifest", "emotion", clips, problems, vocab=_vocab(words))
+
+
+def _vocab(words) -> dict[str, str]:
+    """Unified label -> the dataset's own spelling (the first one met, lower case)."""
+    out: dict[str, str] = {}
+    for w in words:
+        out.setdefault(normalise_label(w), str(w).strip().lower())
+    return out
 
 
 def open_dataset(path: str | Path, task: str | None = None) -> Dataset:

@@ -118,21 +118,22 @@ def explain_held_out(out: Path, data: Path, n: int) -> list[dict]:
     from eai.llm.pipeline import Interpreter
 
     it = Interpreter.load(out)
-    clips, _, _ = select_clips(it.run, str(data), None, False, progress=False)
+    clips, _, _, name = select_clips(it.run, str(data), None, False, progress=False)
+    voice = it.dataset(name)
     picked, seen = [], set()
     for u in clips:
         if u.label not in seen:
             picked.append(u)
             seen.add(u.label)
-    rows = it.explain(picked[:n])
+    rows = it.explain(picked[:n], dataset=name)
     print("\nexplanations of held-out clips:")
     for u, r in zip(picked, rows):
-        print(f"- {Path(u.source).name} (true: {u.label}) -> {r['emotion']} ({r['probabilities'][r['emotion']]:.2f})\n"
+        print(f"- {Path(u.source).name} (true: {voice.word(u.label)}) -> {r['emotion']} ({r['probabilities'][r['emotion']]:.2f})\n"
               f"  {r['explanation']}")
         for e in r["evidence"]:
             print(f"    [{'ok' if e['verified'] else 'NOT ok'}] {e['phrase']}: {e['descriptor'] or 'overall'}, "
                   f"z {e['z']}")
-    return [{"clip": u.source, "label": u.label, **r} for u, r in zip(picked, rows)]
+    return [{"clip": u.source, "label": voice.word(u.label), **r} for u, r in zip(picked, rows)]
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from eai.data import load_clips, open_dataset
 from eai.encoder.train import predict_proba, window_set
@@ -11,46 +12,70 @@ from eai.report import plot_confusion, write_json
 from eai.run import load_run
 
 
-def select_clips(run, data: str, task: str | None, all_clips: bool, progress: bool):
-    """The clips of `data` to evaluate `run` on: its held-out clips on its own dataset (unless all_clips),
-    every clip of another. Returns (clips, scope, dataset)."""
+def run_datasets(run) -> list[SimpleNamespace]:
+    """The datasets a run was trained on: name, path, labels, layout, held-out groups (older runs: one)."""
+    m = run.manifest
+    if "datasets" in m:
+        return [SimpleNamespace(**d) for d in m["datasets"]]
+    d = m["data"]
+    return [SimpleNamespace(name=d["name"], path=d["path"], labels=run.labels, layout="",
+                            held_out_groups=d["held_out_groups"])]
+
+
+def select_clips(run, data: str, task: str | None, all_clips: bool, progress: bool, dataset: str | None = None):
+    """The clips of `data` to evaluate `run` on: its held-out clips on a dataset it was trained on (unless
+    all_clips), every clip of another; and which of the run's datasets they are read as (the same path, else
+    `dataset`, else the one with their skeleton). Returns (clips, scope, dataset, name of the run's dataset)."""
+    from collections import Counter
+
+    from eai.joint import part_for
+
     ds = open_dataset(data, task or run.manifest.get("task"))
-    unknown = sorted(set(ds.labels) - set(run.labels))
-    if unknown:
-        raise EaiError(f"the dataset has labels the run never learned: {', '.join(unknown)} "
-                       f"(run labels: {', '.join(run.labels)})", data)
     clips = load_clips(ds, progress=progress)
-    same = str(Path(data).resolve()) == run.manifest["data"]["path"]
+    parts = run_datasets(run)
+    same = [p for p in parts if p.path == str(Path(data).resolve())]
+    part = same[0] if same else part_for(parts, Counter(c.layout for c in clips).most_common(1)[0][0], dataset)
+    unknown = sorted(set(ds.labels) - set(part.labels))
+    if unknown:
+        raise EaiError(f"the dataset has labels the run never learned for {part.name}: {', '.join(unknown)} "
+                       f"(its labels: {', '.join(part.labels)})", data)
     scope = "all clips"
     if same and not all_clips:
-        held = set(run.manifest["data"]["held_out_groups"])
+        held = set(part.held_out_groups)
         if not held:
             raise EaiError("the run was trained on every clip of this dataset (--holdout 0): evaluating on "
                            "it measures memory, not recognition; pass --all to do it anyway", data)
         clips = [c for c in clips if c.group in held]
         scope = "held-out clips"
-    return clips, scope, ds
+    return clips, scope, ds, part.name
 
 
 def evaluate_run(run_dir: str, data: str, task: str | None = None, all_clips: bool = False,
-                 out: str | None = None, progress: bool = True) -> dict:
-    """Evaluate a run on a dataset. On the dataset it was trained on, only its held-out clips count
-    (unless all_clips). Writes evaluation.json and confusion.png into `out` (default RUN/eval-<name>)."""
+                 out: str | None = None, progress: bool = True, dataset: str | None = None) -> dict:
+    """Evaluate a run on a dataset, over that dataset's labels. On a dataset it was trained on, only its
+    held-out clips count (unless all_clips). Writes evaluation.json and confusion.png into `out` (default
+    RUN/eval-<name>)."""
+    import numpy as np
+
     run = load_run(run_dir)
-    clips, scope, ds = select_clips(run, data, task, all_clips, progress)
+    clips, scope, ds, name = select_clips(run, data, task, all_clips, progress, dataset)
+    part = next(p for p in run_datasets(run) if p.name == name)
+    labels = part.labels
     tcfg = run.manifest["train"]
-    ws = window_set(clips, run.labels, tcfg["window"], tcfg["eval_stride"], bool(run.encoder.cfg.n_descriptors))
-    m = metrics(ws.y, predict_proba(run.encoder, ws), ws.clip, run.labels)
-    result = {"run": str(run.path), "dataset": ds.name, "scope": scope, "clips": len(clips), "windows": len(ws.y),
-              "labels": run.labels, **m}
+    ws = window_set(clips, labels, tcfg["window"], tcfg["eval_stride"], bool(run.encoder.cfg.n_descriptors))
+    allowed = np.array([[l in labels for l in run.labels]])
+    m = metrics(ws.y, predict_proba(run.encoder, ws, allowed=allowed)[:, allowed[0]], ws.clip, labels)
+    result = {"run": str(run.path), "dataset": ds.name, "read_as": name, "scope": scope, "clips": len(clips),
+              "windows": len(ws.y), "labels": labels, **m}
     if run.manifest.get("llm", {}).get("done"):
         from eai.llm.pipeline import Interpreter
 
-        scores, rows = Interpreter.of(run).assess(clips, progress)
+        it = Interpreter.of(run)
+        scores, rows = it.assess(clips, it.dataset(name), progress)
         result["llm"] = {**scores, "examples": [{k: r[k] for k in ("label", "emotion", "explanation")}
                                                 for r in rows]}
     dest = Path(out) if out else run.path / f"eval-{ds.name}"
     write_json(result, dest / "evaluation.json")
-    plot_confusion(m["confusion"], run.labels, dest / "confusion.png", f"{ds.name} ({scope})")
+    plot_confusion(m["confusion"], labels, dest / "confusion.png", f"{ds.name} ({scope})")
     result["written"] = [str(dest / "evaluation.json"), str(dest / "confusion.png")]
     return result

@@ -6,12 +6,14 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from safetensors.torch import load_file
 
-from eai.data import Dataset, load_clips, open_dataset
+from eai.data import Dataset, load_clips
 from eai.encoder.model import EncoderConfig
 from eai.encoder.train import SCHEDULES, TrainConfig, WindowSet, predict_proba, train_encoder, window_set
 from eai.errors import EaiError
+from eai.joint import joint_labels, label_mask, mix_weights, open_parts
 from eai.protocol import Windows, folds, metrics
 from eai.run import ENCODER_WEIGHTS, MANIFEST, plot_curves, save_weights, versions, write_manifest
 from eai.skeleton.registry import canonical
@@ -32,12 +34,12 @@ def schedule(name: str, epochs: int | None = None, **overrides) -> TrainConfig:
     return cfg
 
 
-def pretrain_windows(ds: Dataset, cfg, progress: bool) -> tuple[WindowSet, list[str]] | None:
-    """Windows of the dataset's auxiliary clips (e.g. Bandai's character styles), labelled by their own
-    labels, for pre-training; None if the dataset has none."""
-    if not ds.auxiliary:
+def pretrain_windows(datasets: list[Dataset], cfg, progress: bool) -> tuple[WindowSet, list[str]] | None:
+    """Windows of the datasets' auxiliary clips (e.g. Bandai's character styles), labelled by their own
+    labels, for pre-training; None if none has any."""
+    aux = [u for ds in datasets if ds.auxiliary for u in load_clips(ds, progress=progress, refs=ds.auxiliary)]
+    if not aux:
         return None
-    aux = load_clips(ds, progress=progress, refs=ds.auxiliary)
     labels = sorted({c.label for c in aux})
     return window_set(aux, labels, cfg.window, cfg.train_stride, cfg.descriptors), labels
 
@@ -69,29 +71,32 @@ def holdout_split(clips: list[UnifiedMotion], fraction: float, seed: int) -> tup
     return sorted(set(w.clip[train].tolist())), sorted(set(w.clip[test].tolist()))
 
 
-def train_encoder_run(data: str, out: str, task: str | None = None, schedule_name: str = "paper",
+def train_encoder_run(data: str | list[str], out: str, task: str | None = None, schedule_name: str = "paper",
                       holdout: float = 0.2, seed: int = 0, use_pretrain: bool = True, progress: bool = True,
-                      epochs: int | None = None) -> Path:
-    """Train the encoder on a dataset into run folder `out` (resuming if it holds a checkpoint)."""
+                      epochs: int | None = None, mix: str = "equal") -> Path:
+    """Train the encoder on one dataset, or on several at once (`data` a list: each keeps its own labels,
+    drawn by `mix`), into run folder `out` (resuming if it holds a checkpoint)."""
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     cfg = schedule(schedule_name, epochs, seed=seed)
     enc = EncoderConfig()
-    ds = open_dataset(data, task)
-    clips = load_clips(ds, progress=progress)
-    labels = sorted({c.label for c in clips})
-    train_idx, held_idx = holdout_split(clips, holdout, seed)
-    _check_resume(run, cfg, labels, str(Path(data).resolve()))
+    parts = open_parts([data] if isinstance(data, str) else list(data), task, progress)
+    labels = joint_labels(parts)
+    splits = [holdout_split(p.clips, holdout, seed) for p in parts]
+    joint = len(parts) > 1
+    _check_resume(run, cfg, labels, [p.path for p in parts] if joint else parts[0].path)
     started = time.time()
     init = None
     pre_info = None
     if use_pretrain:
-        got = pretrain_windows(ds, cfg, progress)
+        got = pretrain_windows([p.dataset for p in parts], cfg, progress)
         if got is not None:
             ws_pre, pre_labels = got
             init = pretrain(ws_pre, len(pre_labels), cfg, enc, run, progress)
             pre_info = {"labels": pre_labels, "windows": len(ws_pre.y)}
-    ws = window_set([clips[i] for i in train_idx], labels, cfg.window, cfg.train_stride, cfg.descriptors)
+    ws = WindowSet.concat([window_set([p.clips[i] for i in tr], labels, cfg.window, cfg.train_stride, cfg.descriptors)
+                           for p, (tr, _) in zip(parts, splits)], ds=list(range(len(parts))))
+    allowed = label_mask(parts, labels)
     log_path = run / "log.jsonl"
 
     def log(rec: dict) -> None:
@@ -99,30 +104,43 @@ def train_encoder_run(data: str, out: str, task: str | None = None, schedule_nam
             f.write(json.dumps(rec) + "\n")
 
     model, history = train_encoder(ws, len(labels), cfg, enc, checkpoint=run / "checkpoint.pt",
-                                   progress=progress, init=init, log=log)
-    result = None
-    if held_idx:
-        held = window_set([clips[i] for i in held_idx], labels, cfg.window, cfg.eval_stride, cfg.descriptors)
-        m = metrics(held.y, predict_proba(model, held), held.clip, labels)
-        result = {k: m[k] for k in ("window_accuracy", "clip_accuracy", "macro_f1", "per_class_recall")}
+                                   progress=progress, init=init, log=log, allowed=allowed if joint else None,
+                                   sample_p=mix_weights(ws.ds, len(parts), mix) if joint else None)
+    held_metrics = {}
+    for d, (p, (_, held_idx)) in enumerate(zip(parts, splits)):
+        if held_idx:
+            held = window_set([p.clips[i] for i in held_idx], labels, cfg.window, cfg.eval_stride, cfg.descriptors)
+            held.ds[:] = d
+            local = np.array([p.labels.index(l) if l in p.labels else -1 for l in labels])
+            proba = predict_proba(model, held, allowed=allowed)[:, allowed[d]]
+            m = metrics(local[held.y], proba, held.clip, p.labels)
+            held_metrics[p.name] = {k: m[k] for k in ("window_accuracy", "clip_accuracy", "macro_f1",
+                                                      "per_class_recall")}
     save_weights(model, run / ENCODER_WEIGHTS)
+    datasets = [{**p.describe(), "kind": p.dataset.kind, "train_clips": len(tr),
+                 "held_out_groups": [p.clips[i].group for i in held]} for p, (tr, held) in zip(parts, splits)]
+    first = parts[0]
     manifest = {
-        "kind": "eai-run", "stage": "encoder", "labels": labels, "task": ds.task,
+        "kind": "eai-run", "stage": "encoder", "labels": labels, "task": first.dataset.task,
         "encoder": model.cfg.to_dict(), "train": cfg.to_dict(), "schedule": schedule_name,
         "layout": "canonical", "canonical_joints": list(canonical().names),
-        "data": {"path": str(Path(data).resolve()), "name": ds.name, "kind": ds.kind, "clips": len(clips),
-                 "train_clips": len(train_idx), "train_windows": len(ws.y),
-                 "held_out_groups": [clips[i].group for i in held_idx]},
-        "pretrain": pre_info, "seed": seed, "versions": versions(), "held_out_metrics": result,
+        "data": {"path": first.path if not joint else None, "paths": [p.path for p in parts],
+                 "name": "+".join(p.name for p in parts), "kind": first.dataset.kind if not joint else "joint",
+                 "clips": sum(len(p.clips) for p in parts),
+                 "train_clips": sum(len(tr) for tr, _ in splits), "train_windows": len(ws.y),
+                 "held_out_groups": [g for d in datasets for g in d["held_out_groups"]]},
+        "datasets": datasets, "mix": mix if joint else None,
+        "pretrain": pre_info, "seed": seed, "versions": versions(),
+        "held_out_metrics": (held_metrics.get(first.name) if not joint else held_metrics) or None,
         "train_seconds": round(time.time() - started, 1),
     }
     write_manifest(run, manifest)
-    plot_curves(history, run / "curves.png", f"encoder on {ds.name} ({schedule_name} schedule)")
+    plot_curves(history, run / "curves.png", f"encoder on {manifest['data']['name']} ({schedule_name} schedule)")
     (run / "checkpoint.pt").unlink(missing_ok=True)  # the run is complete; the weights are the record
     return run
 
 
-def _check_resume(run: Path, cfg, labels: list[str], data: str) -> None:
+def _check_resume(run: Path, cfg, labels: list[str], data: str | list[str]) -> None:
     """Refuse to resume a checkpoint made with another configuration or label set."""
     stamp = run / "run-config.json"
     want = {"train": cfg.to_dict(), "labels": labels, "data": data}

@@ -66,31 +66,53 @@ def device() -> torch.device:
 @dataclass
 class WindowSet:
     """Faced windows ready for the encoder: raw (N, T, K, 3) body heights, mask (N, K), descriptors (N, D)
-    in physical units, label index y (N,) (-1: unknown), clip index (N,)."""
+    in physical units, label index y (N,) (-1: unknown), clip index (N,), for windows of several datasets
+    the dataset index ds (N,), and the real frames of each window (N,) (a clip shorter than a window is
+    padded with its last frame)."""
 
     raw: np.ndarray
     mask: np.ndarray
     desc: np.ndarray
     y: np.ndarray
     clip: np.ndarray
+    ds: np.ndarray | None = None
+    frames: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.ds is None:
+            self.ds = np.zeros(len(self.y), np.int64)
+        if self.frames is None:
+            self.frames = np.full(len(self.y), self.raw.shape[1], np.int64)
+
+    @property
+    def frac(self) -> np.ndarray:
+        """The real share of each window's frames."""
+        return (self.frames / self.raw.shape[1]).astype(np.float32)
 
     def subset(self, clips) -> "WindowSet":
         """The windows of the given clip indices."""
         keep = np.isin(self.clip, np.asarray(list(clips)))
-        return WindowSet(self.raw[keep], self.mask[keep], self.desc[keep], self.y[keep], self.clip[keep])
+        return WindowSet(self.raw[keep], self.mask[keep], self.desc[keep], self.y[keep], self.clip[keep],
+                         self.ds[keep], self.frames[keep])
 
     @staticmethod
-    def concat(a: "WindowSet", b: "WindowSet") -> "WindowSet":
-        return WindowSet(*(np.concatenate([x, y]) for x, y in zip(
-            (a.raw, a.mask, a.desc, a.y, a.clip), (b.raw, b.mask, b.desc, b.y, b.clip + a.clip.max() + 1))))
+    def concat(sets: list["WindowSet"], ds: list[int] | None = None) -> "WindowSet":
+        """One set of several; clip indices are renumbered to stay distinct, and `ds` (one per set) replaces
+        their dataset indices when given."""
+        offs = np.cumsum([0] + [int(w.clip.max()) + 1 if len(w.clip) else 0 for w in sets[:-1]])
+        dss = [w.ds if ds is None else np.full(len(w.y), d) for w, d in zip(sets, ds or [0] * len(sets))]
+        return WindowSet(*(np.concatenate(a) for a in (
+            [w.raw for w in sets], [w.mask for w in sets], [w.desc for w in sets], [w.y for w in sets],
+            [w.clip + o for w, o in zip(sets, offs)], dss, [w.frames for w in sets])))
 
 
 def window_set(clips: list[UnifiedMotion], labels: list[str], size: int, stride: int,
                descriptors: bool = True, progress: bool = False) -> WindowSet:
     """Cut, face and describe every window of the clips (descriptors in physical units)."""
-    raws, masks, descs, ys, owner = [], [], [], [], []
+    raws, masks, descs, ys, owner, frames = [], [], [], [], [], []
     for i, u in enumerate(tqdm(clips, desc="windows", disable=not progress, leave=False)):
-        w, _ = windows(u.positions, size, stride)
+        w, valid = windows(u.positions, size, stride)
+        frames.append(valid)
         mk = np.repeat(u.mask[None], len(w), 0)
         w = face_windows(w, mk)
         raws.append(w)
@@ -101,7 +123,7 @@ def window_set(clips: list[UnifiedMotion], labels: list[str], size: int, stride:
         owner.append(np.full(len(w), i))
     raw, mask = np.concatenate(raws), np.concatenate(masks)
     desc = np.nan_to_num(np.concatenate(descs)).astype(np.float32) if descriptors else np.zeros((len(raw), 0), np.float32)
-    return WindowSet(raw, mask, desc, np.concatenate(ys), np.concatenate(owner))
+    return WindowSet(raw, mask, desc, np.concatenate(ys), np.concatenate(owner), None, np.concatenate(frames))
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -117,10 +139,26 @@ def build_model(enc_cfg: EncoderConfig) -> SkeletonEncoder:
     return SkeletonEncoder(enc_cfg)
 
 
+def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor, weight: torch.Tensor,
+                         smoothing: float) -> torch.Tensor:
+    """Cross-entropy over each row's allowed labels only (a dataset's own vocabulary within the joint label
+    set), label smoothing spread over those labels, class weights as in nn.CrossEntropyLoss (weighted mean)."""
+    logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), 1)
+    nll = -logp.gather(1, y[:, None])[:, 0]
+    smooth = -logp.masked_fill(~allowed, 0.0).sum(1) / allowed.sum(1)
+    w = weight[y]
+    return (w * ((1 - smoothing) * nll + smoothing * smooth)).sum() / w.sum()
+
+
 def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: EncoderConfig | None = None,
                   checkpoint: Path | None = None, progress: bool = True, init: dict | None = None,
-                  log=None) -> tuple[SkeletonEncoder, list[dict]]:
-    """Train on a WindowSet (labels y >= 0); resume from `checkpoint` if it exists. Returns model, history."""
+                  log=None, allowed: np.ndarray | None = None,
+                  sample_p: np.ndarray | None = None) -> tuple[SkeletonEncoder, list[dict]]:
+    """Train on a WindowSet (labels y >= 0); resume from `checkpoint` if it exists. Returns model, history.
+
+    Several datasets: `allowed` (n_datasets, n_classes) restricts each window's loss to its dataset's labels
+    (train.ds), and `sample_p` (N,) draws each epoch's windows with those probabilities (with replacement),
+    so that a small dataset is not drowned by a large one."""
     enc_cfg = copy.deepcopy(enc_cfg or EncoderConfig())
     enc_cfg.n_classes = n_classes
     enc_cfg.n_descriptors = train.desc.shape[1] if cfg.descriptors else 0
@@ -135,9 +173,13 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    counts = np.bincount(train.y, minlength=n_classes).astype(np.float32)
-    weight = torch.tensor(counts.sum() / np.maximum(counts, 1) / n_classes, device=dev)  # class-balanced loss
+    # class-balanced loss, on the class frequencies the sampler actually draws
+    counts = np.bincount(train.y, weights=sample_p, minlength=n_classes).astype(np.float32)
+    present = counts > 0
+    weight = torch.tensor(np.where(present, counts.sum() / np.maximum(counts, 1e-12) / present.sum(), 0.0),
+                          dtype=torch.float32, device=dev)
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    allowed_t = None if allowed is None or allowed.all() else torch.from_numpy(np.asarray(allowed, bool)).to(dev)
     history: list[dict] = []
     start = 0
     if checkpoint is not None and checkpoint.exists():
@@ -155,7 +197,7 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
     for epoch in bar:
         model.train()
         t0, tot, correct, seen = time.perf_counter(), 0.0, 0, 0
-        order = rng.permutation(n)
+        order = rng.permutation(n) if sample_p is None else rng.choice(n, n, p=sample_p)
         for b in range(0, n - cfg.batch // 4, cfg.batch):  # a ragged last batch under 1/4 is dropped
             idx = order[b:b + cfg.batch]
             raw, mask = augment(train.raw[idx], train.mask[idx], rng, cfg.yaw_deg, cfg.scale, cfg.mirror_p,
@@ -165,7 +207,12 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
             y = torch.from_numpy(train.y[idx]).to(dev)
             with torch.autocast(**amp):
                 _, logits = model(x, m, d)
-                loss = loss_fn(logits.float(), y)
+                if allowed_t is None:
+                    loss = loss_fn(logits.float(), y)
+                else:
+                    rows = allowed_t[torch.from_numpy(train.ds[idx]).to(dev)]
+                    logits = logits.float().masked_fill(~rows, float("-inf"))
+                    loss = masked_cross_entropy(logits, y, rows, weight, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -224,9 +271,11 @@ def _save_checkpoint(path: Path, model, opt, sched, epoch: int, rng, history) ->
 
 
 @torch.no_grad()
-def predict_proba(model: SkeletonEncoder, ws: WindowSet, batch: int = 256, mirror_tta: bool = True) -> np.ndarray:
+def predict_proba(model: SkeletonEncoder, ws: WindowSet, batch: int = 256, mirror_tta: bool = True,
+                  allowed: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities (N, C) of every window; with mirror_tta, averaged with the left-right mirrored
-    window (emotion does not depend on which side is which)."""
+    window (emotion does not depend on which side is which). With `allowed` (n_datasets, C), each window's
+    probabilities cover only its dataset's labels (ws.ds)."""
     from eai.skeleton.unify import mirror
 
     model.eval()
@@ -241,7 +290,11 @@ def predict_proba(model: SkeletonEncoder, ws: WindowSet, batch: int = 256, mirro
         for raw, mask in views:
             x, m = model.prepare(raw, mask)
             _, logits = model(x, m, d if model.cfg.n_descriptors else None)
-            p = p + torch.softmax(logits.float(), 1).cpu().numpy()
+            logits = logits.float()
+            if allowed is not None:
+                rows = torch.from_numpy(np.asarray(allowed, bool)[ws.ds[b:b + batch]]).to(dev)
+                logits = logits.masked_fill(~rows, float("-inf"))
+            p = p + torch.softmax(logits, 1).cpu().numpy()
         out.append(p / len(views))
     return np.concatenate(out)
 

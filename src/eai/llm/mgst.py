@@ -1,6 +1,7 @@
 """Multi-granularity skeleton tokenizer (MGST): encoder features (N, C', T', K) -> LLM input tokens.
 
-- temporal tokens: mean over present joints, then `n_temporal` segments over time (T' pooled adaptively);
+- temporal tokens: mean over present joints, then `n_temporal` segments over time (T' pooled adaptively,
+  padded frames of a short clip left out and a segment of padding only masked out of attention);
 - spatial tokens: one per body part, mean over time and the part's present joints (a part with no joint is
   masked out of attention);
 - one semantic token: the global mean, also projected into the sentence-embedding space where a CLIP-style
@@ -72,17 +73,31 @@ class MGST(nn.Module):
         # the projectors' output scale should match the LM's token embeddings (set by EmotionLLM)
         self.register_buffer("scale", torch.ones(()))
 
-    def forward(self, feats: torch.Tensor, mask: torch.Tensor, z: torch.Tensor | None = None):
-        """feats (N, C, T, K), mask (N, K)[, descriptor z-scores (N, D), NaN where missing] -> tokens
-        (N, n_tokens, H), token mask (N, n_tokens) bool, semantic text-space embedding (N, text_dim), unit."""
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor, z: torch.Tensor | None = None,
+                frac: torch.Tensor | None = None):
+        """feats (N, C, T, K), mask (N, K)[, descriptor z-scores (N, D), NaN where missing][, the real share of
+        each window's frames (N,), the rest padding] -> tokens (N, n_tokens, H), token mask (N, n_tokens) bool,
+        semantic text-space embedding (N, text_dim), unit. Pooling covers present joints and real frames only;
+        a temporal token that falls wholly in padding is masked, like a body part with no joint."""
         N, C, T, K = feats.shape
+        n_t = self.cfg.n_temporal
         m = mask.to(feats.dtype)
         x = feats.permute(0, 2, 3, 1)  # (N, T, K, C)
         per_t = (x * m[:, None, :, None]).sum(2) / m.sum(1).clamp_min(1)[:, None, None]  # (N, T, C)
-        seg = F.adaptive_avg_pool1d(per_t.transpose(1, 2), self.cfg.n_temporal).transpose(1, 2)
+        real_t = T if frac is None else torch.ceil(frac.to(feats.dtype) * T).clamp(1, T)  # (N,) real time steps
+        tv = (torch.arange(T, device=feats.device)[None] < torch.as_tensor(real_t, device=feats.device).reshape(-1, 1)
+              ).to(feats.dtype).expand(N, T)  # (N, T)
+        lo = [(i * T) // n_t for i in range(n_t)]
+        hi = [-((-(i + 1) * T) // n_t) for i in range(n_t)]  # the segments of adaptive average pooling
+        seg_of = torch.zeros(n_t, T, dtype=feats.dtype, device=feats.device)
+        for i in range(n_t):
+            seg_of[i, lo[i]:hi[i]] = 1
+        a = seg_of[None] * tv[:, None]  # (N, n_t, T)
+        seg = a @ per_t / a.sum(2, keepdim=True).clamp_min(1)
         w = self.member[None] * m[:, None, :]  # (N, P, K)
-        per_part = torch.einsum("npk,ntkc->npc", w, x) / (w.sum(2, keepdim=True) * T).clamp_min(1e-6)
-        glob = per_t.mean(1)
+        per_part = (torch.einsum("npk,ntkc->npc", w, x * tv[:, :, None, None])
+                    / (w.sum(2, keepdim=True) * tv.sum(1)[:, None, None]).clamp_min(1e-6))
+        glob = (per_t * tv[..., None]).sum(1) / tv.sum(1, keepdim=True)
         tok_t = self.temporal(self.norm(seg))
         tok_s = self.spatial(self.norm(per_part)) + self.part_embed
         tok_g = self.semantic(self.norm(glob))[:, None]
@@ -96,7 +111,7 @@ class MGST(nn.Module):
             parts.append(self.kinematic(zin)[:, None])
         tokens = torch.cat(parts, 1) * self.scale
         ones = lambda k: torch.ones(N, k, dtype=torch.bool, device=feats.device)
-        tmask = torch.cat([ones(self.cfg.n_temporal), w.sum(2) > 0, ones(1 + bool(self.cfg.n_descriptors))], 1)
+        tmask = torch.cat([a.sum(2) > 0, w.sum(2) > 0, ones(1 + bool(self.cfg.n_descriptors))], 1)
         sem = F.normalize(self.to_text(self.norm(glob)), dim=1)
         return tokens, tmask, sem
 

@@ -149,15 +149,16 @@ class EmotionLLM(nn.Module):
         att = attention.masked_scatter(is_sk, tmask.to(attention.dtype))
         return emb, att, pos
 
-    def loss(self, feats, mask, prompts: list[str], answers: list[str], z=None):
+    def loss(self, feats, mask, prompts: list[str], answers: list[str], z=None, frac=None):
         """Mean cross-entropy over answer tokens, and the semantic embeddings for the contrastive loss."""
         rows, labs = self._rows(prompts, answers)
-        logits, lab, sem = self._forward(rows, feats, mask, labs, z=z)
+        logits, lab, sem = self._forward(rows, feats, mask, labs, z=z, frac=frac)
         logits = logits[:, :-1].float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
                                ignore_index=IGNORE), sem
 
-    def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None):
+    def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
+                 frac=None):
         """Run token rows holding placeholders through the LM. The longest prefix the rows share before their
         first placeholder (the system prompt and question: all of it for recognition) runs once and its
         key/value cache is repeated for every row, in training too (its gradient sums over the rows).
@@ -165,7 +166,7 @@ class EmotionLLM(nn.Module):
         Inference (labels None, left padding): (last logits, cache, attention mask, next positions)."""
         dev = feats.device
         N = len(rows)
-        tokens, tmask, sem = self.mgst(feats, mask, z)
+        tokens, tmask, sem = self.mgst(feats, mask, z, frac)
         pre = 0
         if N > 1:
             first = min(r.index(self.sk_id) if self.sk_id in r else len(r) for r in rows)
@@ -199,11 +200,12 @@ class EmotionLLM(nn.Module):
 
     # ---- recognition by label likelihood
     @torch.no_grad()
-    def label_logprobs(self, feats, mask, prompts: list[str], candidates: list[str], z=None) -> torch.Tensor:
+    def label_logprobs(self, feats, mask, prompts: list[str], candidates: list[str], z=None,
+                       frac=None) -> torch.Tensor:
         """(N, L) log-likelihood of each candidate answer (its tokens and the end of turn), sharing the
         prompt's key/value cache across candidates."""
         dev = feats.device
-        last, cache, att2, nxt = self._forward([self._prompt_ids(p) for p in prompts], feats, mask, z=z)
+        last, cache, att2, nxt = self._forward([self._prompt_ids(p) for p in prompts], feats, mask, z=z, frac=frac)
         first = torch.log_softmax(last.float(), -1)  # (N, V)
         cands = [self._ids(c) + [self.eos] for c in candidates]
         N, L, M = len(prompts), len(cands), max(map(len, cands))
@@ -225,18 +227,18 @@ class EmotionLLM(nn.Module):
         return score
 
     @torch.no_grad()
-    def label_proba(self, feats, mask, prompts, candidates, z=None) -> np.ndarray:
-        return torch.softmax(self.label_logprobs(feats, mask, prompts, candidates, z), 1).cpu().numpy()
+    def label_proba(self, feats, mask, prompts, candidates, z=None, frac=None) -> np.ndarray:
+        return torch.softmax(self.label_logprobs(feats, mask, prompts, candidates, z, frac), 1).cpu().numpy()
 
     # ---- explanation
     @torch.no_grad()
     def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40,
-                 constrained: bool = True, z=None) -> list[str]:
+                 constrained: bool = True, z=None, frac=None) -> list[str]:
         """Greedy continuation of each answer start (returned with it), stopping at the end of turn; with
         `constrained`, in the grammar of grounded descriptions (ClaimDecoder), else free text."""
         dev = feats.device
         rows = [self._prompt_ids(p) + self._ids(s) for p, s in zip(prompts, starts)]
-        logits, cache, att2, nxt_pos = self._forward(rows, feats, mask, z=z)
+        logits, cache, att2, nxt_pos = self._forward(rows, feats, mask, z=z, frac=frac)
         done = torch.zeros(len(rows), dtype=torch.bool, device=dev)
         new = []
         grammar = ClaimDecoder(self.tok, self.eos) if constrained else None

@@ -26,8 +26,8 @@ from eai.llm import evidence as ev
 from eai.llm.backbone import BUNDLED, TINY, load_backbone
 from eai.llm.mgst import MGST, MGSTConfig
 from eai.llm.model import EmotionLLM, description_prompt, recognition_prompt
-from eai.llm.train import (LORA, STAGES, Sampler, add_lora, configs_json, feature_set, peak_memory_mb,
-                           stage_configs, train_stage, trainable_state)
+from eai.llm.train import (LORA, STAGES, FeatureSet, Sampler, Voice, add_lora, configs_json, feature_set,
+                           peak_memory_mb, stage_configs, train_stage, trainable_state)
 from eai.protocol import metrics
 from eai.run import MANIFEST, Run, load_run, write_manifest
 from eai.skeleton.unify import UnifiedMotion
@@ -86,42 +86,57 @@ def clip_descriptors(clips: list[UnifiedMotion]) -> np.ndarray:
     return np.stack([descriptor_vector(u.metres(), u.mask, u.fps) for u in clips])
 
 
-def train_all_run(data: str, out: str, task: str | None = None, schedule_name: str = "paper",
+def run_paths(manifest: dict) -> list[str]:
+    """The datasets a run was trained on (resolved paths)."""
+    d = manifest["data"]
+    return d.get("paths") or [d["path"]]
+
+
+def train_all_run(data: str | list[str], out: str, task: str | None = None, schedule_name: str = "paper",
                   llm_schedule: str = "paper", backbone: str = BUNDLED, holdout: float = 0.2, seed: int = 0,
                   use_pretrain: bool = True, progress: bool = True, epochs: int | None = None,
-                  steps: dict | None = None, kinematic_token: bool = False) -> Path:
-    """Encoder (reused if the folder holds a finished one), then the LLM stages; resumable at every step."""
+                  steps: dict | None = None, kinematic_token: bool = False, mix: str = "equal") -> Path:
+    """Encoder (reused if the folder holds a finished one), then the LLM stages; resumable at every step.
+    Several datasets (`data` a list) train one model: each dataset's examples carry its tag and its own
+    label words, and datasets are drawn by `mix`."""
+    from eai.joint import open_parts
     from eai.train import holdout_split, train_encoder_run
 
+    datas = [data] if isinstance(data, str) else list(data)
     run_dir = Path(out)
     mf = run_dir / MANIFEST
     if not mf.is_file():
-        train_encoder_run(data, out, task, schedule_name, holdout, seed, use_pretrain, progress, epochs)
+        train_encoder_run(data, out, task, schedule_name, holdout, seed, use_pretrain, progress, epochs, mix)
     run = load_run(run_dir)
     manifest = run.manifest
-    if str(Path(data).resolve()) != manifest["data"]["path"]:
-        raise EaiError("this folder holds a run on another dataset; choose a new --out", run_dir)
+    if [str(Path(d).resolve()) for d in datas] != run_paths(manifest):
+        raise EaiError("this folder holds a run on other datasets; choose a new --out", run_dir)
     cfgs = stage_configs(llm_schedule, steps)
-    ds = open_dataset(data, manifest["task"])
-    clips = load_clips(ds, progress=progress)
+    parts = open_parts(datas, manifest["task"], progress)
     labels = run.labels
-    train_idx, held_idx = holdout_split(clips, holdout, seed)
-    train_clips = [clips[i] for i in train_idx]
     tcfg = manifest["train"]
-    ws = window_set(train_clips, labels, tcfg["window"], tcfg["train_stride"], True, progress)
-    cdesc = clip_descriptors(train_clips)
-    ref = ev.Reference.fit(cdesc, [c.label for c in train_clips])
-    fs = feature_set(run.encoder, ws, cdesc, ref, mirror=True, progress=progress)
+    fsets, held, voices = [], [], []
+    for p in parts:
+        train_idx, held_idx = holdout_split(p.clips, holdout, seed)
+        train_clips = [p.clips[i] for i in train_idx]
+        ws = window_set(train_clips, labels, tcfg["window"], tcfg["train_stride"], True, progress)
+        cdesc = clip_descriptors(train_clips)
+        ref = ev.Reference.fit(cdesc, [c.label for c in train_clips])
+        fsets.append(feature_set(run.encoder, ws, cdesc, ref, mirror=True, progress=progress))
+        held.append([p.clips[i] for i in held_idx])
+        voices.append({**p.describe(), "reference": ref.to_dict()})
+    fs = FeatureSet.concat(fsets)
     meta = manifest.get("llm") or {
-        "backbone": backbone, "lora": LORA, "seed": seed, "tag": ds.name,
+        "backbone": backbone, "lora": LORA, "seed": seed, "datasets": voices, "mix": mix,
         "mgst": {"n_temporal": 4, "n_descriptors": len(ev.NAMES) if kinematic_token else 0},
-        "reference": ref.to_dict(), "schedule": llm_schedule, "stages": configs_json(cfgs), "done": [],
+        "schedule": llm_schedule, "stages": configs_json(cfgs), "done": [],
         "history": [], "peak_memory_mb": None, "train_seconds": {}}
     if meta["done"]:  # resuming after a finished stage: its weights, not a fresh model
         llm = load_llm(Run(run.path, {**manifest, "llm": meta}, run.encoder))
     else:
         llm = build_llm(meta["backbone"], run.encoder.out_channels, meta["lora"], meta["mgst"], seed)
-    sampler = Sampler(fs, labels, meta["tag"], llm.mgst.cfg.n_tokens, seed)
+    sampler = Sampler(fs, labels, [Voice.from_dict(v) for v in meta["datasets"]],
+                      llm.mgst.cfg.n_tokens, seed, meta.get("mix", "equal"))
     log_path = run_dir / "log.jsonl"
 
     def log(rec: dict) -> None:
@@ -141,10 +156,11 @@ def train_all_run(data: str, out: str, task: str | None = None, schedule_name: s
         manifest["llm"] = meta
         write_manifest(run_dir, manifest)
         (run_dir / f"llm-{stage}.pt").unlink(missing_ok=True)
-    if held_idx and "held_out_llm" not in manifest:
-        held = [clips[i] for i in held_idx]
+    if any(held) and "held_out_llm" not in manifest:
         interp = Interpreter(Run(run.path, manifest, run.encoder), llm)
-        manifest["held_out_llm"] = interp.recognition_metrics(held, progress)
+        got = {p.name: interp.recognition_metrics(h, interp.dataset(p.name), progress)
+               for p, h in zip(parts, held) if h}
+        manifest["held_out_llm"] = got if len(parts) > 1 else got[parts[0].name]
     manifest["stage"] = "all"
     write_manifest(run_dir, manifest)
     plot_llm_curves(meta["history"], run_dir / "llm-curves.png")
@@ -183,7 +199,9 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
 
 @dataclass
 class Interpreter:
-    """A trained run, ready to read clips: recognition by label likelihood and grounded explanations."""
+    """A trained run, ready to read clips: recognition by label likelihood and grounded explanations. A run
+    trained on several datasets answers each clip in its dataset's voice: that dataset's tag, labels and
+    words, measured against that dataset's neutral clips."""
 
     run: Run
     llm: EmotionLLM
@@ -206,105 +224,146 @@ class Interpreter:
         return self.run.labels
 
     @cached_property
-    def reference(self) -> ev.Reference:
-        return ev.Reference.from_dict(self.run.manifest["llm"]["reference"])
+    def voices(self) -> list[Voice]:
+        meta = self.run.manifest["llm"]
+        if "datasets" in meta:
+            return [Voice.from_dict(v) for v in meta["datasets"]]
+        # a run written before joint training: one dataset, its unified labels as words
+        return [Voice(meta["tag"], self.labels, self.labels, self.run.manifest["data"]["name"], "",
+                      meta["reference"])]
 
-    @property
-    def tag(self) -> str:
-        return self.run.manifest["llm"]["tag"]
+    @cached_property
+    def _references(self) -> dict[str, ev.Reference]:
+        return {v.tag: ev.Reference.from_dict(v.reference) for v in self.voices}
 
-    def window_proba(self, feats: np.ndarray, mask: np.ndarray, z: np.ndarray, batch: int = 32) -> np.ndarray:
-        n = self.llm.mgst.cfg.n_tokens
-        prompt = recognition_prompt(n, self.tag, self.labels)
+    def reference(self, voice: Voice) -> ev.Reference:
+        return self._references[voice.tag]
+
+    def dataset(self, name: str | None = None, layout: str = "") -> Voice:
+        """The voice of the dataset named, else of the only dataset with the clip's layout."""
+        from eai.joint import part_for
+
+        return part_for(self.voices, layout, name)
+
+    def window_proba(self, feats: np.ndarray, mask: np.ndarray, z: np.ndarray, frac: np.ndarray, voice: Voice,
+                     batch: int = 32) -> np.ndarray:
+        """(N, len(voice.labels)) probabilities of the dataset's labels, by their likelihood as answers."""
+        prompt = recognition_prompt(self.llm.mgst.cfg.n_tokens, voice.tag, voice.words)
         out = []
         for b in range(0, len(feats), batch):
             f = torch.from_numpy(feats[b:b + batch])
-            out.append(self.llm.label_proba(f, torch.from_numpy(mask[b:b + batch]), [prompt] * len(f), self.labels,
-                                            torch.from_numpy(z[b:b + batch].astype(np.float32))))
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)))
+            out.append(self.llm.label_proba(f, torch.from_numpy(mask[b:b + batch]), [prompt] * len(f), voice.words,
+                                            torch.from_numpy(z[b:b + batch].astype(np.float32)),
+                                            torch.from_numpy(frac[b:b + batch])))
+        return np.concatenate(out) if out else np.zeros((0, len(voice.labels)))
 
-    def _windows(self, clips: list[UnifiedMotion]):
+    def _windows(self, clips: list[UnifiedMotion], voice: Voice):
         t = self.run.manifest["train"]
-        return window_set(clips, self.labels, t["window"], t["eval_stride"], True)  # descriptors: kinematic token
+        return window_set(clips, voice.labels, t["window"], t["eval_stride"], True)  # descriptors: kinematic token
 
-    def recognition_metrics(self, clips: list[UnifiedMotion], progress: bool = False) -> dict:
+    def encoder_proba(self, ws, voice: Voice) -> np.ndarray:
+        """The encoder head's probabilities over the dataset's labels only."""
+        allowed = np.array([[l in voice.labels for l in self.labels]])
+        ws.ds[:] = 0
+        return predict_proba(self.run.encoder, ws, allowed=allowed)[:, allowed[0]]
+
+    def recognition_metrics(self, clips: list[UnifiedMotion], voice: Voice, progress: bool = False) -> dict:
         """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
         from eai.llm.train import encoder_features
         from eai.skeleton.unify import mirror
 
-        ws = self._windows(clips)
-        z = self.reference.z(ws.desc)  # descriptors do not change under mirroring
+        ws = self._windows(clips, voice)
+        z = self.reference(voice).z(ws.desc)  # descriptors do not change under mirroring
         p = 0
         for raw, mask in [(ws.raw, ws.mask), mirror(ws.raw, ws.mask)]:
-            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z)
-        p_llm = p / 2
-        p_enc = predict_proba(self.run.encoder, ws)
+            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z, ws.frac, voice)
         out = {}
-        for name, pr in (("llm", p_llm), ("encoder", p_enc)):
-            m = metrics(ws.y, pr, ws.clip, self.labels)
+        for name, pr in (("llm", p / 2), ("encoder", self.encoder_proba(ws, voice))):
+            m = metrics(ws.y, pr, ws.clip, voice.labels)
             out[name] = {k: m[k] for k in ("window_accuracy", "clip_accuracy", "macro_f1", "per_class_recall")}
             out[name]["ece"] = expected_calibration_error(pr, ws.y)
         out["windows"], out["clips"] = int(len(ws.y)), len(clips)
         return out
 
-    def _clip_proba(self, clips: list[UnifiedMotion]):
+    def _by_voice(self, clips: list[UnifiedMotion], dataset: str | None) -> list[tuple[Voice, list[int]]]:
+        groups: dict[str, tuple[Voice, list[int]]] = {}
+        for i, u in enumerate(clips):
+            v = self.dataset(dataset, u.layout)
+            groups.setdefault(v.tag, (v, []))[1].append(i)
+        return list(groups.values())
+
+    def _clip_proba(self, clips: list[UnifiedMotion], voice: Voice):
         """Windows, their encoder features, and each clip's label probabilities (mean over its windows)."""
         from eai.llm.train import encoder_features
 
-        ws = self._windows(clips)
+        ws = self._windows(clips, voice)
         feats = encoder_features(self.run.encoder, ws.raw, ws.mask)
-        pw = self.window_proba(feats, ws.mask, self.reference.z(ws.desc))
+        pw = self.window_proba(feats, ws.mask, self.reference(voice).z(ws.desc), ws.frac, voice)
         return ws, feats, [pw[ws.clip == i].mean(0) for i in range(len(clips))]
 
-    def recognise(self, clips: list[UnifiedMotion]) -> list[dict]:
-        """Per clip: emotion and probabilities by label likelihood, without an explanation."""
-        _, _, probs = self._clip_proba(clips)
-        return [{"emotion": self.labels[int(p.argmax())],
-                 "probabilities": {l: float(q) for l, q in zip(self.labels, p)}} for p in probs]
+    def recognise(self, clips: list[UnifiedMotion], dataset: str | None = None) -> list[dict]:
+        """Per clip: emotion and probabilities by label likelihood (in its dataset's words), no explanation."""
+        rows: list[dict] = [{} for _ in clips]
+        for v, idx in self._by_voice(clips, dataset):
+            _, _, probs = self._clip_proba([clips[i] for i in idx], v)
+            for i, p in zip(idx, probs):
+                rows[i] = {"emotion": v.words[int(p.argmax())], "dataset": v.name,
+                           "probabilities": {w: float(q) for w, q in zip(v.words, p)}}
+        return rows
 
-    def explain(self, clips: list[UnifiedMotion], max_new_tokens: int = 40) -> list[dict]:
-        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence."""
+    def explain(self, clips: list[UnifiedMotion], max_new_tokens: int = 40, dataset: str | None = None) -> list[dict]:
+        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence, in
+        the voice of the clip's dataset (named, or found by the clip's skeleton layout)."""
+        rows: list[dict] = [{} for _ in clips]
+        for v, idx in self._by_voice(clips, dataset):
+            for i, r in zip(idx, self._explain([clips[i] for i in idx], v, max_new_tokens)):
+                rows[i] = r
+        return rows
+
+    def _explain(self, clips: list[UnifiedMotion], voice: Voice, max_new_tokens: int) -> list[dict]:
         from eai.kinematics import DESCRIPTOR_BY_NAME
 
-        ref, n = self.reference, self.llm.mgst.cfg.n_tokens
-        ws, feats, probs = self._clip_proba(clips)
-        desc = clip_descriptors(clips) if clips else np.zeros((0, len(ev.NAMES)))
-        rows, prompts, starts, cf, cm, zs = [], [], [], [], [], []
+        ref, n = self.reference(voice), self.llm.mgst.cfg.n_tokens
+        ws, feats, probs = self._clip_proba(clips, voice)
+        desc = clip_descriptors(clips)
+        rows, prompts, starts, cf, cm, cfrac, zs = [], [], [], [], [], [], []
         for i, (d, p) in enumerate(zip(desc, probs)):
             sel = ws.clip == i
-            label = self.labels[int(p.argmax())]
+            word = voice.words[int(p.argmax())]
             z = ref.z(d)
             zs.append((z, d))
-            prompts.append(description_prompt(n, self.tag, label, ev.evidence_line(z)))
-            starts.append(ev.label_text(label))
+            prompts.append(description_prompt(n, voice.tag, word, ev.evidence_line(z)))
+            starts.append(ev.label_text(word))
             cf.append(feats[sel].mean(0))
             cm.append(ws.mask[sel][0])
-            rows.append({"emotion": label, "probabilities": {l: round(float(q), 4) for l, q in zip(self.labels, p)}})
-        zc = torch.from_numpy(np.stack([z for z, _ in zs]).astype(np.float32)) if clips else None
+            cfrac.append(ws.frac[sel].max())
+            rows.append({"emotion": word, "dataset": voice.name,
+                         "probabilities": {w: round(float(q), 4) for w, q in zip(voice.words, p)}})
+        zc = torch.from_numpy(np.stack([z for z, _ in zs]).astype(np.float32))
         texts = self.llm.generate(torch.from_numpy(np.stack(cf)), torch.from_numpy(np.stack(cm)), prompts, starts,
-                                  max_new_tokens, z=zc) if clips else []
+                                  max_new_tokens, z=zc, frac=torch.tensor(cfrac, dtype=torch.float32))
         for r, t, (z, d) in zip(rows, texts, zs):
             r["explanation"] = t
-            claims = ev.check(t, z)
             r["evidence"] = []
-            for c in claims:
+            for c in ev.check(t, z):
                 e = c.to_dict()
                 if c.descriptor != ev.NEUTRAL:
                     k = ev.NAMES.index(c.descriptor)
                     e.update(value=None if not np.isfinite(d[k]) else round(float(d[k]), 4),
                              neutral=round(float(ref.mean[k]), 4), unit=DESCRIPTOR_BY_NAME[c.descriptor].unit)
                 r["evidence"].append(e)
-            r["label_consistent"] = ev.names_label(t, r["emotion"], self.labels)
+            r["label_consistent"] = ev.names_label(t, r["emotion"], voice.words)
             r["reference"] = ev.description(r["emotion"], z)
         return rows
 
-    def assess(self, clips: list[UnifiedMotion], progress: bool = False) -> tuple[dict, list[dict]]:
-        """What `eai evaluate` and `eai bench explain` report of the LLM on labelled clips: recognition beside
-        the encoder, explanation scores, and the explanation rows (each with its clip's true label)."""
+    def assess(self, clips: list[UnifiedMotion], voice: Voice, progress: bool = False) -> tuple[dict, list[dict]]:
+        """What `eai evaluate` and `eai bench explain` report of the LLM on labelled clips of one dataset:
+        recognition beside the encoder, explanation scores, and the explanation rows (each with its clip's true
+        label, in the dataset's words)."""
         from eai.llm.scores import explanation_scores
 
-        rows = self.explain(clips)
+        rows = self._explain(clips, voice, 40)
         for r, u in zip(rows, clips):
-            r["label"] = u.label
-        return {"recognition": self.recognition_metrics(clips, progress),
+            r["label"] = voice.word(u.label)
+        return {"recognition": self.recognition_metrics(clips, voice, progress),
                 "explanations": explanation_scores(rows)}, rows

@@ -59,6 +59,32 @@ class FeatureSet:
     clip_mask: np.ndarray
     clip_y: np.ndarray
     clip_z: np.ndarray  # (M, D) z-scores of the whole clip's descriptors
+    ds: np.ndarray | None = None  # (N,) dataset index of each window (several datasets)
+    clip_ds: np.ndarray | None = None  # (M,)
+    frac: np.ndarray | None = None  # (N,) real share of each window's frames (a short clip is padded)
+    clip_frac: np.ndarray | None = None  # (M,)
+
+    def __post_init__(self):
+        if self.frac is None:
+            self.frac = np.ones(len(self.y), np.float32)
+        if self.clip_frac is None:
+            self.clip_frac = np.ones(len(self.clip_y), np.float32)
+        if self.ds is None:
+            self.ds = np.zeros(len(self.y), np.int64)
+        if self.clip_ds is None:
+            self.clip_ds = np.zeros(len(self.clip_y), np.int64)
+
+    @staticmethod
+    def concat(sets: list["FeatureSet"]) -> "FeatureSet":
+        """The feature sets of several datasets as one, dataset d's windows tagged ds = d."""
+        offs = np.cumsum([0] + [int(f.clip.max()) + 1 for f in sets[:-1]])
+        cat = lambda get: np.concatenate([get(f) for f in sets])  # noqa: E731
+        return FeatureSet(cat(lambda f: f.feats), cat(lambda f: f.mask), cat(lambda f: f.y), cat(lambda f: f.z),
+                          np.concatenate([f.clip + o for f, o in zip(sets, offs)]),
+                          cat(lambda f: f.clip_feats), cat(lambda f: f.clip_mask), cat(lambda f: f.clip_y),
+                          cat(lambda f: f.clip_z), np.concatenate([np.full(len(f.y), d) for d, f in enumerate(sets)]),
+                          np.concatenate([np.full(len(f.clip_y), d) for d, f in enumerate(sets)]),
+                          cat(lambda f: f.frac), cat(lambda f: f.clip_frac))
 
 
 @torch.no_grad()
@@ -81,13 +107,14 @@ def feature_set(encoder, ws: WindowSet, clip_desc: np.ndarray, ref: ev.Reference
     feats = np.concatenate([encoder_features(encoder, r, m) for r, m in
                             tqdm(views, desc="encoder features", disable=not progress, leave=False)])
     rep = len(views)
-    mask, y, clip = (np.concatenate([a] * rep) for a in (ws.mask, ws.y, ws.clip))
+    mask, y, clip, frac = (np.concatenate([a] * rep) for a in (ws.mask, ws.y, ws.clip, ws.frac))
     z = np.concatenate([ref.z(ws.desc)] * rep)
     ids = np.unique(ws.clip)
     cf = np.stack([feats[clip == c].mean(0) for c in ids])
     cm = np.stack([mask[clip == c][0] for c in ids])
     cy = np.array([y[clip == c][0] for c in ids])
-    return FeatureSet(feats, mask, y, z, clip, cf, cm, cy, ref.z(clip_desc[ids]))
+    cfrac = np.array([frac[clip == c].max() for c in ids], np.float32)
+    return FeatureSet(feats, mask, y, z, clip, cf, cm, cy, ref.z(clip_desc[ids]), frac=frac, clip_frac=cfrac)
 
 
 def _lr(step: int, cfg: StageConfig) -> float:
@@ -97,20 +124,51 @@ def _lr(step: int, cfg: StageConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(p, 1.0)))
 
 
-class Sampler:
-    """Class-balanced batches of recognition and description examples from a FeatureSet."""
+@dataclass
+class Voice:
+    """What the LM is told of one dataset and how its answers read: the tag for the prompt, its labels
+    (unified names, a subset of the run's) and its own words for them."""
 
-    def __init__(self, fs: FeatureSet, labels: list[str], tag: str, n_tokens: int, seed: int):
-        self.fs, self.labels, self.tag, self.n = fs, labels, tag, n_tokens
+    tag: str
+    labels: list[str]
+    words: list[str]
+    name: str = ""
+    layout: str = ""
+    reference: dict | None = None  # the dataset's neutral baseline (evidence.Reference.to_dict)
+
+    def word(self, label: str) -> str:
+        return self.words[self.labels.index(label)]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Voice":
+        return cls(d["tag"], d["labels"], d["words"], d.get("name", ""), d.get("layout", ""), d.get("reference"))
+
+
+class Sampler:
+    """Batches of recognition and description examples from a FeatureSet: class-balanced within each
+    dataset, datasets drawn by `mix` (eai.joint.mix_weights); every example speaks its dataset's voice."""
+
+    def __init__(self, fs: FeatureSet, labels: list[str], voices: list[Voice], n_tokens: int, seed: int,
+                 mix: str = "equal"):
+        from eai.joint import mix_weights
+
+        self.fs, self.labels, self.voices, self.n = fs, labels, voices, n_tokens
         self.rng = np.random.default_rng(seed)
-        counts = np.bincount(fs.y, minlength=len(labels)).astype(float)
-        w = 1.0 / np.maximum(counts[fs.y], 1)
+        key = fs.ds * len(labels) + fs.y  # (dataset, label) cells
+        counts = np.bincount(key, minlength=len(voices) * len(labels)).astype(float)
+        per_ds = np.array([len(v.labels) for v in voices], float)
+        share = mix_weights(fs.ds, len(voices), mix) * np.bincount(fs.ds, minlength=len(voices))[fs.ds]
+        w = share / (per_ds[fs.ds] * counts[key])
         self.p = w / w.sum()
+
+    def _word(self, d: int, y: int) -> str:
+        return self.voices[d].word(self.labels[y])
 
     def recognition(self, k: int):
         i = self.rng.choice(len(self.fs.y), k, p=self.p)
-        prompts = [recognition_prompt(self.n, self.tag, self.labels)] * k
-        return self.fs.feats[i], self.fs.mask[i], self.fs.z[i], prompts, [self.labels[j] for j in self.fs.y[i]]
+        prompts = [recognition_prompt(self.n, self.voices[d].tag, self.voices[d].words) for d in self.fs.ds[i]]
+        return (self.fs.feats[i], self.fs.mask[i], self.fs.z[i], self.fs.frac[i], prompts,
+                [self._word(d, y) for d, y in zip(self.fs.ds[i], self.fs.y[i])])
 
     def description(self, k: int):
         """Half windows (window descriptors), half whole clips (clip-mean features, clip descriptors)."""
@@ -121,10 +179,14 @@ class Sampler:
         feats = np.concatenate([fs.feats[i], fs.clip_feats[j]])
         mask = np.concatenate([fs.mask[i], fs.clip_mask[j]])
         ys = np.concatenate([fs.y[i], fs.clip_y[j]])
+        ds = np.concatenate([fs.ds[i], fs.clip_ds[j]])
         zs = np.concatenate([fs.z[i], fs.clip_z[j]])
-        prompts = [description_prompt(self.n, self.tag, self.labels[y], ev.evidence_line(z)) for y, z in zip(ys, zs)]
-        answers = [ev.description(self.labels[y], z, self.rng) for y, z in zip(ys, zs)]
-        return feats, mask, zs, prompts, answers
+        frac = np.concatenate([fs.frac[i], fs.clip_frac[j]])
+        words = [self._word(d, y) for d, y in zip(ds, ys)]
+        prompts = [description_prompt(self.n, self.voices[d].tag, w, ev.evidence_line(z))
+                   for d, w, z in zip(ds, words, zs)]
+        answers = [ev.description(w, z, self.rng) for w, z in zip(words, zs)]
+        return feats, mask, zs, frac, prompts, answers
 
 
 def add_lora(lm, lora: dict | None = None):
@@ -175,11 +237,12 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
             parts.append(("description", sampler.description(n_desc)))
         # recognition and description examples go through separately: each keeps its shared prompt prefix
         loss = total = 0
-        for kind, (f, m, z, prompts, answers) in parts:
+        for kind, (f, m, z, fr, prompts, answers) in parts:
             feats, mask = torch.from_numpy(f).to(acc.device), torch.from_numpy(m).to(acc.device)
             z = torch.from_numpy(z.astype(np.float32)).to(acc.device)
+            fr = torch.from_numpy(fr).to(acc.device)
             with acc.autocast():
-                l, sem = core.loss(feats, mask, prompts, answers, z)
+                l, sem = core.loss(feats, mask, prompts, answers, z, fr)
                 w = len(prompts) / cfg.batch
                 loss, total = loss + w * l, total + w * l
                 if text_embed is not None and kind == "description" and len(answers) > 1:
