@@ -247,6 +247,10 @@ def test_constrained_decoding_makes_only_lexicon_claims(tiny):
         claims = ev.find_claims(t)
         assert t.endswith(".") and 1 <= len(claims) <= 3, t
         assert len({d for _, _, d, _ in claims}) == len(claims)  # one claim per descriptor
+    # taking the grammar's forced tokens in one pass gives the same text as one pass per token
+    one_by_one = tiny.generate(f, mask, [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"],
+                               40, jump=False)
+    assert texts == one_by_one
 
 
 def test_kinematic_token_needs_and_uses_descriptors():

@@ -202,28 +202,34 @@ class EmotionLLM(nn.Module):
     @torch.no_grad()
     def label_logprobs(self, feats, mask, prompts: list[str], candidates: list[str], z=None,
                        frac=None) -> torch.Tensor:
-        """(N, L) log-likelihood of each candidate answer (its tokens and the end of turn), sharing the
-        prompt's key/value cache across candidates."""
+        """(N, L) log-likelihood of each candidate answer (its tokens and the end of turn). The prompt runs
+        once; the candidates' tokens then run together as one token tree per row on the prompt's key/value
+        cache (each token sees the prompt and its own candidate's earlier tokens; candidates sharing a
+        beginning share its tokens), so no cache is copied per candidate."""
         dev = feats.device
         last, cache, att2, nxt = self._forward([self._prompt_ids(p) for p in prompts], feats, mask, z=z, frac=frac)
         first = torch.log_softmax(last.float(), -1)  # (N, V)
-        cands = [self._ids(c) + [self.eos] for c in candidates]
-        N, L, M = len(prompts), len(cands), max(map(len, cands))
-        cid = torch.full((L, M), self.pad, dtype=torch.long, device=dev)
-        cm = torch.zeros((L, M), dtype=torch.long, device=dev)
+        cands = [tuple(self._ids(c) + [self.eos]) for c in candidates]
+        score = first[:, [c[0] for c in cands]]  # (N, L)
+        # the tree: one input token per distinct candidate prefix that predicts a further token
+        nodes = sorted({c[:k] for c in cands for k in range(1, len(c))}, key=lambda t: (len(t), t))
+        index = {t: i for i, t in enumerate(nodes)}
+        N, Q = len(prompts), len(nodes)
+        ids = torch.tensor([t[-1] for t in nodes], device=dev).repeat(N, 1)
+        pos = nxt[:, None] + torch.tensor([len(t) - 1 for t in nodes], device=dev)
+        sees = torch.zeros(Q, Q, dtype=torch.bool, device=dev)
+        for t, i in index.items():
+            for k in range(1, len(t) + 1):
+                sees[i, index[t[:k]]] = True
+        allowed = torch.cat([att2.bool()[:, None, :].expand(N, Q, -1), sees.expand(N, Q, Q)], 2)[:, None]
+        neg = torch.finfo(self.lm.get_input_embeddings().weight.dtype).min
+        mask4 = torch.zeros(allowed.shape, dtype=self.lm.get_input_embeddings().weight.dtype, device=dev)
+        mask4 = mask4.masked_fill(~allowed, neg)
+        lp = torch.log_softmax(self.lm(input_ids=ids, attention_mask=mask4, position_ids=pos,
+                                       past_key_values=cache).logits.float(), -1)  # (N, Q, V)
         for j, c in enumerate(cands):
-            cid[j, :len(c)], cm[j, :len(c)] = torch.tensor(c), 1
-        score = first[:, cid[:, 0]]  # (N, L)
-        if M > 1:
-            cache.batch_repeat_interleave(L)
-            ids2 = cid.repeat(N, 1)[:, :-1]
-            att3 = torch.cat([att2.repeat_interleave(L, 0), cm.repeat(N, 1)[:, :-1]], 1)
-            pos2 = nxt.repeat_interleave(L)[:, None] + torch.arange(M - 1, device=dev)
-            lp = torch.log_softmax(self.lm(input_ids=ids2, attention_mask=att3, position_ids=pos2,
-                                           past_key_values=cache).logits.float(), -1)
-            target = cid[:, 1:].repeat(N, 1)
-            tok_lp = lp.gather(2, target[..., None])[..., 0] * cm[:, 1:].repeat(N, 1)
-            score = score + tok_lp.sum(1).view(N, L)
+            rows = [index[c[:k]] for k in range(1, len(c))]
+            score[:, j] += lp[:, rows, list(c[1:])].sum(1)
         return score
 
     @torch.no_grad()
@@ -233,36 +239,60 @@ class EmotionLLM(nn.Module):
     # ---- explanation
     @torch.no_grad()
     def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40,
-                 constrained: bool = True, z=None, frac=None) -> list[str]:
+                 constrained: bool = True, z=None, frac=None, jump: bool = True) -> list[str]:
         """Greedy continuation of each answer start (returned with it), stopping at the end of turn; with
-        `constrained`, in the grammar of grounded descriptions (ClaimDecoder), else free text."""
+        `constrained`, in the grammar of grounded descriptions (ClaimDecoder), else free text. In the grammar,
+        a token that is the only one allowed is taken without asking the model (the rest of a claim once its
+        first words pick it, the end after the full stop), and a row's run of such tokens goes through the
+        model in one pass (`jump`): the same text as one pass per token, in fewer passes."""
         dev = feats.device
         rows = [self._prompt_ids(p) + self._ids(s) for p, s in zip(prompts, starts)]
         logits, cache, att2, nxt_pos = self._forward(rows, feats, mask, z=z, frac=frac)
-        done = torch.zeros(len(rows), dtype=torch.bool, device=dev)
-        new = []
+        N = len(rows)
+        done = [False] * N
+        gen: list[list[int]] = [[] for _ in rows]
         grammar = ClaimDecoder(self.tok, self.eos) if constrained else None
         states = [grammar.start() for _ in rows] if grammar else None
-        for _ in range(max_new_tokens):
+        while not all(done):
             if grammar:
                 allow = torch.full_like(logits, float("-inf"))
                 for i, st in enumerate(states):
                     allow[i, grammar.allowed(st)] = 0
                 logits = logits + allow
-            t = logits.argmax(-1).masked_fill(done, self.pad)
-            if grammar:
-                for i, st in enumerate(states):
-                    if not done[i] and int(t[i]) != self.eos:
-                        grammar.advance(st, int(t[i]))
-            new.append(t)
-            done |= t == self.eos
-            if done.all():
+            t = logits.argmax(-1).tolist()
+            chunks: list[list[int]] = []
+            for i in range(N):
+                chunk = [] if done[i] else [t[i]]
+                if grammar and chunk and t[i] != self.eos:
+                    grammar.advance(states[i], t[i])
+                    while jump and len(gen[i]) + len(chunk) < max_new_tokens:
+                        only = grammar.allowed(states[i])
+                        if len(only) != 1:
+                            break
+                        chunk.append(only[0])
+                        if only[0] == self.eos:
+                            break
+                        grammar.advance(states[i], only[0])
+                chunk = chunk[:max_new_tokens - len(gen[i])]
+                gen[i] += chunk
+                if chunk and chunk[-1] == self.eos or len(gen[i]) >= max_new_tokens:
+                    done[i] = True
+                    chunk = [c for c in chunk if c != self.eos]
+                chunks.append([] if done[i] else chunk)
+            if all(done):
                 break
-            att2 = torch.cat([att2, (~done).long()[:, None]], 1)
-            out = self.lm(input_ids=t[:, None], attention_mask=att2, position_ids=nxt_pos[:, None],
-                          past_key_values=cache, use_cache=True)
-            cache, nxt_pos, logits = out.past_key_values, nxt_pos + 1, out.logits[:, -1]
-        gen = torch.stack(new, 1).tolist() if new else [[] for _ in rows]
+            C = max(map(len, chunks))
+            ids = torch.full((N, C), self.pad, dtype=torch.long, device=dev)
+            new_att = torch.zeros((N, C), dtype=torch.long, device=dev)
+            for i, c in enumerate(chunks):
+                if c:
+                    ids[i, :len(c)], new_att[i, :len(c)] = torch.tensor(c), 1
+            att2 = torch.cat([att2, new_att], 1)
+            pos = nxt_pos[:, None] + torch.arange(C, device=dev)
+            out = self.lm(input_ids=ids, attention_mask=att2, position_ids=pos, past_key_values=cache, use_cache=True)
+            last = torch.tensor([max(len(c), 1) - 1 for c in chunks], device=dev)
+            cache, logits = out.past_key_values, out.logits[torch.arange(N, device=dev), last]
+            nxt_pos = nxt_pos + new_att.sum(1)
         texts = []
         for s, g in zip(starts, gen):
             g = g[:g.index(self.eos)] if self.eos in g else g
