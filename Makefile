@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-joint clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_read.py --data $(DATA)/bandai-namco-1
 	$(BIN)/python bench/bench_encoder.py
 	if [ -d runs/demo ]; then $(BIN)/python bench/bench_explain.py --model runs/demo; else echo "bench_explain: run make demo first"; fi
+
+# joint training benchmark: Bandai split into a gait16 / 25 fps set and the rest, plus generated Kinect data
+JOINT := runs/joint-data
+bench-joint: $(STAMP)
+	test -d $(JOINT)/bandai-namco-1-gait16 || $(BIN)/eai derive $(DATA)/bandai-namco-1 --out $(JOINT) --quiet
+	test -d $(JOINT)/synth-kinect25 || $(BIN)/eai synth $(JOINT)/synth-kinect25 --layouts kinect25 --clips-per-label 8
+	$(BIN)/eai bench joint --data $(JOINT)/bandai-namco-1-gait16 --data $(JOINT)/bandai-namco-1-rest \
+		--data $(JOINT)/synth-kinect25 --folds 5 --epochs 12 --json runs/bench-joint.json --plot runs/bench-joint.png
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache

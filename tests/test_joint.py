@@ -1,7 +1,6 @@
 """Joint training across datasets: derived datasets, vocabularies that overlap in part, mixed-layout batches
 through the tokenizer and the LLM, joint encoder and LLM runs, `eai bench joint`."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -179,6 +178,7 @@ def test_joint_run_keeps_each_dataset_in_its_own_labels(joint_run, two_sets):
 
     m = json.loads((joint_run / "manifest.json").read_text())
     assert [d["name"] for d in m["datasets"]] == ["gait", "mocap"] and m["data"]["kind"] == "joint"
+    assert m["encoder"]["n_datasets"] == 2  # a learned label prior per dataset (its tag, for the encoder)
     assert set(m["held_out_metrics"]) == set(m["held_out_llm"]) == {"gait", "mocap"}
     assert [d["words"] for d in m["llm"]["datasets"]] == [["anger", "joy", "neutral", "sadness"],
                                                           ["angry", "happy", "proud", "tired"]]

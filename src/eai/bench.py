@@ -147,9 +147,9 @@ def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_see
     import dataclasses as dc
 
     from eai.encoder.model import EncoderConfig
-    from eai.encoder.train import default_schedule, predict_proba, train_encoder, window_set
+    from eai.encoder.train import default_schedule, predict_dataset_proba, predict_proba, train_encoder, window_set
     from eai.errors import DatasetError, EaiError
-    from eai.joint import joint_labels, label_mask, mix_weights, open_parts
+    from eai.joint import joint_labels, label_mask, local_index, mix_weights, open_parts
     from eai.train import schedule
 
     if len(datas) < 2:
@@ -159,7 +159,7 @@ def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_see
     cfg = schedule(name, epochs)
     labels = joint_labels(parts)
     allowed = label_mask(parts, labels)
-    local = [np.array([p.labels.index(l) if l in p.labels else -1 for l in labels]) for p in parts]
+    local = [local_index(labels, p.labels) for p in parts]
 
     def cut(p, stride):
         return window_set(p.clips, labels, cfg.window, stride, cfg.descriptors, progress)
@@ -197,9 +197,8 @@ def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_see
             model, _ = train_encoder(joint, len(labels), c, EncoderConfig(), progress=progress, allowed=allowed,
                                      sample_p=mix_weights(joint.ds, len(parts), mix))
             for d, p in enumerate(parts):  # (b) the joint model on each dataset's test clips, its labels only
-                te = dc.replace(tests[d], ds=np.full(len(tests[d].y), d))
-                proba = predict_proba(model, te, allowed=allowed)[:, allowed[d]]
-                runs[p.name]["joint"].append(metrics(truth[d], proba, te.clip, p.labels))
+                proba = predict_dataset_proba(model, tests[d], allowed, d)
+                runs[p.name]["joint"].append(metrics(truth[d], proba, tests[d].clip, p.labels))
             seconds["joint"] += time.perf_counter() - t0
             bar.update()
     bar.close()

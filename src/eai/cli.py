@@ -81,7 +81,7 @@ def cmd_data(args) -> None:
         n_win[u.label] += len(windows(u.positions, WINDOW, STRIDE)[0])
         layouts[u.layout] += 1
     out = {"dataset": ds.name, "kind": ds.kind, "task": ds.task,
-           "labels": {k: {"clips": n_clips[k], "windows": n_win[k]} for k in sorted(n_clips)},
+           "labels": {k: {"word": ds.word(k), "clips": n_clips[k], "windows": n_win[k]} for k in sorted(n_clips)},
            "layouts": dict(layouts), "clips": len(clips), "windows": sum(n_win.values()),
            "problems": ds.problems}
     if args.json:
@@ -89,7 +89,8 @@ def cmd_data(args) -> None:
         return
     print(f"{ds.name} ({ds.kind}, task {ds.task}): {len(clips)} clips, {out['windows']} windows "
           f"of {WINDOW} frames (stride {STRIDE})")
-    print(table([[k, v["clips"], v["windows"]] for k, v in out["labels"].items()], ["label", "clips", "windows"]))
+    print(table([[k, v["word"], v["clips"], v["windows"]] for k, v in out["labels"].items()],
+                ["label", "its word", "clips", "windows"]))
     print("layouts: " + ", ".join(f"{k} ({v})" for k, v in layouts.items()))
     print(f"problems: {len(ds.problems)}" + "".join(f"\n  {p}" for p in ds.problems))
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from eai.data import load_clips, open_dataset
-from eai.encoder.train import predict_proba, window_set
+from eai.encoder.train import predict_dataset_proba, window_set
 from eai.errors import EaiError
 from eai.protocol import metrics
 from eai.report import plot_confusion, write_json
@@ -59,12 +59,13 @@ def evaluate_run(run_dir: str, data: str, task: str | None = None, all_clips: bo
 
     run = load_run(run_dir)
     clips, scope, ds, name = select_clips(run, data, task, all_clips, progress, dataset)
-    part = next(p for p in run_datasets(run) if p.name == name)
-    labels = part.labels
+    parts = run_datasets(run)
+    d = [p.name for p in parts].index(name)
+    labels = parts[d].labels
     tcfg = run.manifest["train"]
     ws = window_set(clips, labels, tcfg["window"], tcfg["eval_stride"], bool(run.encoder.cfg.n_descriptors))
-    allowed = np.array([[l in labels for l in run.labels]])
-    m = metrics(ws.y, predict_proba(run.encoder, ws, allowed=allowed)[:, allowed[0]], ws.clip, labels)
+    allowed = np.array([[l in p.labels for l in run.labels] for p in parts])
+    m = metrics(ws.y, predict_dataset_proba(run.encoder, ws, allowed, d), ws.clip, labels)
     result = {"run": str(run.path), "dataset": ds.name, "read_as": name, "scope": scope, "clips": len(clips),
               "windows": len(ws.y), "labels": labels, **m}
     if run.manifest.get("llm", {}).get("done"):

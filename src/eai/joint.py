@@ -74,6 +74,12 @@ def label_mask(parts: list[Part], labels: list[str]) -> np.ndarray:
     return np.array([[l in p.labels for l in labels] for p in parts], bool)
 
 
+def local_index(labels: list[str], part_labels: list[str]) -> np.ndarray:
+    """For each label of the joint set, its index among a dataset's labels (-1 where it has none): maps joint
+    label indices y to the dataset's own, as local_index(...)[y]."""
+    return np.array([part_labels.index(l) if l in part_labels else -1 for l in labels])
+
+
 def mix_weights(ds: np.ndarray, n_parts: int, mix: str = "equal") -> np.ndarray:
     """Per-window sampling probabilities giving dataset d a share of each epoch proportional to 1 (equal),
     sqrt(n_d) (sqrt) or n_d (size: plain shuffling)."""

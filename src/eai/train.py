@@ -6,14 +6,14 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 from safetensors.torch import load_file
 
 from eai.data import Dataset, load_clips
 from eai.encoder.model import EncoderConfig
-from eai.encoder.train import SCHEDULES, TrainConfig, WindowSet, predict_proba, train_encoder, window_set
+from eai.encoder.train import (SCHEDULES, TrainConfig, WindowSet, predict_dataset_proba, train_encoder,
+                               window_set)
 from eai.errors import EaiError
-from eai.joint import joint_labels, label_mask, mix_weights, open_parts
+from eai.joint import joint_labels, label_mask, local_index, mix_weights, open_parts
 from eai.protocol import Windows, folds, metrics
 from eai.run import ENCODER_WEIGHTS, MANIFEST, plot_curves, save_weights, versions, write_manifest
 from eai.skeleton.registry import canonical
@@ -110,10 +110,8 @@ def train_encoder_run(data: str | list[str], out: str, task: str | None = None, 
     for d, (p, (_, held_idx)) in enumerate(zip(parts, splits)):
         if held_idx:
             held = window_set([p.clips[i] for i in held_idx], labels, cfg.window, cfg.eval_stride, cfg.descriptors)
-            held.ds[:] = d
-            local = np.array([p.labels.index(l) if l in p.labels else -1 for l in labels])
-            proba = predict_proba(model, held, allowed=allowed)[:, allowed[d]]
-            m = metrics(local[held.y], proba, held.clip, p.labels)
+            proba = predict_dataset_proba(model, held, allowed, d)
+            m = metrics(local_index(labels, p.labels)[held.y], proba, held.clip, p.labels)
             held_metrics[p.name] = {k: m[k] for k in ("window_accuracy", "clip_accuracy", "macro_f1",
                                                       "per_class_recall")}
     save_weights(model, run / ENCODER_WEIGHTS)

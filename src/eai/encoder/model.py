@@ -27,6 +27,7 @@ class EncoderConfig:
     n_descriptors: int = 0  # kinematic descriptors fused into the head (0: none)
     streams: list[str] = field(default_factory=lambda: ["joints", "bones", "motion"])
     frame_step: int = 2  # input frames taken every this many (60 frames at 30 fps -> 30 at 15 fps)
+    n_datasets: int = 1  # trained on several datasets: each has its own learned label prior (its tag)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,6 +114,8 @@ class SkeletonEncoder(nn.Module):
             head_in += 64
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(head_in, cfg.n_classes)
+        if cfg.n_datasets > 1:
+            self.dataset_bias = nn.Parameter(torch.zeros(cfg.n_datasets, cfg.n_classes))
         # channels-last convolutions run about 1.5x faster on CPUs (oneDNN) for these (9, 1) kernels
         self.to(memory_format=torch.channels_last)
 
@@ -143,9 +146,16 @@ class SkeletonEncoder(nn.Module):
         m = mask[:, None, None, :].to(feats.dtype)
         return (feats * m).sum((2, 3)) / (m.sum((2, 3)) * feats.shape[2]).clamp_min(1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, desc: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, desc: torch.Tensor | None = None,
+                ds: torch.Tensor | None = None):
+        """Features and logits; `ds` (N,), the dataset of each window, adds that dataset's label prior."""
         feats = self.features(x, mask)
         z = self.pooled(feats, mask)
         if self.cfg.n_descriptors:
             z = torch.cat([z, self.desc(desc)], dim=1)
-        return feats, self.head(self.drop(z))
+        logits = self.head(self.drop(z))
+        if self.cfg.n_datasets > 1:
+            if ds is None:
+                raise ValueError("this encoder was trained on several datasets: say which each window is from")
+            logits = logits + self.dataset_bias[ds]
+        return feats, logits

@@ -162,6 +162,7 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
     enc_cfg = copy.deepcopy(enc_cfg or EncoderConfig())
     enc_cfg.n_classes = n_classes
     enc_cfg.n_descriptors = train.desc.shape[1] if cfg.descriptors else 0
+    enc_cfg.n_datasets = 1 if allowed is None else len(allowed)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     dev = device()
@@ -205,12 +206,13 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
             x, m = model.prepare(raw, mask)
             d = torch.from_numpy(train.desc[idx]).to(dev)
             y = torch.from_numpy(train.y[idx]).to(dev)
+            ds = torch.from_numpy(train.ds[idx]).to(dev)
             with torch.autocast(**amp):
-                _, logits = model(x, m, d)
+                _, logits = model(x, m, d, ds)
                 if allowed_t is None:
                     loss = loss_fn(logits.float(), y)
                 else:
-                    rows = allowed_t[torch.from_numpy(train.ds[idx]).to(dev)]
+                    rows = allowed_t[ds]
                     logits = logits.float().masked_fill(~rows, float("-inf"))
                     loss = masked_cross_entropy(logits, y, rows, weight, cfg.label_smoothing)
             if not torch.isfinite(loss):
@@ -254,7 +256,7 @@ def recalibrate_batchnorm(model: SkeletonEncoder, ws: WindowSet, batch: int = 25
     for b in range(0, len(ws.y), batch):
         x, m = model.prepare(ws.raw[b:b + batch], ws.mask[b:b + batch])
         d = torch.from_numpy(ws.desc[b:b + batch]).to(dev) if model.cfg.n_descriptors else None
-        model(x, m, d)
+        model(x, m, d, torch.from_numpy(ws.ds[b:b + batch]).to(dev))
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
@@ -286,10 +288,11 @@ def predict_proba(model: SkeletonEncoder, ws: WindowSet, batch: int = 256, mirro
         if mirror_tta:
             views.append(mirror(*views[0]))
         d = torch.from_numpy(ws.desc[b:b + batch]).to(dev)
+        ds = torch.from_numpy(ws.ds[b:b + batch]).to(dev)
         p = 0
         for raw, mask in views:
             x, m = model.prepare(raw, mask)
-            _, logits = model(x, m, d if model.cfg.n_descriptors else None)
+            _, logits = model(x, m, d if model.cfg.n_descriptors else None, ds)
             logits = logits.float()
             if allowed is not None:
                 rows = torch.from_numpy(np.asarray(allowed, bool)[ws.ds[b:b + batch]]).to(dev)
@@ -297,4 +300,12 @@ def predict_proba(model: SkeletonEncoder, ws: WindowSet, batch: int = 256, mirro
             p = p + torch.softmax(logits, 1).cpu().numpy()
         out.append(p / len(views))
     return np.concatenate(out)
+
+
+def predict_dataset_proba(model: SkeletonEncoder, ws: WindowSet, allowed: np.ndarray, d: int) -> np.ndarray:
+    """Probabilities over dataset d's labels only (the columns allowed[d]) of windows all from dataset d, for
+    an encoder trained on the datasets of `allowed` (n_datasets, n_classes)."""
+    ws = WindowSet(ws.raw, ws.mask, ws.desc, ws.y, ws.clip, np.full(len(ws.y), d), ws.frames)
+    allowed = np.asarray(allowed, bool)
+    return predict_proba(model, ws, allowed=allowed)[:, allowed[d]]
 

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eai.data import load_clips, open_dataset
-from eai.encoder.train import predict_proba, window_set
+from eai.encoder.train import predict_dataset_proba, window_set
 from eai.errors import EaiError
 from eai.kinematics import descriptor_vector
 from eai.llm import evidence as ev
@@ -263,9 +262,8 @@ class Interpreter:
 
     def encoder_proba(self, ws, voice: Voice) -> np.ndarray:
         """The encoder head's probabilities over the dataset's labels only."""
-        allowed = np.array([[l in voice.labels for l in self.labels]])
-        ws.ds[:] = 0
-        return predict_proba(self.run.encoder, ws, allowed=allowed)[:, allowed[0]]
+        allowed = np.array([[l in v.labels for l in self.labels] for v in self.voices])
+        return predict_dataset_proba(self.run.encoder, ws, allowed, self.voices.index(voice))
 
     def recognition_metrics(self, clips: list[UnifiedMotion], voice: Voice, progress: bool = False) -> dict:
         """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
