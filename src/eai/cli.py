@@ -160,7 +160,8 @@ def cmd_evaluate(args) -> None:
     r = evaluate_run(args.run, args.data, args.task, args.all, args.out, not args.quiet, args.dataset)
     print(f"{r['dataset']} read as {r['read_as']} ({r['scope']}: {r['clips']} clips, {r['windows']} windows)")
     print(table([[r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]], ["window acc", "clip acc", "macro-F1"]))
-    print(table([[c, v] for c, v in r["per_class_recall"].items()], ["label", "recall"]))
+    words = dict(zip(r["labels"], r["words"]))
+    print(table([[words[c], v] for c, v in r["per_class_recall"].items()], ["label", "recall"]))
     if "llm" in r:
         rec, ex = r["llm"]["recognition"]["llm"], r["llm"]["explanations"]
         print("LLM (label likelihood, mirror-averaged):")

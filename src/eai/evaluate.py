@@ -67,7 +67,7 @@ def evaluate_run(run_dir: str, data: str, task: str | None = None, all_clips: bo
     allowed = np.array([[l in p.labels for l in run.labels] for p in parts])
     m = metrics(ws.y, predict_dataset_proba(run.encoder, ws, allowed, d), ws.clip, labels)
     result = {"run": str(run.path), "dataset": ds.name, "read_as": name, "scope": scope, "clips": len(clips),
-              "windows": len(ws.y), "labels": labels, **m}
+              "windows": len(ws.y), "labels": labels, "words": getattr(parts[d], "words", labels), **m}
     if run.manifest.get("llm", {}).get("done"):
         from eai.llm.pipeline import Interpreter
 
