@@ -130,6 +130,9 @@ def train_all_run(data: str | list[str], out: str, task: str | None = None, sche
         "mgst": {"n_temporal": 4, "n_descriptors": len(ev.NAMES) if kinematic_token else 0},
         "schedule": llm_schedule, "stages": configs_json(cfgs), "done": [],
         "history": [], "peak_memory_mb": None, "train_seconds": {}}
+    if "datasets" not in meta:  # a run begun before joint training: its one dataset as it was prompted
+        meta["datasets"] = [{**voices[0], "tag": meta["tag"], "words": voices[0]["labels"],
+                             "reference": meta["reference"]}]
     if meta["done"]:  # resuming after a finished stage: its weights, not a fresh model
         llm = load_llm(Run(run.path, {**manifest, "llm": meta}, run.encoder))
     else:
