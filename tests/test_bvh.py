@@ -1,6 +1,5 @@
 """BVH reading: FK on hand-made hierarchies with known answers, strict errors, round trips, the oracle."""
 import itertools
-import os
 
 import numpy as np
 import pytest
@@ -205,7 +204,7 @@ def test_many_matches_one_by_one(tmp_path):
 @given(st.data())
 def test_random_hierarchies_match_reference_fk(tmp_path_factory, data):
     n = data.draw(st.integers(1, 6))
-    joints, ref_parents = [], []
+    joints = []
     for i in range(n):
         parent = -1 if i == 0 else data.draw(st.integers(0, i - 1))
         off = data.draw(st.tuples(*[st.floats(-1, 1)] * 3))
