@@ -25,12 +25,7 @@ def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int 
     clips = load_clips(ds, progress=progress)
     w = Windows.from_clips(clips)
     enc = _EncoderBench(ds, clips, w.labels, schedule_name, epochs, use_pretrain, progress) if "encoder" in models else None
-    try:
-        splits = {seed: folds(w, n_folds, seed) for seed in range(n_seeds)}
-    except ValueError as e:
-        from eai.errors import DatasetError
-
-        raise DatasetError(f"cannot make {n_folds} clip-grouped folds: {e}; use fewer --folds", ds.root) from None
+    splits = seed_folds(w, n_folds, n_seeds, ds.root)
     runs: dict[str, list[dict]] = {m: [] for m in models}
     seconds = {m: 0.0 for m in models}
     F = window_features(w, progress) if "baseline" in models else None
@@ -53,6 +48,16 @@ def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int 
         "encoder_setup": enc.describe() if enc else None,
         "models": {m: {**summarise(runs[m], w.labels), "seconds": round(seconds[m], 2)} for m in models},
     }
+
+
+def seed_folds(w: Windows, n_folds: int, n_seeds: int, where) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
+    """The protocol's folds for each seed; a dataset too small for them is one clear error about `where`."""
+    from eai.errors import DatasetError
+
+    try:
+        return {seed: folds(w, n_folds, seed) for seed in range(n_seeds)}
+    except ValueError as e:
+        raise DatasetError(f"cannot make {n_folds} clip-grouped folds: {e}; use fewer --folds", where) from None
 
 
 class _EncoderBench:
@@ -148,7 +153,7 @@ def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_see
 
     from eai.encoder.model import EncoderConfig
     from eai.encoder.train import default_schedule, predict_dataset_proba, predict_proba, train_encoder, window_set
-    from eai.errors import DatasetError, EaiError
+    from eai.errors import EaiError
     from eai.joint import joint_labels, label_mask, local_index, mix_weights, open_parts
     from eai.train import schedule
 
@@ -166,14 +171,11 @@ def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_see
 
     train_ws = [cut(p, cfg.train_stride) for p in parts]
     test_ws = [cut(p, cfg.eval_stride) for p in parts]
-    splits = {}
+    splits = {}  # dataset -> seed -> [(training clip indices, test clip indices)] of its own folds
     for d, p in enumerate(parts):
         w = Windows.from_clips(p.clips)
-        try:
-            splits[d] = {s: [(sorted(set(w.clip[a])), sorted(set(w.clip[b]))) for a, b in folds(w, n_folds, s)]
-                         for s in range(n_seeds)}
-        except ValueError as e:
-            raise DatasetError(f"cannot make {n_folds} clip-grouped folds: {e}; use fewer --folds", p.path) from None
+        splits[d] = {s: [(sorted(set(w.clip[a])), sorted(set(w.clip[b]))) for a, b in fs]
+                     for s, fs in seed_folds(w, n_folds, n_seeds, p.path).items()}
     runs = {p.name: {"single": [], "joint": []} for p in parts}
     seconds = {"single": 0.0, "joint": 0.0}
     bar = tqdm(total=n_seeds * n_folds * (len(parts) + 1), desc="folds", disable=not progress, leave=False)
@@ -206,12 +208,12 @@ def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_see
            "encoder_setup": {"schedule": name, "epochs": cfg.epochs, "train_stride": cfg.train_stride,
                              "pretrain": False},
            "joint_labels": labels, "seconds": {k: round(v, 1) for k, v in seconds.items()}}
-    for p in parts:
+    for p, tw in zip(parts, test_ws):
         single, joint = (summarise(runs[p.name][k], p.labels) for k in ("single", "joint"))
         gain = [j["window_accuracy"] - s["window_accuracy"] for s, j in zip(runs[p.name]["single"],
                                                                              runs[p.name]["joint"])]
         out["datasets"][p.name] = {
-            **p.describe(), "windows": int(len(test_ws[parts.index(p)].y)),
+            **p.describe(), "windows": int(len(tw.y)),
             "single": single, "joint": joint,
             "gain": {"window_accuracy": float(np.mean(gain)), "std": float(np.std(gain)),
                      "macro_f1": joint["macro_f1"] - single["macro_f1"]}}
@@ -244,7 +246,7 @@ def plot_joint(result: dict, path) -> None:
     names = list(result["datasets"])
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(names), 3.4))
-    for k, (kind, off) in enumerate((("single", -0.2), ("joint", 0.2))):
+    for kind, off in (("single", -0.2), ("joint", 0.2)):
         v = [result["datasets"][n][kind]["window_accuracy"] for n in names]
         e = [result["datasets"][n][kind]["std"]["window_accuracy"] for n in names]
         ax.bar(x + off, v, 0.4, yerr=e, capsize=3, label=kind)

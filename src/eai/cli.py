@@ -186,14 +186,7 @@ def cmd_bench(args) -> None:
         result = run_joint(args.data, args.task, args.folds, args.seeds, args.schedule, args.epochs, args.mix,
                            not args.quiet)
         print(joint_table(result))
-        if args.json:
-            from eai.report import write_json
-
-            write_json(result, args.json)
-            print(f"wrote {args.json}")
-        if args.plot:
-            plot_joint(result, args.plot)
-            print(f"wrote {args.plot}")
+        _write_results(args, result, plot_joint)
         return
     args.data = _one(args.data, f"bench {args.what}")
     if args.what == "explain":
@@ -232,13 +225,17 @@ def cmd_baseline(args) -> None:
     _write_results(args, result)
 
 
-def _write_results(args, result: dict) -> None:
+def _write_results(args, result: dict, plot=None) -> None:
+    """--json OUT and --plot PNG: `plot(result, PNG)` when given, else a confusion matrix per model."""
     from eai.report import plot_confusion, write_json
 
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")
-    if args.plot:
+    if args.plot and plot is not None:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    elif args.plot:
         for name, m in result["models"].items():
             png = Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}.png")
             plot_confusion(m["confusion"], result["labels"], png, f"{result['dataset']} {name}")

@@ -55,7 +55,7 @@ def evaluate_run(run_dir: str, data: str, task: str | None = None, all_clips: bo
     """Evaluate a run on a dataset, over that dataset's labels. On a dataset it was trained on, only its
     held-out clips count (unless all_clips). Writes evaluation.json and confusion.png into `out` (default
     RUN/eval-<name>)."""
-    import numpy as np
+    from eai.joint import label_mask
 
     run = load_run(run_dir)
     clips, scope, ds, name = select_clips(run, data, task, all_clips, progress, dataset)
@@ -64,8 +64,7 @@ def evaluate_run(run_dir: str, data: str, task: str | None = None, all_clips: bo
     labels = parts[d].labels
     tcfg = run.manifest["train"]
     ws = window_set(clips, labels, tcfg["window"], tcfg["eval_stride"], bool(run.encoder.cfg.n_descriptors))
-    allowed = np.array([[l in p.labels for l in run.labels] for p in parts])
-    m = metrics(ws.y, predict_dataset_proba(run.encoder, ws, allowed, d), ws.clip, labels)
+    m = metrics(ws.y, predict_dataset_proba(run.encoder, ws, label_mask(parts, run.labels), d), ws.clip, labels)
     result = {"run": str(run.path), "dataset": ds.name, "read_as": name, "scope": scope, "clips": len(clips),
               "windows": len(ws.y), "labels": labels, "words": getattr(parts[d], "words", labels), **m}
     if run.manifest.get("llm", {}).get("done"):

@@ -69,8 +69,8 @@ def joint_labels(parts: list[Part]) -> list[str]:
     return sorted({l for p in parts for l in p.labels})
 
 
-def label_mask(parts: list[Part], labels: list[str]) -> np.ndarray:
-    """(n_datasets, n_labels) bool: which labels of the joint set each dataset has."""
+def label_mask(parts: list, labels: list[str]) -> np.ndarray:
+    """(n_datasets, n_labels) bool: which labels of the joint set each dataset (anything with .labels) has."""
     return np.array([[l in p.labels for l in labels] for p in parts], bool)
 
 

@@ -73,14 +73,15 @@ def holdout_split(clips: list[UnifiedMotion], fraction: float, seed: int) -> tup
 
 def train_encoder_run(data: str | list[str], out: str, task: str | None = None, schedule_name: str = "paper",
                       holdout: float = 0.2, seed: int = 0, use_pretrain: bool = True, progress: bool = True,
-                      epochs: int | None = None, mix: str = "equal") -> Path:
+                      epochs: int | None = None, mix: str = "equal", parts: list | None = None) -> Path:
     """Train the encoder on one dataset, or on several at once (`data` a list: each keeps its own labels,
-    drawn by `mix`), into run folder `out` (resuming if it holds a checkpoint)."""
+    drawn by `mix`), into run folder `out` (resuming if it holds a checkpoint). `parts`: the datasets
+    already read (eai.joint.open_parts of `data`), so a caller that needs them too reads them once."""
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     cfg = schedule(schedule_name, epochs, seed=seed)
     enc = EncoderConfig()
-    parts = open_parts([data] if isinstance(data, str) else list(data), task, progress)
+    parts = parts or open_parts([data] if isinstance(data, str) else list(data), task, progress)
     labels = joint_labels(parts)
     splits = [holdout_split(p.clips, holdout, seed) for p in parts]
     joint = len(parts) > 1

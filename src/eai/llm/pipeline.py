@@ -98,31 +98,35 @@ def train_all_run(data: str | list[str], out: str, task: str | None = None, sche
     """Encoder (reused if the folder holds a finished one), then the LLM stages; resumable at every step.
     Several datasets (`data` a list) train one model: each dataset's examples carry its tag and its own
     label words, and datasets are drawn by `mix`."""
+    from eai.evaluate import run_datasets
     from eai.joint import open_parts
-    from eai.train import holdout_split, train_encoder_run
+    from eai.train import train_encoder_run
 
     datas = [data] if isinstance(data, str) else list(data)
     run_dir = Path(out)
     mf = run_dir / MANIFEST
+    if mf.is_file():  # resuming: the datasets as the run read them
+        task = json.loads(mf.read_text())["task"]
+    parts = open_parts(datas, task, progress)  # read once, for the encoder stage too
     if not mf.is_file():
-        train_encoder_run(data, out, task, schedule_name, holdout, seed, use_pretrain, progress, epochs, mix)
+        train_encoder_run(data, out, task, schedule_name, holdout, seed, use_pretrain, progress, epochs, mix,
+                          parts=parts)
     run = load_run(run_dir)
     manifest = run.manifest
-    if [str(Path(d).resolve()) for d in datas] != run_paths(manifest):
+    if [p.path for p in parts] != run_paths(manifest):
         raise EaiError("this folder holds a run on other datasets; choose a new --out", run_dir)
     cfgs = stage_configs(llm_schedule, steps)
-    parts = open_parts(datas, manifest["task"], progress)
     labels = run.labels
     tcfg = manifest["train"]
     fsets, held, voices = [], [], []
-    for p in parts:
-        train_idx, held_idx = holdout_split(p.clips, holdout, seed)
-        train_clips = [p.clips[i] for i in train_idx]
+    for p, info in zip(parts, run_datasets(run)):  # the encoder stage's held-out clips stay held out
+        out_groups = set(info.held_out_groups)
+        train_clips = [u for u in p.clips if u.group not in out_groups]
         ws = window_set(train_clips, labels, tcfg["window"], tcfg["train_stride"], True, progress)
         cdesc = clip_descriptors(train_clips)
         ref = ev.Reference.fit(cdesc, [c.label for c in train_clips])
         fsets.append(feature_set(run.encoder, ws, cdesc, ref, mirror=True, progress=progress))
-        held.append([p.clips[i] for i in held_idx])
+        held.append([u for u in p.clips if u.group in out_groups])
         voices.append({**p.describe(), "reference": ref.to_dict()})
     fs = FeatureSet.concat(fsets)
     meta = manifest.get("llm") or {
@@ -265,8 +269,10 @@ class Interpreter:
 
     def encoder_proba(self, ws, voice: Voice) -> np.ndarray:
         """The encoder head's probabilities over the dataset's labels only."""
-        allowed = np.array([[l in v.labels for l in self.labels] for v in self.voices])
-        return predict_dataset_proba(self.run.encoder, ws, allowed, self.voices.index(voice))
+        from eai.joint import label_mask
+
+        return predict_dataset_proba(self.run.encoder, ws, label_mask(self.voices, self.labels),
+                                     self.voices.index(voice))
 
     def recognition_metrics(self, clips: list[UnifiedMotion], voice: Voice, progress: bool = False) -> dict:
         """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
