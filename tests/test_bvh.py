@@ -200,6 +200,21 @@ def test_many_matches_one_by_one(tmp_path):
     assert isinstance(res[-1], FormatError)
 
 
+def test_reads_the_same_without_polars(tmp_path, monkeypatch):
+    """polars only speeds up the frame block: without it the careful parser reads the same numbers."""
+    import sys
+
+    from eai.io import bvh
+
+    p = _valid(tmp_path, n=50)
+    fast = read_bvh(p)
+    assert bvh._parse_frames_fast(b"1 2 3\n4 5 6\n", 3) is not None
+    monkeypatch.setitem(sys.modules, "polars", None)  # import polars -> ImportError
+    assert bvh._parse_frames_fast(b"1 2 3\n4 5 6\n", 3) is None
+    slow = read_bvh(p)
+    np.testing.assert_array_equal(slow.positions, fast.positions)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_random_hierarchies_match_reference_fk(tmp_path_factory, data):

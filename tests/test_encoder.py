@@ -1,6 +1,7 @@
 """The encoder: graph, mask, training beats chance on held-out clips, exact reload, resume after a kill."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -137,6 +138,12 @@ def test_cli_train_and_evaluate(synth_dir, tmp_path, capsys):
     assert main(["evaluate", str(run), "--data", str(synth_dir), "--quiet"]) == 0
     ev = json.loads((run / f"eval-{synth_dir.name}" / "evaluation.json").read_text())
     assert ev["scope"] == "held-out clips" and ev["clips"] == len(m["data"]["held_out_groups"])
+    # the same dataset copied elsewhere (a run trained on another machine) is still known: held-out clips only
+    moved = tmp_path / "elsewhere" / synth_dir.name
+    shutil.copytree(synth_dir, moved)
+    assert main(["evaluate", str(run), "--data", str(moved), "--quiet", "--out", str(tmp_path / "ev2")]) == 0
+    ev2 = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
+    assert ev2["scope"] == "held-out clips" and ev2["window_accuracy"] == ev["window_accuracy"]
     assert main(["train", "--data", str(synth_dir), "--out", str(run), "--schedule", "smoke"]) == 2
 
 

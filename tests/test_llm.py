@@ -9,7 +9,7 @@ import torch
 from eai.llm import evidence as ev
 from eai.llm.backbone import TINY, load_backbone
 from eai.llm.mgst import MGST, MGSTConfig
-from eai.llm.model import EmotionLLM, recognition_prompt
+from eai.llm.model import EmotionLLM, description_prompt, recognition_prompt
 from eai.llm.scores import bleu4, rouge_l
 
 LABELS = ["angry", "happy", "not-confident", "sad"]
@@ -77,6 +77,29 @@ def test_label_scoring_with_shared_prefix_equals_full_sequences(tiny, same):
     assert torch.allclose(fast, ref, atol=1e-4)
     p = tiny.label_proba(f, mask, prompts, LABELS)
     assert np.allclose(p.sum(1), 1, atol=1e-5)
+
+
+def test_prompt_stems_are_computed_once_and_change_no_result(tiny):
+    f, mask = _inputs(3)
+    n = tiny.mgst.cfg.n_tokens
+    rec = [recognition_prompt(n, "t", LABELS)] * 3
+    desc = [description_prompt(n, "t", w, e) for w, e in (("sad", "slower steps"), ("happy", "x"), ("angry", "y"))]
+    starts = ["Sad", "Happy", "Angry"]
+    ref = tiny.label_logprobs(f, mask, rec, LABELS)
+    ref1 = tiny.label_logprobs(f[:1], mask[:1], rec[:1], LABELS)
+    text = tiny.generate(f, mask, desc, starts, 12)
+    try:
+        ids = tiny._prompt_ids(rec[0])
+        assert tiny.add_stem(rec[:1]) == ids.index(tiny.sk_id)  # the whole question
+        k = tiny.add_stem([description_prompt(n, "t", "angry", "a"), description_prompt(n, "t", "tired", "b")])
+        assert 0 < k < tiny._prompt_ids(desc[0]).index(tiny.sk_id)  # up to the emotion word
+        for _ in range(2):  # the stored caches are copied, never extended by a use
+            assert torch.allclose(tiny.label_logprobs(f, mask, rec, LABELS), ref, atol=1e-5)
+            assert torch.allclose(tiny.label_logprobs(f[:1], mask[:1], rec[:1], LABELS), ref1, atol=1e-5)
+            assert tiny.generate(f, mask, desc, starts, 12) == text
+        assert all(c is not None and c.get_seq_length() == len(s) for s, c in tiny.stems.items())
+    finally:
+        tiny.stems = None
 
 
 def test_cached_greedy_decoding_equals_recomputing(tiny):

@@ -25,7 +25,9 @@ def run_datasets(run) -> list[SimpleNamespace]:
 def select_clips(run, data: str, task: str | None, all_clips: bool, progress: bool, dataset: str | None = None):
     """The clips of `data` to evaluate `run` on: its held-out clips on a dataset it was trained on (unless
     all_clips), every clip of another; and which of the run's datasets they are read as (the same path, else
-    `dataset`, else the one with their skeleton). Returns (clips, scope, dataset, name of the run's dataset)."""
+    `dataset`, else the one with their skeleton). A dataset the run was trained on is known by its path, or,
+    moved or copied (a run trained on another machine), by its name and its holding every held-out clip.
+    Returns (clips, scope, dataset, name of the run's dataset)."""
     from collections import Counter
 
     from eai.joint import part_for
@@ -33,7 +35,9 @@ def select_clips(run, data: str, task: str | None, all_clips: bool, progress: bo
     ds = open_dataset(data, task or run.manifest.get("task"))
     clips = load_clips(ds, progress=progress)
     parts = run_datasets(run)
-    same = [p for p in parts if p.path == str(Path(data).resolve())]
+    groups = {c.group for c in clips}
+    same = ([p for p in parts if p.path == str(Path(data).resolve())]
+            or [p for p in parts if p.name == ds.name and p.held_out_groups and set(p.held_out_groups) <= groups])
     part = same[0] if same else part_for(parts, Counter(c.layout for c in clips).most_common(1)[0][0], dataset)
     unknown = sorted(set(ds.labels) - set(part.labels))
     if unknown:

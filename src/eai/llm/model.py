@@ -9,6 +9,8 @@ recognised label, which conditions them.
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -104,6 +106,15 @@ class EmotionLLM(nn.Module):
         self.sk_id = tokenizer.convert_tokens_to_ids(SKELETON)
         self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.stems: dict[tuple[int, ...], object] | None = None  # prompt stems -> their key/value cache
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    def _to_device(self, *xs):
+        """Inputs (feature tensors, masks, z, frac; None passes) on the model's device."""
+        return [None if x is None else x.to(self.device) for x in xs]
 
     # ---- text -> ids
     def _prompt_ids(self, prompt: str) -> list[int]:
@@ -164,18 +175,15 @@ class EmotionLLM(nn.Module):
         key/value cache is repeated for every row, in training too (its gradient sums over the rows).
         Training: returns (logits of the rest, right-padded labels of the rest, semantic embeddings).
         Inference (labels None, left padding): (last logits, cache, attention mask, next positions)."""
-        dev = feats.device
+        dev = self.device
+        feats, mask, z, frac = self._to_device(feats, mask, z, frac)
         N = len(rows)
         tokens, tmask, sem = self.mgst(feats, mask, z, frac)
+        first = min(r.index(self.sk_id) if self.sk_id in r else len(r) for r in rows)
         pre = 0
-        if N > 1:
-            first = min(r.index(self.sk_id) if self.sk_id in r else len(r) for r in rows)
-            while pre < first and all(r[pre] == rows[0][pre] for r in rows):
-                pre += 1
-        cache = None
-        if pre:
-            cache = self.lm(input_ids=torch.tensor([rows[0][:pre]], device=dev), use_cache=True).past_key_values
-            cache.batch_repeat_interleave(N)
+        while pre < first and all(r[pre] == rows[0][pre] for r in rows):
+            pre += 1
+        cache = self._prefix_cache(rows[0][:pre], N) if pre else None
         rest = [r[pre:] for r in rows]
         L = max(map(len, rest))
         ids = torch.full((N, L), self.pad, dtype=torch.long, device=dev)
@@ -192,11 +200,48 @@ class EmotionLLM(nn.Module):
         if ((lab != IGNORE) & (ids == self.sk_id)).any():
             raise ValueError("loss mask mismatch: a skeleton position is labelled")
         full = torch.cat([torch.ones((N, pre), dtype=torch.long, device=dev), att2], 1)
+        # logits only where they are used: from the column before the first answer token (training), the
+        # last column (inference); the vocabulary projection of every prompt position is skipped
+        cols = (lab != IGNORE).any(0).nonzero()
+        keep = L - (int(cols[0]) - 1 if len(cols) else L - 1) if labels is not None else 1
         out = self.lm(inputs_embeds=emb, attention_mask=full, position_ids=pos + pre, past_key_values=cache,
-                      use_cache=labels is None)
+                      use_cache=labels is None, logits_to_keep=keep)
         if labels is not None:
-            return out.logits, lab, sem
+            return out.logits, lab[:, L - keep:], sem
         return out.logits[:, -1], out.past_key_values, full, att.sum(1) + pre
+
+    def _prefix_cache(self, ids: list[int], n: int):
+        """Key/value cache of the shared prompt prefix `ids`, repeated for `n` rows. At inference, the longest
+        registered stem (`add_stem`: a prompt beginning that never changes, such as the system prompt and a
+        dataset's question) that begins `ids` is computed once and reused; only the rest of the prefix runs."""
+        cache, done = None, 0
+        if self.stems and not torch.is_grad_enabled():
+            fits = [s for s in self.stems if len(s) <= len(ids) and tuple(ids[:len(s)]) == s]
+            if fits:
+                stem = max(fits, key=len)
+                if self.stems[stem] is None:
+                    self.stems[stem] = self.lm(input_ids=torch.tensor([stem], device=self.device), use_cache=True,
+                                               logits_to_keep=1).past_key_values
+                cache, done = copy.deepcopy(self.stems[stem]), len(stem)
+        if done < len(ids):
+            cache = self.lm(input_ids=torch.tensor([ids[done:]], device=self.device),
+                            position_ids=torch.arange(done, len(ids), device=self.device)[None],
+                            past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+        cache.batch_repeat_interleave(n)
+        return cache
+
+    def add_stem(self, prompts: list[str]) -> int:
+        """Register the token beginning that `prompts` (two or more renderings of one template) share before
+        any skeleton token, for reuse by `_prefix_cache` at inference (its cache is made on first use). For
+        a loaded, frozen model only: training changes the weights under a stored cache. Returns its length."""
+        rows = [self._prompt_ids(p) for p in prompts]
+        n = 0
+        while all(n < len(r) and r[n] != self.sk_id and r[n] == rows[0][n] for r in rows):
+            n += 1
+        if n:
+            self.stems = self.stems if self.stems is not None else {}
+            self.stems.setdefault(tuple(rows[0][:n]), None)
+        return n
 
     # ---- recognition by label likelihood
     @torch.no_grad()
@@ -206,7 +251,7 @@ class EmotionLLM(nn.Module):
         once; the candidates' tokens then run together as one token tree per row on the prompt's key/value
         cache (each token sees the prompt and its own candidate's earlier tokens; candidates sharing a
         beginning share its tokens), so no cache is copied per candidate."""
-        dev = feats.device
+        dev = self.device
         last, cache, att2, nxt = self._forward([self._prompt_ids(p) for p in prompts], feats, mask, z=z, frac=frac)
         first = torch.log_softmax(last.float(), -1)  # (N, V)
         cands = [tuple(self._ids(c) + [self.eos]) for c in candidates]
@@ -245,7 +290,7 @@ class EmotionLLM(nn.Module):
         a token that is the only one allowed is taken without asking the model (the rest of a claim once its
         first words pick it, the end after the full stop), and a row's run of such tokens goes through the
         model in one pass (`jump`): the same text as one pass per token, in fewer passes."""
-        dev = feats.device
+        dev = self.device
         rows = [self._prompt_ids(p) + self._ids(s) for p, s in zip(prompts, starts)]
         logits, cache, att2, nxt_pos = self._forward(rows, feats, mask, z=z, frac=frac)
         N = len(rows)

@@ -223,7 +223,15 @@ class Interpreter:
             raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run.path)
         llm = load_llm(run)
         llm.lm.merge_adapter()  # inference: LoRA folded into the weights, one matmul per layer
-        return Interpreter(run, llm)
+        if torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
+            llm.cuda()
+            run.encoder.cuda()
+        interp = Interpreter(run, llm)
+        n = llm.mgst.cfg.n_tokens
+        for v in interp.voices:  # the prompt beginnings every clip of a dataset shares: their cache is kept
+            llm.add_stem([recognition_prompt(n, v.tag, v.words)])
+            llm.add_stem([description_prompt(n, v.tag, w, e) for w, e in ((v.words[0], "a"), (v.words[-1], "b"))])
+        return interp
 
     @property
     def labels(self) -> list[str]:
