@@ -187,6 +187,41 @@ def test_stage_all_writes_a_run_that_reloads_to_identical_probabilities(tiny_run
         assert r["explanation"].lower().startswith(r["emotion"].lower())
 
 
+def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
+    from eai.llm.pipeline import build_llm
+    from eai.llm.train import FeatureSet, Sampler, StageConfig, Voice, train_stage
+
+    rng = np.random.default_rng(0)
+    n, m = 16, 4
+    f = rng.standard_normal((n, 32, 4, 23)).astype(np.float32)
+    fs = FeatureSet(f, np.ones((n, 23), bool), np.arange(n) % 4, rng.standard_normal((n, len(ev.NAMES))),
+                    np.arange(n) % m, f[:m], np.ones((m, 23), bool), np.arange(m) % 4,
+                    rng.standard_normal((m, len(ev.NAMES))))
+    cfg = StageConfig(24, 2, 1e-3, 1e-3, 2, mix=0.5, contrastive=0.0)  # a checkpoint every 20 steps
+
+    class Killed(Exception):
+        pass
+
+    def train(ckpt, kill_at=None):
+        llm = build_llm(TINY, 32)
+        sampler = Sampler(fs, LABELS, [Voice("t", LABELS, LABELS)], llm.mgst.cfg.n_tokens, 0)
+
+        def log(rec):
+            if rec["step"] == kill_at:
+                raise Killed
+
+        return llm, train_stage(llm, sampler, "recognition", cfg, ckpt, False, log)
+
+    full, hist = train(tmp_path / "a.pt")
+    with pytest.raises(Killed):
+        train(tmp_path / "b.pt", kill_at=22)  # killed two steps after the checkpoint of step 20
+    resumed, hist2 = train(tmp_path / "b.pt")
+    assert [h["step"] for h in hist2] == list(range(1, 25)) and [h["loss"] for h in hist2] == [h["loss"] for h in hist]
+    assert all(a["seconds"] <= b["seconds"] for a, b in zip(hist2, hist2[1:]))
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_finished_stages_are_not_retrained(tiny_run, synth_dir):
     from eai.llm.pipeline import train_all_run
 

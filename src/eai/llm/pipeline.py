@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -152,12 +151,11 @@ def train_all_run(data: str | list[str], out: str, task: str | None = None, sche
     for stage in STAGES:
         if stage in meta["done"]:
             continue
-        t0 = time.time()
         hist = train_stage(llm, sampler, stage, cfgs[stage], run_dir / f"llm-{stage}.pt", progress, log)
         save_llm(run_dir, llm, meta["backbone"])
         meta["done"].append(stage)
         meta["history"] += [h for h in hist if h["step"] % 5 == 0 or h["step"] == cfgs[stage].steps]
-        meta["train_seconds"][stage] = round(time.time() - t0, 1)
+        meta["train_seconds"][stage] = hist[-1]["seconds"] if hist else 0.0  # resumed parts summed
         meta["peak_memory_mb"] = round(peak_memory_mb(), 1)
         manifest["llm"] = meta
         write_manifest(run_dir, manifest)

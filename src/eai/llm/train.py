@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,13 +212,16 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
     opt = torch.optim.AdamW([{"params": lora, "lr": cfg.lr}, {"params": proj, "lr": cfg.projector_lr}],
                             weight_decay=0.0)
     base_lr = [cfg.lr, cfg.projector_lr]
-    start, history = 0, []
+    start, history, t0 = 0, [], time.time()
     if checkpoint is not None and checkpoint.is_file():
         st = torch.load(checkpoint, weights_only=False)
         llm.load_state_dict(st["model"], strict=False)
         opt.load_state_dict(st["opt"])
         sampler.rng.bit_generator.state = st["rng"]
+        if "torch_rng" in st:  # dropout draws continue as if never interrupted
+            torch.set_rng_state(st["torch_rng"])
         start, history = st["step"], st["history"]
+        t0 -= history[-1].get("seconds", 0) if history else 0  # time spent before the interruption counts
     model, opt = acc.prepare(llm, opt)
     core = acc.unwrap_model(model)
     core.train()
@@ -252,7 +256,8 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
         acc.clip_grad_norm_(lora + proj, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        rec = {"stage": stage, "step": step + 1, "loss": float(loss.detach()), "total": float(total.detach())}
+        rec = {"stage": stage, "step": step + 1, "loss": float(loss.detach()), "total": float(total.detach()),
+               "seconds": round(time.time() - t0, 2)}
         history.append(rec)
         if log:
             log(rec)
@@ -261,7 +266,8 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
         if checkpoint is not None and acc.is_main_process and ((step + 1) % 20 == 0 or last):
             with atomic_path(checkpoint) as tmp:
                 torch.save({"model": trainable_state(core), "opt": opt.state_dict(), "step": step + 1,
-                            "rng": sampler.rng.bit_generator.state, "history": history}, tmp)
+                            "rng": sampler.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                            "history": history}, tmp)
     core.eval()
     return history
 
