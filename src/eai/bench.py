@@ -113,12 +113,14 @@ def recognition_table(result: dict) -> str:
     return f"{head}\n{t1}\n\n{t2}"
 
 
-def run_explain(model: str, data: str, task: str | None = None, progress: bool = True, repeats: int = 5) -> dict:
+def run_explain(model: str, data: str, task: str | None = None, progress: bool = True, repeats: int = 5,
+                int8: bool = False) -> dict:
     """`eai bench explain`: on the run's held-out clips (all clips of another dataset) the LLM's recognition
-    beside the encoder's, explanation scores, and latency with the model loaded (median of `repeats`)."""
+    beside the encoder's, explanation scores, and latency with the model loaded (median of `repeats`); with
+    `int8`, all of it with the LM quantized (Interpreter.of)."""
     from eai.llm.pipeline import Interpreter
 
-    it = Interpreter.load(model)
+    it = Interpreter.load(model, int8)
     from eai.evaluate import select_clips
 
     clips, scope, ds, name = select_clips(it.run, data, task, False, progress)
@@ -133,8 +135,8 @@ def run_explain(model: str, data: str, task: str | None = None, progress: bool =
         t0 = time.perf_counter()
         it.recognise([one], dataset=name)
         t_score.append(time.perf_counter() - t0)
-    return {"model": str(model), "dataset": ds.name, "scope": scope, "clips": len(clips), "labels": voice.words,
-            **scores,
+    return {"model": str(model), "int8": int8, "dataset": ds.name, "scope": scope, "clips": len(clips),
+            "labels": voice.words, **scores,
             "latency": {"clip_seconds": round(one.n_frames / one.fps, 2), "explain_s_median": float(np.median(t_all)),
                         "label_scoring_s_median": float(np.median(t_score)), "repeats": repeats},
             "examples": [{k: r[k] for k in ("label", "emotion", "explanation")} for r in rows[:10]]}

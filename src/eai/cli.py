@@ -10,6 +10,9 @@ from pathlib import Path
 from eai.errors import EaiError
 
 
+INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU: about twice as fast, "
+             "slightly different numbers")
+
 def _motion(args, path: str):
     from eai.io import read_motion
 
@@ -132,7 +135,7 @@ def cmd_explain(args) -> None:
     from eai.llm.pipeline import Interpreter
     from eai.skeleton.unify import unify
 
-    it = Interpreter.load(args.model)
+    it = Interpreter.load(args.model, args.int8)
     clips = [unify(_motion(args, f)) for f in args.files]
     rows = []
     for f, u in zip(args.files, clips):
@@ -192,7 +195,7 @@ def cmd_bench(args) -> None:
     if args.what == "explain":
         if not args.model:
             raise EaiError("bench explain needs --model RUN")
-        result = run_explain(args.model, args.data, args.task, progress=not args.quiet)
+        result = run_explain(args.model, args.data, args.task, progress=not args.quiet, int8=args.int8)
         rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
         from eai.report import table
 
@@ -333,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
     s.add_argument("--dataset", help="a run trained on several datasets: which one's labels to answer in "
                    "(default: the one with the clip's skeleton)")
+    s.add_argument("--int8", action="store_true", help=INT8_HELP)
     s.set_defaults(fn=cmd_explain)
 
     s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrix of a run on a dataset")
@@ -351,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "--data alone and on all together, same folds")
     s.add_argument("what", choices=["recognition", "explain", "joint"])
     s.add_argument("--model", help="explain: the run folder")
+    s.add_argument("--int8", action="store_true", help="explain: " + INT8_HELP)
     _protocol_args(s)
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)

@@ -80,6 +80,18 @@ def load_llm(run: Run) -> EmotionLLM:
     return llm.eval()
 
 
+def quantize_int8(lm: torch.nn.Module) -> torch.nn.Module:
+    """`lm` with every nn.Linear as a dynamically quantized int8 linear layer, one weight scale per tensor
+    (per output channel measured worse: bench/RESULTS.md); CPU inference only."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
+
+
 def clip_descriptors(clips: list[UnifiedMotion]) -> np.ndarray:
     return np.stack([descriptor_vector(u.metres(), u.mask, u.fps) for u in clips])
 
@@ -211,17 +223,23 @@ class Interpreter:
     llm: EmotionLLM
 
     @staticmethod
-    def load(run_dir: str | Path) -> "Interpreter":
-        return Interpreter.of(load_run(run_dir))
+    def load(run_dir: str | Path, int8: bool = False) -> "Interpreter":
+        return Interpreter.of(load_run(run_dir), int8)
 
     @staticmethod
-    def of(run: Run) -> "Interpreter":
-        """The interpreter of a loaded run (its LLM stages must be trained)."""
+    def of(run: Run, int8: bool = False) -> "Interpreter":
+        """The interpreter of a loaded run (its LLM stages must be trained). With `int8`, the LM's linear
+        layers run as int8 dynamic quantization on the CPU (weights int8 per tensor, activations quantized
+        on the fly): about twice as fast on a small CPU, at a small cost in fidelity (measured in
+        bench/RESULTS.md); without it, the exact float32 model, on CUDA when present."""
         if "llm" not in run.manifest or not run.manifest["llm"]["done"]:
             raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run.path)
         llm = load_llm(run)
-        llm.lm.merge_adapter()  # inference: LoRA folded into the weights, one matmul per layer
-        if torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
+        if int8:
+            llm.lm = quantize_int8(llm.lm.merge_and_unload())
+        else:
+            llm.lm.merge_adapter()  # inference: LoRA folded into the weights, one matmul per layer
+        if torch.cuda.is_available() and not int8:  # inputs follow the models (EmotionLLM.device, the encoder)
             llm.cuda()
             run.encoder.cuda()
         interp = Interpreter(run, llm)
