@@ -76,7 +76,8 @@ def main() -> None:
     bw = bandwidth()
     decode_ms = 1000 * max(explain_s - score_s, 0) / max(n_new, 1)
     result = {
-        "clip": str(path), "int8": args.int8, "clip_seconds": round(u.n_frames / u.fps, 2), "threads": torch.get_num_threads(),
+        "clip": str(path), "int8": args.int8, "clip_seconds": round(u.n_frames / u.fps, 2),
+        "threads": torch.get_num_threads(),
         "read_unify_s": read_s, "label_scoring_s": score_s, "explain_s": explain_s,
         "explanation_tokens": n_new, "explanation": row["explanation"],
         "decode_ms_per_token_eai": decode_ms,

@@ -13,6 +13,7 @@ from eai.errors import EaiError
 INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU: about twice as fast, "
              "slightly different numbers")
 
+
 def _motion(args, path: str):
     from eai.io import read_motion
 

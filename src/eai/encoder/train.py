@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -305,7 +306,7 @@ def predict_proba(model: SkeletonEncoder, ws: WindowSet, batch: int = 256, mirro
 def predict_dataset_proba(model: SkeletonEncoder, ws: WindowSet, allowed: np.ndarray, d: int) -> np.ndarray:
     """Probabilities over dataset d's labels only (the columns allowed[d]) of windows all from dataset d, for
     an encoder trained on the datasets of `allowed` (n_datasets, n_classes)."""
-    ws = WindowSet(ws.raw, ws.mask, ws.desc, ws.y, ws.clip, np.full(len(ws.y), d), ws.frames)
+    ws = dataclasses.replace(ws, ds=np.full(len(ws.y), d))
     allowed = np.asarray(allowed, bool)
     return predict_proba(model, ws, allowed=allowed)[:, allowed[d]]
 

@@ -235,13 +235,13 @@ class Interpreter:
         if "llm" not in run.manifest or not run.manifest["llm"]["done"]:
             raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run.path)
         llm = load_llm(run)
-        if int8:
+        if int8:  # CPU only
             llm.lm = quantize_int8(llm.lm.merge_and_unload())
         else:
             llm.lm.merge_adapter()  # inference: LoRA folded into the weights, one matmul per layer
-        if torch.cuda.is_available() and not int8:  # inputs follow the models (EmotionLLM.device, the encoder)
-            llm.cuda()
-            run.encoder.cuda()
+            if torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
+                llm.cuda()
+                run.encoder.cuda()
         interp = Interpreter(run, llm)
         n = llm.mgst.cfg.n_tokens
         for v in interp.voices:  # the prompt beginnings every clip of a dataset shares: their cache is kept
