@@ -132,6 +132,10 @@ def test_grounded_descriptions_claim_only_what_is_measured():
         assert claims and all(c.verified for c in claims), text
         assert ev.names_label(text, label, LABELS)
         assert len(claims) == max(1, len(ev.salient(z)))
+        said = ev.claim_phrases(z, rng)  # the prompt's evidence and the description in the same words
+        line, text = ev.evidence_line(z, said), ev.description(label, z, rng, said)
+        assert [p for _, p, _, _ in ev.find_claims(text)] == [p for p, _ in said]
+        assert all(p in line for p, _ in said) and ev.evidence_line(z) == ev.evidence_line(z, ev.claim_phrases(z))
 
 
 def test_checker_flags_contradicted_and_missing_claims():
@@ -363,3 +367,34 @@ def test_stage_all_with_the_kinematic_token(tiny_run, synth_dir, tmp_path):
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:2]
     assert [r["probabilities"] for r in it.explain(clips, 8)] == [
         r["probabilities"] for r in Interpreter.load(run).explain(clips, 8)]
+
+
+@pytest.mark.slow
+def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsys, synth_dir, tmp_path):
+    from eai.cli import main
+    from eai.data import load_clips, open_dataset
+    from eai.protocol import Windows, folds
+
+    out, js = tmp_path / "folds", tmp_path / "bench.json"
+    args = ["bench", "llm", "--data", str(synth_dir), "--out", str(out), "--folds", "2", "--schedule", "smoke",
+            "--llm-schedule", "smoke", "--backbone", TINY, "--quiet", "--json", str(js)]
+    assert main(args) == 0
+    r = json.loads(js.read_text())
+    assert r["folds"] == 2 and [(f["seed"], f["fold"]) for f in r["per_fold"]] == [(0, 0), (0, 1)]
+    assert set(r["models"]) == {"llm", "encoder"} and 0 <= r["models"]["llm"]["window_accuracy"] <= 1
+    assert r["explanations"]["explanations"] == r["clips"]
+    # each fold's run held out exactly the clips that fold of the protocol tests
+    clips = load_clips(open_dataset(str(synth_dir)), progress=False)
+    w = Windows.from_clips(clips)
+    for i, (_, test) in enumerate(folds(w, 2, 0)):
+        m = json.loads((out / f"seed-0-fold-{i}" / "manifest.json").read_text())
+        assert set(m["data"]["held_out_groups"]) == {clips[c].group for c in set(w.clip[test])}
+        assert m["fold"] == i
+    assert r["clips"] == len(clips)
+    # run again: the finished folds are read back, not retrained, and score the same
+    stamp = [(out / f"seed-0-fold-{i}" / "llm.safetensors").stat().st_mtime_ns for i in range(2)]
+    assert main(args) == 0
+    assert stamp == [(out / f"seed-0-fold-{i}" / "llm.safetensors").stat().st_mtime_ns for i in range(2)]
+    assert json.loads(js.read_text())["models"] == r["models"]
+    assert "LLM window accuracy >= the encoder's in" in capsys.readouterr().out
+

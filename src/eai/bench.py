@@ -142,6 +142,86 @@ def run_explain(model: str, data: str, task: str | None = None, progress: bool =
             "examples": [{k: r[k] for k in ("label", "emotion", "explanation")} for r in rows[:10]]}
 
 
+def run_llm(data: str, out: str, task: str | None = None, n_folds: int = 5, n_seeds: int = 1,
+            schedule_name: str | None = None, llm_schedule: str | None = None, epochs: int | None = None,
+            steps: dict | None = None, backbone: str | None = None, use_pretrain: bool = True,
+            progress: bool = True) -> dict:
+    """The whole method under the benchmark protocol: for each fold of each seed, one `eai train --stage all`
+    run folder (OUT/seed-S-fold-I) holding that fold out; the LLM (label likelihood) and the encoder's own
+    head scored on the same held-out windows, and the held-out clips explained and checked. A finished fold
+    is read back and an interrupted one resumes, so the benchmark can be run in parts. The folds are those of
+    `eai bench recognition` (the same seeds and clip grouping)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from eai.encoder.train import default_schedule
+    from eai.evaluate import select_clips
+    from eai.llm.backbone import BUNDLED
+    from eai.llm.pipeline import Interpreter, train_all_run
+    from eai.llm.scores import pooled_scores
+    from eai.llm.train import SCHEDULES
+    from eai.train import PRETRAIN_WEIGHTS
+
+    sched = schedule_name or default_schedule()
+    llm_sched = llm_schedule or (sched if sched in SCHEDULES else "paper")
+    ds = open_dataset(data, task)
+    seed_folds(Windows.from_clips(load_clips(ds, progress=progress)), n_folds, n_seeds, ds.root)  # bad --folds: now
+    root = Path(out)
+    per: dict[str, list[dict]] = {"llm": [], "encoder": []}
+    folds_out, explained = [], []
+    labels: list[str] = []
+    for seed in range(n_seeds):
+        for i in range(n_folds):
+            run = root / f"seed-{seed}-fold-{i}"
+            mf = run / "manifest.json"
+            done = mf.is_file() and "held_out_llm" in json.loads(mf.read_text())
+            first_pre = root / f"seed-{seed}-fold-0" / PRETRAIN_WEIGHTS
+            if not done and i and first_pre.is_file() and not (run / PRETRAIN_WEIGHTS).exists():
+                run.mkdir(parents=True, exist_ok=True)  # pre-training depends on the seed only: done once
+                shutil.copyfile(first_pre, run / PRETRAIN_WEIGHTS)
+            if not done:
+                train_all_run(data, str(run), task, sched, llm_sched, backbone or BUNDLED, 1 / n_folds, seed,
+                              use_pretrain, progress, epochs, steps, fold=i)
+            m = json.loads(mf.read_text())
+            h = m["held_out_llm"]
+            it = Interpreter.load(run)
+            clips, _, _, name = select_clips(it.run, data, task, False, False)
+            voice = it.dataset(name)
+            labels = voice.labels
+            rows = it.explanations(clips, voice)
+            ex = pooled_scores([rows])
+            explained.append(rows)
+            for k in per:
+                per[k].append(h[k])
+            folds_out.append({"seed": seed, "fold": i, "run": str(run), "clips": h["clips"], "windows": h["windows"],
+                              **{k: {a: h[k][a] for a in ("window_accuracy", "clip_accuracy", "macro_f1", "ece")}
+                                 for k in per},
+                              "explanations": ex, "llm_seconds": m["llm"]["train_seconds"],
+                              "encoder_seconds": m["train_seconds"]})
+    models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v]))} for k, v in per.items()}
+    return {"dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
+            "clips": sum(f["clips"] for f in folds_out) // n_seeds,
+            "windows": sum(f["windows"] for f in folds_out) // n_seeds,
+            "schedule": {"encoder": sched, "llm": llm_sched, "epochs": epochs, "steps": steps},
+            "models": models, "explanations": pooled_scores(explained),
+            "llm_at_least_encoder_folds": sum(f["llm"]["window_accuracy"] >= f["encoder"]["window_accuracy"]
+                                              for f in folds_out),
+            "per_fold": folds_out}
+
+
+def llm_table(result: dict) -> str:
+    """The recognition table of both models, then the explanations pooled over every fold."""
+    ex = result["explanations"]
+    t = table([[ex["explanations"], ex["label_consistency"], ex["faithfulness"], ex["claims"], ex["bleu4"],
+                ex["rouge_l"], ex.get("minilm_similarity")]],
+              ["explanations", "label consistency", "faithfulness", "claims", "BLEU-4", "ROUGE-L", "MiniLM sim."])
+    n = len(result["per_fold"])
+    return (f"{recognition_table(result)}\n\nLLM ECE {result['models']['llm']['ece']:.3f}, encoder ECE "
+            f"{result['models']['encoder']['ece']:.3f}; LLM window accuracy >= the encoder's in "
+            f"{result['llm_at_least_encoder_folds']} of {n} folds\nheld-out explanations, all folds:\n{t}")
+
+
 def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_seeds: int = 1,
               schedule_name: str | None = None, epochs: int | None = None, mix: str = "equal",
               progress: bool = True) -> dict:

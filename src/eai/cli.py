@@ -184,7 +184,8 @@ def _one(data: list[str], what: str) -> str:
 
 
 def cmd_bench(args) -> None:
-    from eai.bench import joint_table, plot_joint, recognition_table, run_explain, run_joint, run_recognition
+    from eai.bench import (joint_table, llm_table, plot_joint, recognition_table, run_explain, run_joint, run_llm,
+                           run_recognition)
 
     if args.what == "joint":
         result = run_joint(args.data, args.task, args.folds, args.seeds, args.schedule, args.epochs, args.mix,
@@ -193,6 +194,15 @@ def cmd_bench(args) -> None:
         _write_results(args, result, plot_joint)
         return
     args.data = _one(args.data, f"bench {args.what}")
+    if args.what == "llm":
+        if not args.out:
+            raise EaiError("bench llm needs --out FOLDER for the run of each fold")
+        result = run_llm(args.data, args.out, args.task, args.folds, args.seeds, args.schedule, args.llm_schedule,
+                         args.epochs, {"description": args.description_steps, "recognition": args.recognition_steps},
+                         args.backbone, not args.no_pretrain, not args.quiet)
+        print(llm_table(result))
+        _write_results(args, result)
+        return
     if args.what == "explain":
         if not args.model:
             raise EaiError("bench explain needs --model RUN")
@@ -352,15 +362,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("bench", help="benchmarks: 'recognition' runs the protocol for encoder and baseline; "
-                       "'explain' scores a run's LLM (recognition, explanations, latency); 'joint' trains on each "
-                       "--data alone and on all together, same folds")
-    s.add_argument("what", choices=["recognition", "explain", "joint"])
+                       "'explain' scores a run's LLM (recognition, explanations, latency); 'llm' trains the whole "
+                       "method per fold and scores the LLM beside the encoder; 'joint' trains on each --data alone "
+                       "and on all together, same folds")
+    s.add_argument("what", choices=["recognition", "explain", "llm", "joint"])
     s.add_argument("--model", help="explain: the run folder")
     s.add_argument("--int8", action="store_true", help="explain: " + INT8_HELP)
     _protocol_args(s)
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--no-pretrain", action="store_true")
+    s.add_argument("--out", help="llm: folder for the run of each fold (OUT/seed-S-fold-I); run again to resume")
+    s.add_argument("--llm-schedule", help="llm: paper, gpu, cpu or smoke (default: --schedule's)")
+    s.add_argument("--description-steps", type=int, help="llm: override the description stage's steps")
+    s.add_argument("--recognition-steps", type=int, help="llm: override the recognition stage's steps")
+    s.add_argument("--backbone", help="llm: the LM (default: the bundled SmolLM2-135M-Instruct)")
     s.add_argument("--mix", default="equal", help="joint: each dataset's share of an epoch: equal (default), "
                    "sqrt (of its size) or size")
     s.set_defaults(fn=cmd_bench)

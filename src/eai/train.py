@@ -57,14 +57,17 @@ def pretrain(ws: WindowSet, n_labels: int, cfg, enc: EncoderConfig, out: Path | 
     return state
 
 
-def holdout_split(clips: list[UnifiedMotion], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Clip indices (train, held out): one grouped, stratified fold of about `fraction` of the clips."""
+def holdout_split(clips: list[UnifiedMotion], fraction: float, seed: int, fold: int = 0) -> tuple[list[int], list[int]]:
+    """Clip indices (train, held out): fold `fold` of the benchmark protocol's round(1 / fraction) grouped,
+    stratified folds of seed `seed` (the same split `eai bench recognition` tests that fold on)."""
     if fraction <= 0:
         return list(range(len(clips))), []
     w = Windows.from_clips(clips)
     k = max(2, int(round(1 / fraction)))
+    if not 0 <= fold < k:
+        raise EaiError(f"fold {fold} does not exist: holding out {fraction:.0%} makes folds 0 to {k - 1}")
     try:
-        train, test = folds(w, k, seed)[0]
+        train, test = folds(w, k, seed)[fold]
     except ValueError as e:
         raise EaiError(f"cannot hold out {fraction:.0%} of the clips by group and label ({e}); "
                        "use --holdout 0") from None
@@ -73,19 +76,22 @@ def holdout_split(clips: list[UnifiedMotion], fraction: float, seed: int) -> tup
 
 def train_encoder_run(data: str | list[str], out: str, task: str | None = None, schedule_name: str = "paper",
                       holdout: float = 0.2, seed: int = 0, use_pretrain: bool = True, progress: bool = True,
-                      epochs: int | None = None, mix: str = "equal", parts: list | None = None) -> Path:
+                      epochs: int | None = None, mix: str = "equal", parts: list | None = None,
+                      fold: int = 0) -> Path:
     """Train the encoder on one dataset, or on several at once (`data` a list: each keeps its own labels,
-    drawn by `mix`), into run folder `out` (resuming if it holds a checkpoint). `parts`: the datasets
-    already read (eai.joint.open_parts of `data`), so a caller that needs them too reads them once."""
+    drawn by `mix`), into run folder `out` (resuming if it holds a checkpoint). The held-out clips are fold
+    `fold` of the protocol's folds (`holdout_split`). `parts`: the datasets already read (eai.joint.open_parts
+    of `data`), so a caller that needs them too reads them once."""
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     cfg = schedule(schedule_name, epochs, seed=seed)
     enc = EncoderConfig()
     parts = parts or open_parts([data] if isinstance(data, str) else list(data), task, progress)
     labels = joint_labels(parts)
-    splits = [holdout_split(p.clips, holdout, seed) for p in parts]
+    splits = [holdout_split(p.clips, holdout, seed, fold) for p in parts]
     joint = len(parts) > 1
-    _check_resume(run, cfg, labels, [p.path for p in parts] if joint else parts[0].path)
+    _check_resume(run, cfg, labels, [p.path for p in parts] if joint else parts[0].path,
+                  {"holdout": holdout, "fold": fold})
     started = time.time()
     init = None
     pre_info = None
@@ -129,7 +135,7 @@ def train_encoder_run(data: str | list[str], out: str, task: str | None = None, 
                  "train_clips": sum(len(tr) for tr, _ in splits), "train_windows": len(ws.y),
                  "held_out_groups": [g for d in datasets for g in d["held_out_groups"]]},
         "datasets": datasets, "mix": mix if joint else None,
-        "pretrain": pre_info, "seed": seed, "versions": versions(),
+        "pretrain": pre_info, "seed": seed, "fold": fold, "versions": versions(),
         "held_out_metrics": (held_metrics.get(first.name) if not joint else held_metrics) or None,
         "train_seconds": round(time.time() - started, 1),
     }
@@ -139,10 +145,10 @@ def train_encoder_run(data: str | list[str], out: str, task: str | None = None, 
     return run
 
 
-def _check_resume(run: Path, cfg, labels: list[str], data: str | list[str]) -> None:
-    """Refuse to resume a checkpoint made with another configuration or label set."""
+def _check_resume(run: Path, cfg, labels: list[str], data: str | list[str], split: dict) -> None:
+    """Refuse to resume a checkpoint made with another configuration, label set or held-out split."""
     stamp = run / "run-config.json"
-    want = {"train": cfg.to_dict(), "labels": labels, "data": data}
+    want = {"train": cfg.to_dict(), "labels": labels, "data": data, "split": split}
     if stamp.exists():
         have = json.loads(stamp.read_text())
         if have != want and (run / "checkpoint.pt").exists():

@@ -4,7 +4,8 @@ A clip's descriptors (eai.kinematics) are compared with the dataset's neutral cl
 z = (value - neutral mean) / spread over all training clips. A training description names the label and up
 to three claims, one per descriptor with |z| >= `CLAIM_Z`, strongest first, each in one of several wordings;
 nothing is claimed that the measurement does not support, and a clip with no marked difference is described
-as close to the neutral baseline.
+as close to the neutral baseline. The description prompt states the same evidence in the same wordings, so
+that a description says what was measured in the words it was given.
 
 The checker finds every claim phrase of the lexicon in a text (longest match first) and verifies it against
 the clip's z-scores: a "more" claim holds when z >= `VERIFY_Z`, a "less" claim when z <= -`VERIFY_Z`, the
@@ -120,13 +121,22 @@ def salient(z: np.ndarray, k: int = MAX_CLAIMS, threshold: float = CLAIM_Z) -> l
             if np.isfinite(z[i]) and abs(z[i]) >= threshold]
 
 
-def evidence_line(z: np.ndarray) -> str:
-    """The measured evidence as the description prompt states it, strongest first, in the claims' first
-    wording: 'slow movement (z -1.6); the head lowered (z +1.3)'."""
-    items = salient(z)
-    if not items:
-        return f"{NEUTRAL_PHRASES[0]} (no descriptor beyond {CLAIM_Z:g} sd)"
-    return "; ".join(f"{PHRASES[n][0 if s > 0 else 1][0]} (z {v:+.1f})" for n, s, v in items)
+def claim_phrases(z: np.ndarray, rng: np.random.Generator | None = None) -> list[tuple[str, float | None]]:
+    """The claims the measurement supports, strongest first, as (wording, z): each in a wording picked by
+    `rng` (the first wording when None); the neutral claim (z None) when no descriptor is marked."""
+    pick = (lambda seq: seq[0]) if rng is None else (lambda seq: seq[int(rng.integers(len(seq)))])
+    out: list[tuple[str, float | None]] = [(pick(PHRASES[n][0 if s > 0 else 1]), v) for n, s, v in salient(z)]
+    return out or [(pick(NEUTRAL_PHRASES), None)]
+
+
+def evidence_line(z: np.ndarray, phrases: list[tuple[str, float | None]] | None = None) -> str:
+    """The measured evidence as the description prompt states it, strongest first, in the wordings of
+    `phrases` (claim_phrases; the first wordings when None): 'slow movement (z -1.6); the head lowered (z +1.3)'.
+    The description written for that prompt says its claims in the same words."""
+    items = phrases or claim_phrases(z)
+    if items[0][1] is None:
+        return f"{items[0][0]} (no descriptor beyond {CLAIM_Z:g} sd)"
+    return "; ".join(f"{p} (z {v:+.1f})" for p, v in items)
 
 
 def _join(parts: list[str]) -> str:
@@ -138,12 +148,12 @@ def label_text(label: str) -> str:
     return label[:1].upper() + label[1:]
 
 
-def description(label: str, z: np.ndarray, rng: np.random.Generator | None = None) -> str:
-    """A grounded description: the label and the claims the measurements support (wording varied by rng;
-    with rng None, the first wording and template)."""
+def description(label: str, z: np.ndarray, rng: np.random.Generator | None = None,
+                phrases: list[tuple[str, float | None]] | None = None) -> str:
+    """A grounded description: the label and the claims the measurements support, in the wordings of
+    `phrases` (else picked by rng, the first wordings when rng is None), after a lead-in picked by rng."""
     pick = (lambda seq: seq[0]) if rng is None else (lambda seq: seq[int(rng.integers(len(seq)))])
-    items = salient(z)
-    claims = [pick(PHRASES[n][0 if s > 0 else 1]) for n, s, _ in items] or [pick(NEUTRAL_PHRASES)]
+    claims = [p for p, _ in (phrases or claim_phrases(z, rng))]
     return f"{label_text(label)}{pick(LEADS)} {_join(claims)}."
 
 

@@ -23,6 +23,7 @@ from eai.kinematics import descriptor_vector
 from eai.llm import evidence as ev
 from eai.llm.backbone import BUNDLED, TINY, load_backbone
 from eai.llm.mgst import MGST, MGSTConfig
+from eai.llm.scores import explanation_scores
 from eai.llm.model import EmotionLLM, description_prompt, recognition_prompt
 from eai.llm.train import (LORA, STAGES, FeatureSet, Sampler, Voice, add_lora, configs_json, feature_set,
                            peak_memory_mb, stage_configs, train_stage, trainable_state)
@@ -105,10 +106,11 @@ def run_paths(manifest: dict) -> list[str]:
 def train_all_run(data: str | list[str], out: str, task: str | None = None, schedule_name: str = "paper",
                   llm_schedule: str = "paper", backbone: str = BUNDLED, holdout: float = 0.2, seed: int = 0,
                   use_pretrain: bool = True, progress: bool = True, epochs: int | None = None,
-                  steps: dict | None = None, kinematic_token: bool = False, mix: str = "equal") -> Path:
+                  steps: dict | None = None, kinematic_token: bool = False, mix: str = "equal",
+                  fold: int = 0) -> Path:
     """Encoder (reused if the folder holds a finished one), then the LLM stages; resumable at every step.
     Several datasets (`data` a list) train one model: each dataset's examples carry its tag and its own
-    label words, and datasets are drawn by `mix`."""
+    label words, and datasets are drawn by `mix`. The held-out clips are the protocol's fold `fold`."""
     from eai.evaluate import run_datasets
     from eai.joint import open_parts
     from eai.train import train_encoder_run
@@ -121,7 +123,7 @@ def train_all_run(data: str | list[str], out: str, task: str | None = None, sche
     parts = open_parts(datas, task, progress)  # read once, for the encoder stage too
     if not mf.is_file():
         train_encoder_run(data, out, task, schedule_name, holdout, seed, use_pretrain, progress, epochs, mix,
-                          parts=parts)
+                          parts=parts, fold=fold)
     run = load_run(run_dir)
     manifest = run.manifest
     if [p.path for p in parts] != run_paths(manifest):
@@ -311,7 +313,8 @@ class Interpreter:
         out = {}
         for name, pr in (("llm", p / 2), ("encoder", self.encoder_proba(ws, voice))):
             m = metrics(ws.y, pr, ws.clip, voice.labels)
-            out[name] = {k: m[k] for k in ("window_accuracy", "clip_accuracy", "macro_f1", "per_class_recall")}
+            out[name] = {k: m[k] for k in ("window_accuracy", "clip_accuracy", "macro_f1", "per_class_recall",
+                                           "confusion")}
             out[name]["ece"] = expected_calibration_error(pr, ws.y)
         out["windows"], out["clips"] = int(len(ws.y)), len(clips)
         return out
@@ -391,10 +394,13 @@ class Interpreter:
         """What `eai evaluate` and `eai bench explain` report of the LLM on labelled clips of one dataset:
         recognition beside the encoder, explanation scores, and the explanation rows (each with its clip's true
         label, in the dataset's words)."""
-        from eai.llm.scores import explanation_scores
+        rows = self.explanations(clips, voice)
+        return {"recognition": self.recognition_metrics(clips, voice, progress),
+                "explanations": explanation_scores(rows)}, rows
 
+    def explanations(self, clips: list[UnifiedMotion], voice: Voice) -> list[dict]:
+        """Explanation rows of labelled clips, each with its clip's true label in the dataset's words."""
         rows = self._explain(clips, voice, 40)
         for r, u in zip(rows, clips):
             r["label"] = voice.word(u.label)
-        return {"recognition": self.recognition_metrics(clips, voice, progress),
-                "explanations": explanation_scores(rows)}, rows
+        return rows

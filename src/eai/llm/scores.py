@@ -82,6 +82,17 @@ def explanation_scores(rows: list[dict], similarity: bool = True) -> dict:
     return out
 
 
+def pooled_scores(row_sets: list[list[dict]]) -> dict:
+    """explanation_scores over several sets of rows (folds) at once: claims pooled, means over every
+    explanation, and same-emotion pairs compared within each set only (one model explained each set)."""
+    rows = [r for rs in row_sets for r in rs]
+    out = explanation_scores(rows)
+    pairs = [explanation_scores(rs, similarity=False)["differs_when_movement_differs"] for rs in row_sets]
+    pairs = [p for p in pairs if p is not None]
+    out["differs_when_movement_differs"] = float(np.mean(pairs)) if pairs else None
+    return out
+
+
 def _claimset(text: str) -> frozenset:
     from eai.llm.evidence import find_claims
 

@@ -184,9 +184,10 @@ class Sampler:
         zs = np.concatenate([fs.z[i], fs.clip_z[j]])
         frac = np.concatenate([fs.frac[i], fs.clip_frac[j]])
         words = [self._word(d, y) for d, y in zip(ds, ys)]
-        prompts = [description_prompt(self.n, self.voices[d].tag, w, ev.evidence_line(z))
-                   for d, w, z in zip(ds, words, zs)]
-        answers = [ev.description(w, z, self.rng) for w, z in zip(words, zs)]
+        phrases = [ev.claim_phrases(z, self.rng) for z in zs]  # varied wordings, the same in prompt and answer
+        prompts = [description_prompt(self.n, self.voices[d].tag, w, ev.evidence_line(z, p))
+                   for d, w, z, p in zip(ds, words, zs, phrases)]
+        answers = [ev.description(w, z, self.rng, p) for w, z, p in zip(words, zs, phrases)]
         return feats, mask, zs, frac, prompts, answers
 
 
