@@ -191,6 +191,34 @@ def test_stage_all_writes_a_run_that_reloads_to_identical_probabilities(tiny_run
         assert r["explanation"].lower().startswith(r["emotion"].lower())
 
 
+def test_llm_stages_resume_on_a_moved_copy_of_the_dataset(tiny_run, synth_dir, tmp_path):
+    import shutil
+
+    from eai.errors import EaiError
+    from eai.llm.pipeline import train_all_run
+
+    run, data = tmp_path / "run", tmp_path / "moved-data" / synth_dir.name
+    shutil.copytree(synth_dir, data)  # another machine: same dataset, other path
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("llm*"))
+    m = json.loads((run / "manifest.json").read_text())
+    for k in ("llm", "held_out_llm"):
+        m.pop(k)
+    (run / "manifest.json").write_text(json.dumps({**m, "stage": "encoder"}))
+    train_all_run(str(data), str(run), schedule_name="smoke", llm_schedule="smoke", backbone=TINY, progress=False)
+    done = json.loads((run / "manifest.json").read_text())
+    assert done["llm"]["done"] == ["description", "recognition"] and done["held_out_llm"]["clips"] == \
+        json.loads((tiny_run / "manifest.json").read_text())["held_out_llm"]["clips"]
+    other = tmp_path / "other" / synth_dir.name  # same name, but a held-out clip is missing: not the dataset
+    shutil.copytree(synth_dir, other)
+    held = m["data"]["held_out_groups"][0]
+    for f in other.rglob(f"{held}*"):
+        f.unlink()
+    (run / "manifest.json").write_text(json.dumps({**m, "stage": "encoder"}))
+    with pytest.raises(EaiError, match="other datasets"):
+        train_all_run(str(other), str(run), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
+                      progress=False)
+
+
 def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
     from eai.llm.pipeline import build_llm
     from eai.llm.train import FeatureSet, Sampler, StageConfig, Voice, train_stage

@@ -22,6 +22,12 @@ def run_datasets(run) -> list[SimpleNamespace]:
                             held_out_groups=d["held_out_groups"])]
 
 
+def moved_copy(info, name: str, groups: set[str]) -> bool:
+    """Whether a dataset named `name` with clip groups `groups`, found at another path than the run recorded,
+    is a moved or copied run dataset `info` (run_datasets): the same name, holding every held-out clip."""
+    return info.name == name and bool(info.held_out_groups) and set(info.held_out_groups) <= groups
+
+
 def select_clips(run, data: str, task: str | None, all_clips: bool, progress: bool, dataset: str | None = None):
     """The clips of `data` to evaluate `run` on: its held-out clips on a dataset it was trained on (unless
     all_clips), every clip of another; and which of the run's datasets they are read as (the same path, else
@@ -37,7 +43,7 @@ def select_clips(run, data: str, task: str | None, all_clips: bool, progress: bo
     parts = run_datasets(run)
     groups = {c.group for c in clips}
     same = ([p for p in parts if p.path == str(Path(data).resolve())]
-            or [p for p in parts if p.name == ds.name and p.held_out_groups and set(p.held_out_groups) <= groups])
+            or [p for p in parts if moved_copy(p, ds.name, groups)])
     part = same[0] if same else part_for(parts, Counter(c.layout for c in clips).most_common(1)[0][0], dataset)
     unknown = sorted(set(ds.labels) - set(part.labels))
     if unknown:

@@ -97,12 +97,6 @@ def clip_descriptors(clips: list[UnifiedMotion]) -> np.ndarray:
     return np.stack([descriptor_vector(u.metres(), u.mask, u.fps) for u in clips])
 
 
-def run_paths(manifest: dict) -> list[str]:
-    """The datasets a run was trained on (resolved paths)."""
-    d = manifest["data"]
-    return d.get("paths") or [d["path"]]
-
-
 def train_all_run(data: str | list[str], out: str, task: str | None = None, schedule_name: str = "paper",
                   llm_schedule: str = "paper", backbone: str = BUNDLED, holdout: float = 0.2, seed: int = 0,
                   use_pretrain: bool = True, progress: bool = True, epochs: int | None = None,
@@ -111,7 +105,7 @@ def train_all_run(data: str | list[str], out: str, task: str | None = None, sche
     """Encoder (reused if the folder holds a finished one), then the LLM stages; resumable at every step.
     Several datasets (`data` a list) train one model: each dataset's examples carry its tag and its own
     label words, and datasets are drawn by `mix`. The held-out clips are the protocol's fold `fold`."""
-    from eai.evaluate import run_datasets
+    from eai.evaluate import moved_copy, run_datasets
     from eai.joint import open_parts
     from eai.train import train_encoder_run
 
@@ -126,13 +120,15 @@ def train_all_run(data: str | list[str], out: str, task: str | None = None, sche
                           parts=parts, fold=fold)
     run = load_run(run_dir)
     manifest = run.manifest
-    if [p.path for p in parts] != run_paths(manifest):
+    infos = run_datasets(run)
+    if len(parts) != len(infos) or not all(p.path == i.path or moved_copy(i, p.name, {u.group for u in p.clips})
+                                           for p, i in zip(parts, infos)):  # a run resumed on another machine
         raise EaiError("this folder holds a run on other datasets; choose a new --out", run_dir)
     cfgs = stage_configs(llm_schedule, steps)
     labels = run.labels
     tcfg = manifest["train"]
     fsets, held, voices = [], [], []
-    for p, info in zip(parts, run_datasets(run)):  # the encoder stage's held-out clips stay held out
+    for p, info in zip(parts, infos):  # the encoder stage's held-out clips stay held out
         out_groups = set(info.held_out_groups)
         train_clips = [u for u in p.clips if u.group not in out_groups]
         ws = window_set(train_clips, labels, tcfg["window"], tcfg["train_stride"], True, progress)
