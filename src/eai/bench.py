@@ -156,20 +156,20 @@ def run_llm(data: str, out: str, task: str | None = None, n_folds: int = 5, n_se
     from pathlib import Path
 
     from eai.encoder.train import default_schedule
-    from eai.evaluate import select_clips
     from eai.llm.backbone import BUNDLED
     from eai.llm.pipeline import Interpreter, train_all_run
-    from eai.llm.scores import pooled_scores
+    from eai.llm.scores import explanation_scores, pooled_scores
     from eai.llm.train import SCHEDULES
     from eai.train import PRETRAIN_WEIGHTS
 
     sched = schedule_name or default_schedule()
     llm_sched = llm_schedule or (sched if sched in SCHEDULES else "paper")
     ds = open_dataset(data, task)
-    seed_folds(Windows.from_clips(load_clips(ds, progress=progress)), n_folds, n_seeds, ds.root)  # bad --folds: now
+    clips = load_clips(ds, progress=progress)  # read once: each fold's held-out clips are taken from these
+    seed_folds(Windows.from_clips(clips), n_folds, n_seeds, ds.root)  # a bad --folds fails now, not in fold 0
     root = Path(out)
     per: dict[str, list[dict]] = {"llm": [], "encoder": []}
-    folds_out, explained = [], []
+    folds_out = []
     labels: list[str] = []
     for seed in range(n_seeds):
         for i in range(n_folds):
@@ -186,12 +186,10 @@ def run_llm(data: str, out: str, task: str | None = None, n_folds: int = 5, n_se
             m = json.loads(mf.read_text())
             h = m["held_out_llm"]
             it = Interpreter.load(run)
-            clips, _, _, name = select_clips(it.run, data, task, False, False)
-            voice = it.dataset(name)
+            voice = it.voices[0]  # the run's one dataset
             labels = voice.labels
-            rows = it.explanations(clips, voice)
-            ex = pooled_scores([rows])
-            explained.append(rows)
+            held = set(m["data"]["held_out_groups"])
+            ex = explanation_scores(it.explanations([u for u in clips if u.group in held], voice))
             for k in per:
                 per[k].append(h[k])
             folds_out.append({"seed": seed, "fold": i, "run": str(run), "clips": h["clips"], "windows": h["windows"],
@@ -204,7 +202,7 @@ def run_llm(data: str, out: str, task: str | None = None, n_folds: int = 5, n_se
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
             "windows": sum(f["windows"] for f in folds_out) // n_seeds,
             "schedule": {"encoder": sched, "llm": llm_sched, "epochs": epochs, "steps": steps},
-            "models": models, "explanations": pooled_scores(explained),
+            "models": models, "explanations": pooled_scores([f["explanations"] for f in folds_out]),
             "llm_at_least_encoder_folds": sum(f["llm"]["window_accuracy"] >= f["encoder"]["window_accuracy"]
                                               for f in folds_out),
             "per_fold": folds_out}

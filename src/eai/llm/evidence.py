@@ -121,10 +121,15 @@ def salient(z: np.ndarray, k: int = MAX_CLAIMS, threshold: float = CLAIM_Z) -> l
             if np.isfinite(z[i]) and abs(z[i]) >= threshold]
 
 
+def _picker(rng: np.random.Generator | None):
+    """One of a sequence: drawn by rng, the first when rng is None."""
+    return (lambda seq: seq[0]) if rng is None else (lambda seq: seq[int(rng.integers(len(seq)))])
+
+
 def claim_phrases(z: np.ndarray, rng: np.random.Generator | None = None) -> list[tuple[str, float | None]]:
     """The claims the measurement supports, strongest first, as (wording, z): each in a wording picked by
     `rng` (the first wording when None); the neutral claim (z None) when no descriptor is marked."""
-    pick = (lambda seq: seq[0]) if rng is None else (lambda seq: seq[int(rng.integers(len(seq)))])
+    pick = _picker(rng)
     out: list[tuple[str, float | None]] = [(pick(PHRASES[n][0 if s > 0 else 1]), v) for n, s, v in salient(z)]
     return out or [(pick(NEUTRAL_PHRASES), None)]
 
@@ -152,9 +157,8 @@ def description(label: str, z: np.ndarray, rng: np.random.Generator | None = Non
                 phrases: list[tuple[str, float | None]] | None = None) -> str:
     """A grounded description: the label and the claims the measurements support, in the wordings of
     `phrases` (else picked by rng, the first wordings when rng is None), after a lead-in picked by rng."""
-    pick = (lambda seq: seq[0]) if rng is None else (lambda seq: seq[int(rng.integers(len(seq)))])
     claims = [p for p, _ in (phrases or claim_phrases(z, rng))]
-    return f"{label_text(label)}{pick(LEADS)} {_join(claims)}."
+    return f"{label_text(label)}{_picker(rng)(LEADS)} {_join(claims)}."
 
 
 @dataclass

@@ -82,14 +82,21 @@ def explanation_scores(rows: list[dict], similarity: bool = True) -> dict:
     return out
 
 
-def pooled_scores(row_sets: list[list[dict]]) -> dict:
-    """explanation_scores over several sets of rows (folds) at once: claims pooled, means over every
-    explanation, and same-emotion pairs compared within each set only (one model explained each set)."""
-    rows = [r for rs in row_sets for r in rs]
-    out = explanation_scores(rows)
-    pairs = [explanation_scores(rs, similarity=False)["differs_when_movement_differs"] for rs in row_sets]
-    pairs = [p for p in pairs if p is not None]
-    out["differs_when_movement_differs"] = float(np.mean(pairs)) if pairs else None
+def pooled_scores(scores: list[dict]) -> dict:
+    """The explanation_scores of several sets of explanations (folds) as one: counts summed, faithfulness over
+    all claims, rates and similarities averaged over all explanations; same-emotion pairs were compared within
+    each set only (one model explained each set), so that rate is the mean over the sets that have pairs."""
+    n = sum(s["explanations"] for s in scores)
+    out = {k: sum(s[k] for s in scores) for k in ("explanations", "claims", "claims_verified",
+                                                   "explanations_without_claims")}
+    out["faithfulness"] = out["claims_verified"] / out["claims"] if out["claims"] else None
+    out["claims_per_explanation"] = out["claims"] / max(1, n)
+    for k in ("label_consistency", "bleu4", "rouge_l", "minilm_similarity"):
+        have = [s for s in scores if s.get(k) is not None]
+        w = sum(s["explanations"] for s in have)
+        out[k] = sum(s[k] * s["explanations"] for s in have) / w if w else None
+    d = [s["differs_when_movement_differs"] for s in scores if s["differs_when_movement_differs"] is not None]
+    out["differs_when_movement_differs"] = float(np.mean(d)) if d else None
     return out
 
 
