@@ -273,6 +273,40 @@ def test_int8_interpreter_answers_close_to_the_float_one(tiny_run, synth_dir):
         assert r["explanation"].lower().startswith(r["emotion"].lower())
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_rows_linear_computes_what_linear_computes(bias):
+    from eai.llm.pipeline import FewRowsLinear, few_rows_linears
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(24, 40, bias=bias)
+    few = FewRowsLinear.of(lin)
+    assert few.weight is lin.weight
+    with torch.no_grad():
+        for shape in [(1, 24), (1, 1, 24), (2, 3, 24), (5, 7, 24)]:  # one row, a few, more than ROWS
+            x = torch.randn(*shape)
+            assert few(x).shape == lin(x).shape
+            assert torch.allclose(few(x), lin(x), atol=1e-6)
+    lm, _ = load_backbone(TINY)
+    lm = few_rows_linears(lm)
+    assert not any(type(m) is torch.nn.Linear for m in lm.modules())
+    assert lm.get_output_embeddings().weight is lm.get_input_embeddings().weight  # ties kept
+
+
+def test_cpu_interpreter_answers_as_the_plain_linear_layers_do(tiny_run, synth_dir, monkeypatch):
+    from eai.data import load_clips, open_dataset
+    from eai.llm.pipeline import FewRowsLinear, Interpreter
+
+    clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:2]
+    it = Interpreter.load(tiny_run)
+    assert any(isinstance(m, FewRowsLinear) for m in it.llm.lm.modules())
+    fast = it.explain(clips, 8)
+    monkeypatch.setattr(FewRowsLinear, "ROWS", 0)  # every product through nn.Linear's own path
+    plain = it.explain(clips, 8)
+    assert [r["explanation"] for r in fast] == [r["explanation"] for r in plain]
+    for a, b in zip(fast, plain):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
+
+
 def test_finished_stages_are_not_retrained(tiny_run, synth_dir):
     from eai.llm.pipeline import train_all_run
 

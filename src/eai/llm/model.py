@@ -170,11 +170,30 @@ class EmotionLLM(nn.Module):
 
     def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
                  frac=None):
-        """Run token rows holding placeholders through the LM. The longest prefix the rows share before their
-        first placeholder (the system prompt and question: all of it for recognition) runs once and its
-        key/value cache is repeated for every row, in training too (its gradient sums over the rows).
+        """Run token rows holding placeholders through the LM (`_inputs`).
         Training: returns (logits of the rest, right-padded labels of the rest, semantic embeddings).
         Inference (labels None, left padding): (last logits, cache, attention mask, next positions)."""
+        emb, full, pos, cache, lab, sem = self._inputs(rows, feats, mask, labels, z, frac)
+        # logits only where they are used: from the column before the first answer token (training), the
+        # last column (inference); the vocabulary projection of every prompt position is skipped
+        L = emb.shape[1]
+        cols = (lab != IGNORE).any(0).nonzero()
+        keep = L - (int(cols[0]) - 1 if len(cols) else L - 1) if labels is not None else 1
+        out = self.lm(inputs_embeds=emb, attention_mask=full, position_ids=pos, past_key_values=cache,
+                      use_cache=labels is None, logits_to_keep=keep)
+        if labels is not None:
+            return out.logits, lab[:, L - keep:], sem
+        return out.logits[:, -1], out.past_key_values, full, pos[:, -1] + 1
+
+    def _inputs(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
+                frac=None):
+        """The LM's inputs for token rows holding placeholders. The longest prefix the rows share before their
+        first placeholder (the system prompt and question: all of it for recognition) runs once and its
+        key/value cache is repeated for every row, in training too (its gradient sums over the rows); a single
+        row at inference runs its prefix with the rest, on the cache of a registered stem only (one pass
+        less). Returns (embeddings of the rest, attention mask over cache and rest, positions of the rest,
+        cache, labels of the rest (right padding in training, left padding and all IGNORE at inference),
+        semantic embeddings)."""
         dev = self.device
         feats, mask, z, frac = self._to_device(feats, mask, z, frac)
         N = len(rows)
@@ -183,7 +202,10 @@ class EmotionLLM(nn.Module):
         pre = 0
         while pre < first and all(r[pre] == rows[0][pre] for r in rows):
             pre += 1
-        cache = self._prefix_cache(rows[0][:pre], N) if pre else None
+        if labels is None and N == 1:
+            cache, pre = self._stem_cache(rows[0][:pre])
+        else:
+            cache = self._prefix_cache(rows[0][:pre], N) if pre else None
         rest = [r[pre:] for r in rows]
         L = max(map(len, rest))
         ids = torch.full((N, L), self.pad, dtype=torch.long, device=dev)
@@ -200,29 +222,26 @@ class EmotionLLM(nn.Module):
         if ((lab != IGNORE) & (ids == self.sk_id)).any():
             raise ValueError("loss mask mismatch: a skeleton position is labelled")
         full = torch.cat([torch.ones((N, pre), dtype=torch.long, device=dev), att2], 1)
-        # logits only where they are used: from the column before the first answer token (training), the
-        # last column (inference); the vocabulary projection of every prompt position is skipped
-        cols = (lab != IGNORE).any(0).nonzero()
-        keep = L - (int(cols[0]) - 1 if len(cols) else L - 1) if labels is not None else 1
-        out = self.lm(inputs_embeds=emb, attention_mask=full, position_ids=pos + pre, past_key_values=cache,
-                      use_cache=labels is None, logits_to_keep=keep)
-        if labels is not None:
-            return out.logits, lab[:, L - keep:], sem
-        return out.logits[:, -1], out.past_key_values, full, att.sum(1) + pre
+        return emb, full, pos + pre, cache, lab, sem
+
+    def _stem_cache(self, ids: list[int]) -> tuple[object, int]:
+        """A copy of the key/value cache of the longest registered stem (`add_stem`) that begins `ids`, made on
+        first use, and its length; (None, 0) where none does, and always in training."""
+        if not self.stems or torch.is_grad_enabled():
+            return None, 0
+        fits = [s for s in self.stems if len(s) <= len(ids) and tuple(ids[:len(s)]) == s]
+        if not fits:
+            return None, 0
+        stem = max(fits, key=len)
+        if self.stems[stem] is None:
+            self.stems[stem] = self.lm(input_ids=torch.tensor([stem], device=self.device), use_cache=True,
+                                       logits_to_keep=1).past_key_values
+        return copy.deepcopy(self.stems[stem]), len(stem)
 
     def _prefix_cache(self, ids: list[int], n: int):
-        """Key/value cache of the shared prompt prefix `ids`, repeated for `n` rows. At inference, the longest
-        registered stem (`add_stem`: a prompt beginning that never changes, such as the system prompt and a
-        dataset's question) that begins `ids` is computed once and reused; only the rest of the prefix runs."""
-        cache, done = None, 0
-        if self.stems and not torch.is_grad_enabled():
-            fits = [s for s in self.stems if len(s) <= len(ids) and tuple(ids[:len(s)]) == s]
-            if fits:
-                stem = max(fits, key=len)
-                if self.stems[stem] is None:
-                    self.stems[stem] = self.lm(input_ids=torch.tensor([stem], device=self.device), use_cache=True,
-                                               logits_to_keep=1).past_key_values
-                cache, done = copy.deepcopy(self.stems[stem]), len(stem)
+        """Key/value cache of the shared prompt prefix `ids`, repeated for `n` rows: the rest of the prefix
+        after its registered stem, if any (`_stem_cache`), runs once."""
+        cache, done = self._stem_cache(ids)
         if done < len(ids):
             cache = self.lm(input_ids=torch.tensor([ids[done:]], device=self.device),
                             position_ids=torch.arange(done, len(ids), device=self.device)[None],
@@ -247,34 +266,38 @@ class EmotionLLM(nn.Module):
     @torch.no_grad()
     def label_logprobs(self, feats, mask, prompts: list[str], candidates: list[str], z=None,
                        frac=None) -> torch.Tensor:
-        """(N, L) log-likelihood of each candidate answer (its tokens and the end of turn). The prompt runs
-        once; the candidates' tokens then run together as one token tree per row on the prompt's key/value
-        cache (each token sees the prompt and its own candidate's earlier tokens; candidates sharing a
-        beginning share its tokens), so no cache is copied per candidate."""
+        """(N, candidates) log-likelihood of each candidate answer (its tokens and the end of turn), one LM pass:
+        the prompt, then the candidates' tokens as one token tree (each token sees the prompt and its own
+        candidate's earlier tokens; candidates sharing a beginning share its tokens), so no cache is copied
+        per candidate and the weights stream once."""
         dev = self.device
-        last, cache, att2, nxt = self._forward([self._prompt_ids(p) for p in prompts], feats, mask, z=z, frac=frac)
-        first = torch.log_softmax(last.float(), -1)  # (N, V)
+        emb, full, pos, cache, _, _ = self._inputs([self._prompt_ids(p) for p in prompts], feats, mask, z=z,
+                                                   frac=frac)
         cands = [tuple(self._ids(c) + [self.eos]) for c in candidates]
-        score = first[:, [c[0] for c in cands]]  # (N, L)
         # the tree: one input token per distinct candidate prefix that predicts a further token
         nodes = sorted({c[:k] for c in cands for k in range(1, len(c))}, key=lambda t: (len(t), t))
         index = {t: i for i, t in enumerate(nodes)}
-        N, Q = len(prompts), len(nodes)
-        ids = torch.tensor([t[-1] for t in nodes], device=dev).repeat(N, 1)
-        pos = nxt[:, None] + torch.tensor([len(t) - 1 for t in nodes], device=dev)
+        (N, L), P, Q = pos.shape, full.shape[1] - pos.shape[1], len(nodes)
         sees = torch.zeros(Q, Q, dtype=torch.bool, device=dev)
         for t, i in index.items():
             for k in range(1, len(t) + 1):
                 sees[i, index[t[:k]]] = True
-        allowed = torch.cat([att2.bool()[:, None, :].expand(N, Q, -1), sees.expand(N, Q, Q)], 2)[:, None]
-        neg = torch.finfo(self.lm.get_input_embeddings().weight.dtype).min
-        mask4 = torch.zeros(allowed.shape, dtype=self.lm.get_input_embeddings().weight.dtype, device=dev)
-        mask4 = mask4.masked_fill(~allowed, neg)
-        lp = torch.log_softmax(self.lm(input_ids=ids, attention_mask=mask4, position_ids=pos,
-                                       past_key_values=cache).logits.float(), -1)  # (N, Q, V)
+        seen = full.bool()[:, None, :]  # (N, 1, P + L): cache and prompt columns a row attends to
+        causal = torch.ones(L, P + L, dtype=torch.bool, device=dev).tril(P)
+        allowed = torch.cat([torch.cat([seen & causal, seen.new_zeros(N, L, Q)], 2),
+                             torch.cat([seen.expand(N, Q, P + L), sees.expand(N, Q, Q)], 2)], 1)[:, None]
+        dtype = self.lm.get_input_embeddings().weight.dtype
+        mask4 = torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed, torch.finfo(dtype).min)
+        tree = self.lm.get_input_embeddings()(torch.tensor([t[-1] for t in nodes], device=dev))
+        depth = torch.tensor([len(t) for t in nodes], device=dev)
+        out = self.lm(inputs_embeds=torch.cat([emb, tree.expand(N, Q, -1).to(emb.dtype)], 1), attention_mask=mask4,
+                      position_ids=torch.cat([pos, pos[:, -1:] + depth], 1), past_key_values=cache,
+                      logits_to_keep=Q + 1)
+        lp = torch.log_softmax(out.logits.float(), -1)  # (N, 1 + Q, V): the prompt's last column, then the tree
+        score = lp[:, 0, [c[0] for c in cands]]  # (N, L)
         for j, c in enumerate(cands):
-            rows = [index[c[:k]] for k in range(1, len(c))]
-            score[:, j] += lp[:, rows, list(c[1:])].sum(1)
+            at = [1 + index[c[:k]] for k in range(1, len(c))]
+            score[:, j] += lp[:, at, list(c[1:])].sum(1)
         return score
 
     @torch.no_grad()

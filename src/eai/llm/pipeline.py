@@ -93,6 +93,43 @@ def quantize_int8(lm: torch.nn.Module) -> torch.nn.Module:
         return quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+class FewRowsLinear(torch.nn.Linear):
+    """nn.Linear for CPU inference, with the same parameters, that computes the product of few rows (decoding,
+    a short prompt) as weight @ x.T: MKL runs x @ weight.T for one to a few dozen rows as a single-threaded,
+    bandwidth-starved GEMV/small GEMM, while the transposed product threads over the output rows (one row is
+    paired with a copy of itself so as not to fall back to GEMV). 1.4-2.6x faster for 1-32 rows on two cores
+    (bench/RESULTS.md); the same values up to float rounding."""
+
+    ROWS = 32
+
+    @staticmethod
+    def of(m: torch.nn.Linear) -> "FewRowsLinear":
+        new = FewRowsLinear.__new__(FewRowsLinear)
+        torch.nn.Module.__init__(new)
+        new.in_features, new.out_features = m.in_features, m.out_features
+        new.weight, new.bias = m.weight, m.bias  # shared: tied embeddings stay tied
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if rows > self.ROWS or x.is_cuda:
+            return super().forward(x)
+        flat = x.reshape(rows, self.in_features)
+        y = torch.mm(self.weight, (flat if rows > 1 else torch.cat([flat, flat])).t())[:, :rows].t()
+        if self.bias is not None:
+            y = y + self.bias
+        return y.contiguous().view(*x.shape[:-1], self.out_features)
+
+
+def few_rows_linears(lm: torch.nn.Module) -> torch.nn.Module:
+    """`lm` with every plain nn.Linear swapped for a FewRowsLinear sharing its parameters (inference only)."""
+    for name, m in list(lm.named_modules()):
+        for child_name, child in list(m.named_children()):
+            if type(child) is torch.nn.Linear:
+                setattr(m, child_name, FewRowsLinear.of(child))
+    return lm
+
+
 def clip_descriptors(clips: list[UnifiedMotion]) -> np.ndarray:
     return np.stack([descriptor_vector(u.metres(), u.mask, u.fps) for u in clips])
 
@@ -233,13 +270,14 @@ class Interpreter:
         if "llm" not in run.manifest or not run.manifest["llm"]["done"]:
             raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run.path)
         llm = load_llm(run)
+        llm.lm = llm.lm.merge_and_unload()  # inference: LoRA folded into the weights, one matmul per layer
         if int8:  # CPU only
-            llm.lm = quantize_int8(llm.lm.merge_and_unload())
+            llm.lm = quantize_int8(llm.lm)
+        elif torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
+            llm.cuda()
+            run.encoder.cuda()
         else:
-            llm.lm.merge_adapter()  # inference: LoRA folded into the weights, one matmul per layer
-            if torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
-                llm.cuda()
-                run.encoder.cuda()
+            llm.lm = few_rows_linears(llm.lm)
         interp = Interpreter(run, llm)
         n = llm.mgst.cfg.n_tokens
         for v in interp.voices:  # the prompt beginnings every clip of a dataset shares: their cache is kept
