@@ -125,6 +125,30 @@ def test_training_resumes_after_a_kill(synth_clips, tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_a_checkpoint_resumes_on_a_moved_dataset_and_nowhere_else(synth_dir, tmp_path):
+    from eai.errors import EaiError
+    from eai.joint import open_parts
+    from eai.train import _check_resume, schedule
+
+    moved = tmp_path / synth_dir.name  # the same dataset at another path, as on another machine
+    shutil.copytree(synth_dir, moved)
+    run, cfg = tmp_path / "run", schedule("smoke")
+    run.mkdir()
+    here, there = open_parts([str(synth_dir)], None, False), open_parts([str(moved)], None, False)
+    labels, split = here[0].labels, {"holdout": 0.2, "fold": 0}
+    _check_resume(run, cfg, labels, here, split)
+    (run / "checkpoint.pt").write_bytes(b"")  # an interrupted run
+    _check_resume(run, cfg, labels, there, split)
+    stamp = json.loads((run / "run-config.json").read_text())
+    (run / "run-config.json").write_text(json.dumps({**stamp, "data": str(synth_dir)}))  # a stamp with the path
+    _check_resume(run, cfg, labels, here, split)
+    with pytest.raises(EaiError, match="another configuration"):
+        _check_resume(run, cfg, labels, here, {"holdout": 0.2, "fold": 1})
+    fewer = [dataclasses.replace(here[0], clips=here[0].clips[1:])]
+    with pytest.raises(EaiError, match="another configuration"):
+        _check_resume(run, cfg, labels, fewer, split)
+
+
 @pytest.mark.slow
 def test_cli_train_and_evaluate(synth_dir, tmp_path, capsys):
     from eai.cli import main

@@ -457,6 +457,18 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     stamp = [(out / f"seed-0-fold-{i}" / "llm.safetensors").stat().st_mtime_ns for i in range(2)]
     assert main(args) == 0
     assert stamp == [(out / f"seed-0-fold-{i}" / "llm.safetensors").stat().st_mtime_ns for i in range(2)]
-    assert json.loads(js.read_text())["models"] == r["models"]
+    again = json.loads(js.read_text())
+    assert again["models"] == r["models"] and again["explanations"] == r["explanations"]
     assert "LLM window accuracy >= the encoder's in" in capsys.readouterr().out
+    # each fold's explanations were kept beside its weights and read back, not explained again
+    kept = [out / f"seed-0-fold-{i}" / "held-out-explanations.json" for i in range(2)]
+    assert sum(len(json.loads(k.read_text())["rows"]) for k in kept) == len(clips)
+    assert all(row["clip"] and row["explanation"] for k in kept for row in json.loads(k.read_text())["rows"])
+    kept_at = [k.stat().st_mtime_ns for k in kept]
+    assert main(args) == 0
+    assert kept_at == [k.stat().st_mtime_ns for k in kept]
+    # other weights in a fold's folder: its clips are explained again
+    (out / "seed-0-fold-1" / "llm.safetensors").write_bytes((out / "seed-0-fold-0" / "llm.safetensors").read_bytes())
+    assert main(args) == 0
+    assert kept[1].stat().st_mtime_ns != kept_at[1] and kept[0].stat().st_mtime_ns == kept_at[0]
 

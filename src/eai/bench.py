@@ -157,8 +157,8 @@ def run_llm(data: str, out: str, task: str | None = None, n_folds: int = 5, n_se
 
     from eai.encoder.train import default_schedule
     from eai.llm.backbone import BUNDLED
-    from eai.llm.pipeline import Interpreter, train_all_run
-    from eai.llm.scores import explanation_scores, pooled_scores
+    from eai.llm.pipeline import run_voices, train_all_run
+    from eai.llm.scores import pooled_scores
     from eai.llm.train import SCHEDULES
     from eai.train import PRETRAIN_WEIGHTS
 
@@ -185,11 +185,8 @@ def run_llm(data: str, out: str, task: str | None = None, n_folds: int = 5, n_se
                               use_pretrain, progress, epochs, steps, fold=i)
             m = json.loads(mf.read_text())
             h = m["held_out_llm"]
-            it = Interpreter.load(run)
-            voice = it.voices[0]  # the run's one dataset
-            labels = voice.labels
-            held = set(m["data"]["held_out_groups"])
-            ex = explanation_scores(it.explanations([u for u in clips if u.group in held], voice))
+            labels = run_voices(m)[0].labels  # the run's one dataset
+            ex = _held_out_explanations(run, [u for u in clips if u.group in set(m["data"]["held_out_groups"])])
             for k in per:
                 per[k].append(h[k])
             folds_out.append({"seed": seed, "fold": i, "run": str(run), "clips": h["clips"], "windows": h["windows"],
@@ -206,6 +203,35 @@ def run_llm(data: str, out: str, task: str | None = None, n_folds: int = 5, n_se
             "llm_at_least_encoder_folds": sum(f["llm"]["window_accuracy"] >= f["encoder"]["window_accuracy"]
                                               for f in folds_out),
             "per_fold": folds_out}
+
+
+EXPLANATIONS = "held-out-explanations.json"
+
+
+def _held_out_explanations(run, clips: list) -> dict:
+    """The scores of a finished fold's explanations of its held-out clips. The rows and scores are kept in the
+    run folder (EXPLANATIONS, with a digest of the LLM weights that wrote them), so a benchmark run again reads
+    them back instead of explaining every clip again; new weights explain anew."""
+    import hashlib
+    import json
+
+    from eai.io.files import atomic_write_text
+    from eai.llm.pipeline import LLM_WEIGHTS, Interpreter
+    from eai.llm.scores import explanation_scores
+
+    digest = hashlib.sha256((run / LLM_WEIGHTS).read_bytes()).hexdigest()
+    kept = run / EXPLANATIONS
+    if kept.is_file():
+        old = json.loads(kept.read_text())
+        if old.get("llm_weights_sha256") == digest and len(old["rows"]) == len(clips):
+            return old["scores"]
+    it = Interpreter.load(run)
+    rows = it.explanations(clips, it.voices[0])  # the run's one dataset
+    for r, u in zip(rows, clips):
+        r["clip"] = u.source
+    scores = explanation_scores(rows)
+    atomic_write_text(kept, json.dumps({"llm_weights_sha256": digest, "scores": scores, "rows": rows}, indent=1))
+    return scores
 
 
 def llm_table(result: dict) -> str:

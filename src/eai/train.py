@@ -90,8 +90,7 @@ def train_encoder_run(data: str | list[str], out: str, task: str | None = None, 
     labels = joint_labels(parts)
     splits = [holdout_split(p.clips, holdout, seed, fold) for p in parts]
     joint = len(parts) > 1
-    _check_resume(run, cfg, labels, [p.path for p in parts] if joint else parts[0].path,
-                  {"holdout": holdout, "fold": fold})
+    _check_resume(run, cfg, labels, parts, {"holdout": holdout, "fold": fold})
     started = time.time()
     init = None
     pre_info = None
@@ -145,13 +144,20 @@ def train_encoder_run(data: str | list[str], out: str, task: str | None = None, 
     return run
 
 
-def _check_resume(run: Path, cfg, labels: list[str], data: str | list[str], split: dict) -> None:
-    """Refuse to resume a checkpoint made with another configuration, label set or held-out split."""
+def _check_resume(run: Path, cfg, labels: list[str], parts: list, split: dict) -> None:
+    """Refuse to resume a checkpoint made with another configuration, label set, dataset or held-out split. A
+    dataset is known by its name and its clips, not its path, so a checkpoint resumes on a moved or copied
+    dataset (a run carried to another machine); stamps written before this, with the paths, still match."""
+    import hashlib
+
     stamp = run / "run-config.json"
-    want = {"train": cfg.to_dict(), "labels": labels, "data": data, "split": split}
+    ids = [{"name": p.name, "clips": hashlib.sha256("\n".join(sorted(c.group for c in p.clips)).encode()).hexdigest()}
+           for p in parts]
+    want = {"train": cfg.to_dict(), "labels": labels, "data": ids, "split": split}
     if stamp.exists():
         have = json.loads(stamp.read_text())
-        if have != want and (run / "checkpoint.pt").exists():
+        paths = [p.path for p in parts] if len(parts) > 1 else parts[0].path
+        if have not in (want, {**want, "data": paths}) and (run / "checkpoint.pt").exists():
             raise EaiError("this folder holds a checkpoint of another configuration or dataset; choose a new "
                            "--out, or delete the folder to start over", run)
     if (run / MANIFEST).exists() and not (run / "checkpoint.pt").exists():

@@ -248,6 +248,15 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(e)
 
 
+def run_voices(manifest: dict) -> list[Voice]:
+    """The voices of a run's datasets, from its manifest."""
+    meta = manifest["llm"]
+    if "datasets" in meta:
+        return [Voice.from_dict(v) for v in meta["datasets"]]
+    # a run written before joint training: one dataset, its unified labels as words
+    return [Voice(meta["tag"], manifest["labels"], manifest["labels"], manifest["data"]["name"], "", meta["reference"])]
+
+
 @dataclass
 class Interpreter:
     """A trained run, ready to read clips: recognition by label likelihood and grounded explanations. A run
@@ -291,12 +300,7 @@ class Interpreter:
 
     @cached_property
     def voices(self) -> list[Voice]:
-        meta = self.run.manifest["llm"]
-        if "datasets" in meta:
-            return [Voice.from_dict(v) for v in meta["datasets"]]
-        # a run written before joint training: one dataset, its unified labels as words
-        return [Voice(meta["tag"], self.labels, self.labels, self.run.manifest["data"]["name"], "",
-                      meta["reference"])]
+        return run_voices(self.run.manifest)
 
     @cached_property
     def _references(self) -> dict[str, ev.Reference]:
