@@ -396,6 +396,69 @@ def test_constrained_decoding_makes_only_lexicon_claims(tiny):
     assert texts == one_by_one
 
 
+def test_claim_drafts_continue_in_the_grammar_from_where_a_row_is(tiny):
+    from eai.llm.model import ClaimDecoder
+
+    g = ClaimDecoder(tiny.tok, tiny.eos)
+    claims = ["slow movement", "the head lowered", "short strides"]
+    st = g.start()
+    assert g.continuation(st, claims) == []  # nothing before the lead
+    for t in tiny._ids(" is read from"):
+        g.advance(st, t)
+    draft = g.continuation(st, claims)
+    assert tiny.tok.decode(draft) == " slow movement, the head lowered and short strides."
+    for t in tiny._ids(" the head lowered"):  # the model made another claim first
+        g.advance(st, t)
+    assert tiny.tok.decode(g.continuation(st, claims)) == ", slow movement and short strides."
+    for t in tiny._ids(", short strides"):
+        g.advance(st, t)
+    assert tiny.tok.decode(g.continuation(st, claims)) == " and slow movement."
+    for t in tiny._ids(" and slow movement"):
+        g.advance(st, t)
+    assert tiny.tok.decode(g.continuation(st, claims)) == "."  # three claims made: only the end is left
+    st = g.start()
+    for t in tiny._ids(":") + draft:
+        assert t in g.allowed(st)
+        g.advance(st, t)
+
+
+def test_drafted_claims_change_no_text_and_save_passes_when_right(tiny, monkeypatch):
+    f, mask = _inputs(4, seed=3)
+    n = tiny.mgst.cfg.n_tokens
+    prompts, starts = [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"]
+    calls = []
+    forward = tiny.lm.forward
+    monkeypatch.setattr(tiny.lm, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    plain = tiny.generate(f, mask, prompts, starts, 40)
+    n_plain = len(calls)
+    own = [[p for _, p, _, _ in ev.find_claims(t)] for t in plain]  # the claims the model makes, its order
+    assert all(own)
+    wrong = [list(reversed([w for w, _, _ in ev.LEXICON if w not in o][:3])) for o in own]
+    for drafts in (wrong, [o[:1] + ["a long stride"] for o in own], [["movement close to the neutral baseline"]] * 4):
+        assert tiny.generate(f, mask, prompts, starts, 40, drafts=drafts) == plain
+    calls.clear()
+    assert tiny.generate(f, mask, prompts, starts, 40, drafts=own) == plain
+    assert len(calls) < n_plain  # the first claims accepted in the lead's pass (the separators are the model's)
+    calls.clear()
+    tiny.generate(f, mask, prompts, starts, 1)  # the prompt's passes only
+    n_prompt = len(calls)
+    # a draft of exactly the model's own tokens after the lead: all of it accepted in one pass
+    from eai.llm.model import ClaimDecoder
+
+    exact = []
+    for t, s0 in zip(plain, starts):
+        ids = tiny._ids(t)[len(tiny._ids(s0)):]
+        lead = next(x for x in ClaimDecoder(tiny.tok, tiny.eos).leads if tuple(ids[:len(x)]) == x)
+        exact.append(ids[len(lead):])
+    monkeypatch.setattr(ClaimDecoder, "continuation",
+                        lambda self, st, d: list(d) if st["phase"] == "lead" and st["partial"] in self.leads else [])
+    calls.clear()
+    assert tiny.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
+    assert len(calls) == n_prompt + 1
+    monkeypatch.undo()
+    assert tiny.generate(f, mask, prompts, starts, 9, drafts=own) == tiny.generate(f, mask, prompts, starts, 9)
+
+
 def test_kinematic_token_needs_and_uses_descriptors():
     m = MGST(MGSTConfig(hidden=32, n_descriptors=len(ev.NAMES)))
     f, mask = _inputs(2)

@@ -32,6 +32,7 @@ from eai.run import MANIFEST, Run, load_run, write_manifest
 from eai.skeleton.unify import UnifiedMotion
 
 LLM_WEIGHTS = "llm.safetensors"
+DRAFT_ROWS = 8  # explanations decoded with claim drafts up to this many clips at once on the CPU
 BASE_WEIGHTS = "base.safetensors"
 
 
@@ -412,8 +413,12 @@ class Interpreter:
             rows.append({"emotion": word, "dataset": voice.name,
                          "probabilities": {w: round(float(q), 4) for w, q in zip(voice.words, p)}})
         zc = torch.from_numpy(np.stack([z for z, _ in zs]).astype(np.float32))
+        # the evidence line's claims, in its order, drafted (EmotionLLM.generate) where a decoding pass costs
+        # about the same for one token as for twenty: a few rows on the CPU, any batch on a GPU
+        drafts = ([[p for p, _ in ev.claim_phrases(z)] for z, _ in zs]
+                  if len(clips) <= DRAFT_ROWS or self.llm.device.type == "cuda" else None)
         texts = self.llm.generate(torch.from_numpy(np.stack(cf)), torch.from_numpy(np.stack(cm)), prompts, starts,
-                                  max_new_tokens, z=zc, frac=torch.tensor(cfrac, dtype=torch.float32))
+                                  max_new_tokens, z=zc, frac=torch.tensor(cfrac, dtype=torch.float32), drafts=drafts)
         for r, t, (z, d) in zip(rows, texts, zs):
             r["explanation"] = t
             r["evidence"] = []
