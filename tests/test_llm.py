@@ -423,6 +423,9 @@ def test_claim_drafts_continue_in_the_grammar_from_where_a_row_is(tiny):
 
 
 def test_drafted_claims_change_no_text_and_save_passes_when_right(tiny, monkeypatch):
+    from collections import Counter
+
+    tiny.leads_chosen = {}
     f, mask = _inputs(4, seed=3)
     n = tiny.mgst.cfg.n_tokens
     prompts, starts = [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"]
@@ -452,9 +455,20 @@ def test_drafted_claims_change_no_text_and_save_passes_when_right(tiny, monkeypa
         exact.append(ids[len(lead):])
     monkeypatch.setattr(ClaimDecoder, "continuation",
                         lambda self, st, d: list(d) if st["phase"] == "lead" and st["partial"] in self.leads else [])
+    tiny.leads_chosen = {}
     calls.clear()
     assert tiny.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
     assert len(calls) == n_prompt + 1
+    # the leads chosen are remembered: next time the lead is drafted too, and all of it is read in the prompt pass
+    assert {s0: c.most_common(1)[0][0] for s0, c in tiny.leads_chosen.items()} == {
+        s0: tuple(tiny._ids(t)[len(tiny._ids(s0)):][:len(tiny._ids(t)) - len(tiny._ids(s0)) - len(e)])
+        for t, s0, e in zip(plain, starts, exact)}
+    calls.clear()
+    assert tiny.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
+    assert len(calls) == n_prompt
+    tiny.leads_chosen = {"Sad": Counter({tuple(tiny._ids(",")): 5})}  # a lead the grammar does not have: rejected
+    assert tiny.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
+    tiny.leads_chosen = {}
     monkeypatch.undo()
     assert tiny.generate(f, mask, prompts, starts, 9, drafts=own) == tiny.generate(f, mask, prompts, starts, 9)
 

@@ -10,6 +10,7 @@ recognised label, which conditions them.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import numpy as np
 import torch
@@ -133,6 +134,7 @@ class EmotionLLM(nn.Module):
         self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.stems: dict[tuple[int, ...], object] | None = None  # prompt stems -> their key/value cache
+        self.leads_chosen: dict[str, Counter] = {}  # answer start -> how often each lead followed it (drafts)
 
     @property
     def device(self) -> torch.device:
@@ -195,21 +197,22 @@ class EmotionLLM(nn.Module):
                                ignore_index=IGNORE), sem
 
     def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
-                 frac=None):
+                 frac=None, keep: int = 1):
         """Run token rows holding placeholders through the LM (`_inputs`).
         Training: returns (logits of the rest, right-padded labels of the rest, semantic embeddings).
-        Inference (labels None, left padding): (last logits, cache, attention mask, next positions)."""
+        Inference (labels None, left padding): (logits of the last `keep` columns (N, keep, V), cache, attention
+        mask, next positions)."""
         emb, full, pos, cache, lab, sem = self._inputs(rows, feats, mask, labels, z, frac)
         # logits only where they are used: from the column before the first answer token (training), the
         # last column (inference); the vocabulary projection of every prompt position is skipped
         L = emb.shape[1]
         cols = (lab != IGNORE).any(0).nonzero()
-        keep = L - (int(cols[0]) - 1 if len(cols) else L - 1) if labels is not None else 1
+        keep = L - (int(cols[0]) - 1 if len(cols) else L - 1) if labels is not None else keep
         out = self.lm(inputs_embeds=emb, attention_mask=full, position_ids=pos, past_key_values=cache,
                       use_cache=labels is None, logits_to_keep=keep)
         if labels is not None:
             return out.logits, lab[:, L - keep:], sem
-        return out.logits[:, -1], out.past_key_values, full, pos[:, -1] + 1
+        return out.logits, out.past_key_values, full, pos[:, -1] + 1
 
     def _inputs(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
                 frac=None):
@@ -346,18 +349,34 @@ class EmotionLLM(nn.Module):
         continuation) go through the model in the same pass, and each drafted token is kept only while it is
         the model's own greedy choice at its position (speculative decoding, checked token by token); the first
         one that is not is dropped with the rest, masked out of attention, and decoding goes on from the
-        model's choice there. The text is the same as without drafts; a draft the model agrees with saves a
-        pass per claim and separator. Worth it where a pass costs the same for one token as for twenty (a few
-        rows, bound by reading the weights), not in a large batch bound by arithmetic."""
+        model's choice there. The prompt's own pass carries a draft too once this model has explained with
+        the same answer start before: the lead it most often chose after it (`leads_chosen`), then the claims.
+        The text is the same as without drafts; a draft the model agrees with saves a pass per claim and
+        separator. Worth it where a pass costs the same for one token as for twenty (a few rows, bound by
+        reading the weights), not in a large batch bound by arithmetic."""
         dev = self.device
         rows = [self._prompt_ids(p) + self._ids(s) for p, s in zip(prompts, starts)]
-        logits, cache, att2, nxt_pos = self._forward(rows, feats, mask, z=z, frac=frac)
         N = len(rows)
         done = [False] * N
         gen: list[list[int]] = [[] for _ in rows]
         grammar = ClaimDecoder(self.tok, self.eos) if constrained else None
         states = [grammar.start() for _ in rows] if grammar else None
         expect = drafts if grammar and drafts else [None] * N
+        # the prompt pass drafts too: the lead this start was most often followed by, then the expected claims
+        first = [self._lead_draft(grammar, s, e)[:max_new_tokens] for s, e in zip(starts, expect)]
+        K = max(map(len, first)) + 1
+        step, cache, att2, nxt_pos = self._forward([r + d for r, d in zip(rows, first)], feats, mask, z=z,
+                                                   frac=frac, keep=K)
+        last = []
+        for i, d in enumerate(first):
+            base = K - 1 - len(d)  # the column of the answer start's last token
+            k = self._accepted(grammar, states[i], step[i, base:], d) if d else 0
+            gen[i] = d[:k]
+            att2[i, att2.shape[1] - len(d) + k:] = 0  # the rejected draft tokens
+            nxt_pos[i] -= len(d) - k
+            done[i] = len(gen[i]) >= max_new_tokens
+            last.append(base + k)
+        logits = step[torch.arange(N, device=dev), torch.tensor(last, device=dev)]
         while not all(done):
             if grammar:
                 allow = torch.full_like(logits, float("-inf"))
@@ -401,10 +420,7 @@ class EmotionLLM(nn.Module):
             cache, step = out.past_key_values, out.logits
             last = []
             for i, (c, d) in enumerate(zip(chunks, spec)):
-                k = 0  # draft tokens the model agrees with
-                while k < len(d) and grammar.choose(states[i], step[i, len(c) - 1 + k]) == d[k]:
-                    grammar.advance(states[i], d[k])
-                    k += 1
+                k = self._accepted(grammar, states[i], step[i, len(c) - 1:], d) if c and d else 0
                 gen[i] += d[:k]
                 att2[i, att2.shape[1] - C + len(c) + k:] = 0  # the rejected draft tokens (and padding)
                 done[i] = done[i] or len(gen[i]) >= max_new_tokens
@@ -412,7 +428,32 @@ class EmotionLLM(nn.Module):
             logits = step[torch.arange(N, device=dev), torch.tensor(last, device=dev)]
             nxt_pos = nxt_pos + att2[:, att2.shape[1] - C:].sum(1)
         texts = []
-        for s, g in zip(starts, gen):
+        for s, g, e in zip(starts, gen, expect):
+            lead = next((x for x in grammar.leads if tuple(g[:len(x)]) == x), None) if grammar else None
+            if e is not None and lead:
+                self.leads_chosen.setdefault(s, Counter())[lead] += 1
             g = g[:g.index(self.eos)] if self.eos in g else g
             texts.append((s + self.tok.decode(g, skip_special_tokens=True)).strip())
         return texts
+
+    def _lead_draft(self, grammar: "ClaimDecoder | None", start: str, claims: list[str] | None) -> list[int]:
+        """The draft of a row's first pass: the lead most often chosen after `start` so far (none before the
+        first), then the expected claims; [] without claims to draft."""
+        seen = self.leads_chosen.get(start)
+        if claims is None or not seen:
+            return []
+        lead = seen.most_common(1)[0][0]
+        st = grammar.start()
+        for t in lead:
+            grammar.advance(st, t)
+        return list(lead) + grammar.continuation(st, claims)
+
+    @staticmethod
+    def _accepted(grammar: "ClaimDecoder | None", st: dict, logits: torch.Tensor, draft: list[int]) -> int:
+        """How many tokens of `draft` are the model's own greedy choices in the grammar, `logits[k]` being its
+        prediction for `draft[k]`; the grammar state advances through them."""
+        k = 0
+        while k < len(draft) and grammar.choose(st, logits[k]) == draft[k]:
+            grammar.advance(st, draft[k])
+            k += 1
+        return k
