@@ -194,6 +194,10 @@ def run_llm(data: str, out: str, task: str | None = None, n_folds: int = 5, n_se
                                  for k in per},
                               "explanations": ex, "llm_seconds": m["llm"]["train_seconds"],
                               "encoder_seconds": m["train_seconds"]})
+            if progress:  # a protocol run across sessions: each fold's figures as soon as it is done
+                tqdm.write(f"seed {seed} fold {i}: window accuracy LLM {h['llm']['window_accuracy']:.3f} / encoder "
+                           f"{h['encoder']['window_accuracy']:.3f}, macro-F1 {h['llm']['macro_f1']:.3f} / "
+                           f"{h['encoder']['macro_f1']:.3f}; faithfulness {ex['faithfulness']}  ({run})")
     models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v]))} for k, v in per.items()}
     return {"dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
