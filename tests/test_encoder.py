@@ -105,6 +105,15 @@ def test_saved_run_reloads_to_identical_logits(synth_clips, tmp_path):
     np.testing.assert_array_equal(predict_proba(model, ws), predict_proba(run.encoder, ws))
 
 
+def test_an_epoch_draws_its_share_of_the_crops(synth_clips):
+    labels = sorted({c.label for c in synth_clips})
+    ws = window_set(synth_clips[:14], labels, 60, 10, False)
+    cfg = dataclasses.replace(SCHEDULES["smoke"], epochs=2, batch=8, descriptors=False, epoch_fraction=1 / 3)
+    _, hist = train_encoder(ws, len(labels), cfg, TINY, progress=False)
+    want = round(len(ws.y) / 3)  # batches of 8; a last one under 2 windows is dropped
+    assert all(want - 1 <= h["windows"] <= want for h in hist), (len(ws.y), hist)
+
+
 def test_training_resumes_after_a_kill(synth_clips, tmp_path):
     labels = sorted({c.label for c in synth_clips})
     clips = synth_clips[:14]
