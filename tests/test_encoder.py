@@ -110,7 +110,7 @@ def test_an_epoch_draws_its_share_of_the_crops(synth_clips):
     ws = window_set(synth_clips[:14], labels, 60, 10, False)
     cfg = dataclasses.replace(SCHEDULES["smoke"], epochs=2, batch=8, descriptors=False, epoch_fraction=1 / 3)
     _, hist = train_encoder(ws, len(labels), cfg, TINY, progress=False)
-    want = round(len(ws.y) / 3)  # batches of 8; a last one under 2 windows is dropped
+    want = round(len(ws.y) / 3)  # batches of 8; a ragged last batch of 2 or fewer is dropped
     assert all(want - 1 <= h["windows"] <= want for h in hist), (len(ws.y), hist)
 
 
