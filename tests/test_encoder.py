@@ -189,9 +189,23 @@ def test_bench_recognition_json(synth_dir, tmp_path, capsys):
                  "--epochs", "2", "--quiet", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["folds"] == 3 and r["seeds"] == 1 and r["task"] == "emotion"
-    for name in ("encoder", "baseline"):
-        m = r["models"][name]
+    assert list(r["models"]) == ["encoder", "baseline", "encoder+baseline"]  # the late fusion comes free
+    for name, m in r["models"].items():
         assert all(0 <= m[k] <= 1 for k in ("window_accuracy", "clip_accuracy", "macro_f1"))
         assert set(m["std"]) == {"window_accuracy", "clip_accuracy", "macro_f1"}
+        assert [(f["seed"], f["fold"]) for f in m["runs"]] == [(0, 0), (0, 1), (0, 2)]
+        assert m["window_accuracy"] == pytest.approx(np.mean([f["window_accuracy"] for f in m["runs"]]))
     text = capsys.readouterr().out
-    assert "encoder" in text and "baseline" in text
+    assert "encoder+baseline" in text and "baseline" in text
+
+
+def test_late_fusion_is_a_renormalised_geometric_mean():
+    from eai.bench import late_fusion
+
+    p = np.array([[0.6, 0.4, 0.0], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    q = np.array([[0.0, 0.9, 0.1], [0.0, 0.0, 1.0], [0.2, 0.3, 0.5]])
+    f = late_fusion(p, q)
+    assert np.allclose(f.sum(1), 1)
+    assert np.allclose(f[0], [0, 1, 0])  # the one class neither model rules out
+    assert np.allclose(f[1], [0.5, 0, 0.5])  # they rule out everything: their mean
+    assert np.allclose(f[2], p[2])  # agreement is kept as it is

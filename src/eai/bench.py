@@ -13,6 +13,8 @@ from eai.encoder.train import WindowSet
 from eai.protocol import Windows, folds, metrics, summarise
 from eai.report import table
 
+FUSION = "encoder+baseline"  # the late fusion bench recognition adds when it runs both
+
 
 def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int = 1,
                     models: tuple[str, ...] = ("encoder", "baseline"), progress: bool = True,
@@ -26,28 +28,46 @@ def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int 
     w = Windows.from_clips(clips)
     enc = _EncoderBench(ds, clips, w.labels, schedule_name, epochs, use_pretrain, progress) if "encoder" in models else None
     splits = seed_folds(w, n_folds, n_seeds, ds.root)
-    runs: dict[str, list[dict]] = {m: [] for m in models}
-    seconds = {m: 0.0 for m in models}
+    fuse = {"encoder", "baseline"} <= set(models)
+    names = list(models) + [FUSION] * fuse
+    runs: dict[str, list[dict]] = {m: [] for m in names}
+    seconds = {m: 0.0 for m in names}
     F = window_features(w, progress) if "baseline" in models else None
     bar = tqdm(total=n_seeds * n_folds * len(models), desc="folds", disable=not progress, leave=False)
     for seed, split in splits.items():
-        for train, test in split:
+        for fold, (train, test) in enumerate(split):
+            probas = {}
             for name in models:
                 t0 = time.perf_counter()
                 if name == "encoder":
-                    proba = enc.fit_predict(sorted(set(w.clip[train])), sorted(set(w.clip[test])), seed)
+                    probas[name] = enc.fit_predict(sorted(set(w.clip[train])), sorted(set(w.clip[test])), seed)
                 else:
-                    proba = _fit_predict(name, w, F, train, test, seed, progress)
+                    probas[name] = _fit_predict(name, w, F, train, test, seed, progress)
                 seconds[name] += time.perf_counter() - t0
-                runs[name].append(metrics(w.y[test], proba, w.clip[test], w.labels))
                 bar.update()
+            if fuse:
+                probas[FUSION] = late_fusion(probas["encoder"], probas["baseline"])
+                seconds[FUSION] = seconds["encoder"] + seconds["baseline"]
+            for name, proba in probas.items():
+                runs[name].append({"seed": seed, "fold": fold, **metrics(w.y[test], proba, w.clip[test], w.labels)})
     bar.close()
     return {
         "dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": w.labels,
         "clips": len(clips), "windows": len(w),
         "encoder_setup": enc.describe() if enc else None,
-        "models": {m: {**summarise(runs[m], w.labels), "seconds": round(seconds[m], 2)} for m in models},
+        "models": {m: {**summarise(runs[m], w.labels), "seconds": round(seconds[m], 2),
+                       "runs": [{k: r[k] for k in ("seed", "fold", "window_accuracy", "clip_accuracy", "macro_f1")}
+                                for r in runs[m]]}
+                   for m in names},
     }
+
+
+def late_fusion(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Two models' class probabilities (N, C) fused without training: their geometric mean, renormalised
+    (a class either model rules out stays out); a row where the two rule out every class gets their mean."""
+    g = np.sqrt(p * q)
+    s = g.sum(1, keepdims=True)
+    return np.where(s > 0, g / np.where(s > 0, s, 1), (p + q) / 2)
 
 
 def seed_folds(w: Windows, n_folds: int, n_seeds: int, where) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
