@@ -33,6 +33,36 @@ def test_adjacency_partitions():
     assert A[1, can.index("l_elbow"), p] > 0 and A[2, p, can.index("l_elbow")] > 0
 
 
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_graph_conv_is_the_partitioned_sum_over_neighbours(channels_last):
+    from eai.encoder.model import GraphConv
+
+    torch.manual_seed(0)
+    A = torch.from_numpy(partitioned_adjacency())
+    P, K = A.shape[0], A.shape[-1]
+    gc = GraphConv(5, 4, A)
+    with torch.no_grad():
+        gc.B.normal_(0, 0.1)  # a learned adjacency on top of the skeleton's
+    x = torch.randn(2, 5, 7, K)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = gc.conv(x).reshape(2, P, 4, 7, K)  # channel p*C + c is partition p's output channel c
+    # out[n, c, t, q] = sum over partitions p and joints k of (A + B)[p, q, k] * y[n, p, c, t, k]
+    ref = torch.einsum("pqk,npctk->nctq", gc.A + gc.B, y)
+    torch.testing.assert_close(gc(x), ref, rtol=1e-5, atol=1e-5)
+    # with B and the bias at zero, a signal at the wrist reaches only the wrist, its parent and its children
+    with torch.no_grad():
+        gc.B.zero_()
+        gc.conv.bias.zero_()
+    x2 = torch.zeros(1, 5, 1, K)
+    x2[..., canonical().index("l_wrist")] = 1.0
+    hit = gc(x2).abs().sum((0, 1, 2)) > 0
+    can = canonical()
+    near = {can.index("l_wrist"), can.parents[can.index("l_wrist")]} | {
+        k for k, q in enumerate(can.parents) if q == can.index("l_wrist")}
+    assert set(np.flatnonzero(hit.numpy())) == near
+
+
 def test_absent_joints_change_nothing():
     torch.manual_seed(0)
     model = SkeletonEncoder(dataclasses.replace(TINY, n_classes=3)).eval()

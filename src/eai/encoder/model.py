@@ -61,14 +61,15 @@ class GraphConv(nn.Module):
         self.conv = nn.Conv2d(c_in, c_out * A.shape[0], 1)
         self.parts = A.shape[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, C, T, K)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, C, T, K), channels-last
         N, _, T, K = x.shape
-        y = self.conv(x).reshape(N, self.parts, -1, T, K).permute(0, 2, 3, 1, 4)  # (N, C, T, P, K)
-        C = y.shape[1]
-        # out[n,c,t,q] = sum_p sum_k y[n,p,c,t,k] A[p,q,k]: one matrix product over (p, k)
-        adj = (self.A + self.B).permute(0, 2, 1).reshape(self.parts * K, K)
-        out = (y.reshape(N * C * T, self.parts * K) @ adj).view(N, C, T, K)
-        return out.contiguous(memory_format=torch.channels_last)
+        y = self.conv(x)  # channels-last: laid out as (N, T, K, P*C), channel p*C + c
+        C = y.shape[1] // self.parts
+        # out[n,c,t,q] = sum_p sum_k A[p,q,k] y[n,p*C+c,t,k]: per frame, (K, K*P) @ (K*P, C) on views of y,
+        # so no copy of the activations is made and the result is channels-last as it stands
+        adj = (self.A + self.B).permute(1, 2, 0).reshape(K, K * self.parts)  # adj[q, k*P + p] = A[p, q, k]
+        out = torch.matmul(adj, y.permute(0, 2, 3, 1).reshape(N * T, K * self.parts, C))  # (N*T, K, C)
+        return out.view(N, T, K, C).permute(0, 3, 1, 2)
 
 
 class Block(nn.Module):
