@@ -54,12 +54,12 @@ def test_graph_conv_is_the_partitioned_sum_over_neighbours(channels_last):
     with torch.no_grad():
         gc.B.zero_()
         gc.conv.bias.zero_()
-    x2 = torch.zeros(1, 5, 1, K)
-    x2[..., canonical().index("l_wrist")] = 1.0
-    hit = gc(x2).abs().sum((0, 1, 2)) > 0
     can = canonical()
-    near = {can.index("l_wrist"), can.parents[can.index("l_wrist")]} | {
-        k for k, q in enumerate(can.parents) if q == can.index("l_wrist")}
+    wrist = can.index("l_wrist")
+    x2 = torch.zeros(1, 5, 1, K)
+    x2[..., wrist] = 1.0
+    hit = gc(x2).abs().sum((0, 1, 2)) > 0
+    near = {wrist, can.parents[wrist]} | {k for k, q in enumerate(can.parents) if q == wrist}
     assert set(np.flatnonzero(hit.numpy())) == near
 
 

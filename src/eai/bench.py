@@ -47,10 +47,11 @@ def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int 
                 bar.update()
             if fuse:
                 probas[FUSION] = late_fusion(probas["encoder"], probas["baseline"])
-                seconds[FUSION] = seconds["encoder"] + seconds["baseline"]
             for name, proba in probas.items():
                 runs[name].append({"seed": seed, "fold": fold, **metrics(w.y[test], proba, w.clip[test], w.labels)})
     bar.close()
+    if fuse:
+        seconds[FUSION] = seconds["encoder"] + seconds["baseline"]
     return {
         "dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": w.labels,
         "clips": len(clips), "windows": len(w),
@@ -65,9 +66,10 @@ def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int 
 def late_fusion(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Two models' class probabilities (N, C) fused without training: their geometric mean, renormalised
     (a class either model rules out stays out); a row where the two rule out every class gets their mean."""
-    g = np.sqrt(p * q)
-    s = g.sum(1, keepdims=True)
-    return np.where(s > 0, g / np.where(s > 0, s, 1), (p + q) / 2)
+    out, g = (p + q) / 2, np.sqrt(p * q)
+    s = g.sum(1)
+    out[s > 0] = g[s > 0] / s[s > 0, None]
+    return out
 
 
 def seed_folds(w: Windows, n_folds: int, n_seeds: int, where) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
