@@ -135,6 +135,45 @@ def test_saved_run_reloads_to_identical_logits(synth_clips, tmp_path):
     np.testing.assert_array_equal(predict_proba(model, ws), predict_proba(run.encoder, ws))
 
 
+def test_descriptor_expert_is_fused_as_a_geometric_mean():
+    from eai.bench import late_fusion
+
+    torch.manual_seed(0)
+    model = SkeletonEncoder(dataclasses.replace(TINY, n_classes=3, n_descriptors=4)).eval()
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(5, 60, canonical().n, 3)).astype(np.float32)
+    mask = np.ones((5, canonical().n), bool)
+    d = torch.from_numpy(rng.normal(size=(5, 4)).astype(np.float32))
+    x, m = model.prepare(raw, mask)
+    with torch.no_grad():
+        _, logits, (graph, desc) = model(x, m, d, experts=True)
+        # the same fusion as the bench's encoder+baseline row, of the two experts' probabilities
+        want = late_fusion(torch.softmax(graph, 1).numpy(), torch.softmax(desc, 1).numpy())
+        np.testing.assert_allclose(torch.softmax(logits, 1).numpy(), want, rtol=1e-5, atol=1e-6)
+        # each expert sees only its own input
+        _, _, (graph2, desc2) = model(*model.prepare(raw + 0.3, mask), d, experts=True)
+        _, _, (graph3, desc3) = model(x, m, d + 1.0, experts=True)
+    torch.testing.assert_close(desc2, desc)
+    assert not torch.allclose(graph2, graph)
+    torch.testing.assert_close(graph3, graph)
+    assert not torch.allclose(desc3, desc)
+
+
+def test_a_run_from_before_the_descriptor_expert_still_loads(synth_clips, tmp_path):
+    labels = sorted({c.label for c in synth_clips})
+    ws = window_set(synth_clips[:6], labels, 60, 30, True)
+    torch.manual_seed(0)
+    old = SkeletonEncoder(dataclasses.replace(TINY, n_classes=len(labels), n_descriptors=ws.desc.shape[1],
+                                              descriptor_expert=False)).eval()
+    save_weights(old, tmp_path / "encoder.safetensors")
+    cfg = old.cfg.to_dict()
+    del cfg["descriptor_expert"]  # a manifest written before the key existed
+    write_manifest(tmp_path, {"labels": labels, "encoder": cfg, "canonical_joints": list(canonical().names)})
+    run = load_run(tmp_path)
+    assert not run.encoder.experts
+    np.testing.assert_array_equal(predict_proba(old, ws), predict_proba(run.encoder, ws))
+
+
 def test_an_epoch_draws_its_share_of_the_crops(synth_clips):
     labels = sorted({c.label for c in synth_clips})
     ws = window_set(synth_clips[:14], labels, 60, 10, False)

@@ -56,7 +56,7 @@ def load_run(run_dir: str | Path) -> Run:
     manifest = json.loads((d / MANIFEST).read_text())
     if manifest.get("canonical_joints") != list(canonical().names):
         raise EaiError("this run was trained on another canonical skeleton than this eai's", d)
-    cfg = EncoderConfig(**manifest["encoder"])
+    cfg = EncoderConfig(**{"descriptor_expert": False, **manifest["encoder"]})  # runs from before the key
     model = SkeletonEncoder(cfg)
     model.load_state_dict(load_file(str(d / ENCODER_WEIGHTS)))
     model.eval()

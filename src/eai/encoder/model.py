@@ -4,7 +4,9 @@ ST-GCN's spatial partitioning (root, centripetal, centrifugal) plus a learnable 
 block (as in 2s-AGCN), temporal convolutions with residuals, and the joint presence mask honoured at
 every block, so any layout runs through one network. Three input streams (joints, bones, motion) are
 embedded separately and fused by summation. forward() gives features (N, C', T', K) for the tokenizer
-and logits from a head that also sees the window's kinematic descriptors.
+and logits. With kinematic descriptors, two experts give the logits: a head over the graph features and a
+small network over the window's descriptors, each trained as a classifier on its own, their log-probabilities
+averaged (a product of experts: a class survives only where both allow it).
 """
 from __future__ import annotations
 
@@ -28,6 +30,9 @@ class EncoderConfig:
     streams: list[str] = field(default_factory=lambda: ["joints", "bones", "motion"])
     frame_step: int = 2  # input frames taken every this many (60 frames at 30 fps -> 30 at 15 fps)
     n_datasets: int = 1  # trained on several datasets: each has its own learned label prior (its tag)
+    # descriptors as an expert of their own (see the module's docstring); False: one head over the graph
+    # features and a descriptor embedding, concatenated (the form of runs made before 2026-11-23)
+    descriptor_expert: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,9 +115,13 @@ class SkeletonEncoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = c_prev
         head_in = c_prev
+        self.experts = bool(cfg.n_descriptors) and cfg.descriptor_expert
         if cfg.n_descriptors:
             self.desc = nn.Sequential(nn.BatchNorm1d(cfg.n_descriptors), nn.Linear(cfg.n_descriptors, 64), nn.ReLU())
-            head_in += 64
+            if self.experts:
+                self.desc_head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(64, cfg.n_classes))
+            else:
+                head_in += 64
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(head_in, cfg.n_classes)
         if cfg.n_datasets > 1:
@@ -148,15 +157,20 @@ class SkeletonEncoder(nn.Module):
         return (feats * m).sum((2, 3)) / (m.sum((2, 3)) * feats.shape[2]).clamp_min(1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, desc: torch.Tensor | None = None,
-                ds: torch.Tensor | None = None):
-        """Features and logits; `ds` (N,), the dataset of each window, adds that dataset's label prior."""
+                ds: torch.Tensor | None = None, experts: bool = False):
+        """Features and logits; `ds` (N,), the dataset of each window, adds that dataset's label prior to every
+        head. With `experts`, also each expert's own logits (a list, for their training losses)."""
         feats = self.features(x, mask)
         z = self.pooled(feats, mask)
-        if self.cfg.n_descriptors:
+        if self.cfg.n_descriptors and not self.experts:
             z = torch.cat([z, self.desc(desc)], dim=1)
-        logits = self.head(self.drop(z))
+        heads = [self.head(self.drop(z))]
+        if self.experts:
+            heads.append(self.desc_head(self.desc(desc)))
         if self.cfg.n_datasets > 1:
             if ds is None:
                 raise ValueError("this encoder was trained on several datasets: say which each window is from")
-            logits = logits + self.dataset_bias[ds]
-        return feats, logits
+            heads = [h + self.dataset_bias[ds] for h in heads]
+        # the experts' log-probabilities averaged: softmax of this is their renormalised geometric mean
+        logits = heads[0] if len(heads) == 1 else sum(torch.log_softmax(h.float(), 1) for h in heads) / len(heads)
+        return (feats, logits, heads) if experts else (feats, logits)

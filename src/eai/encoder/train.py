@@ -212,13 +212,15 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
             y = torch.from_numpy(train.y[idx]).to(dev)
             ds = torch.from_numpy(train.ds[idx]).to(dev)
             with torch.autocast(**amp):
-                _, logits = model(x, m, d, ds)
+                _, logits, heads = model(x, m, d, ds, experts=True)
+                # each expert learns as a classifier on its own (the descriptor one too, not only as a helper)
                 if allowed_t is None:
-                    loss = loss_fn(logits.float(), y)
+                    loss = sum(loss_fn(h.float(), y) for h in heads)
                 else:
                     rows = allowed_t[ds]
+                    loss = sum(masked_cross_entropy(h.float().masked_fill(~rows, float("-inf")), y, rows, weight,
+                                                    cfg.label_smoothing) for h in heads)
                     logits = logits.float().masked_fill(~rows, float("-inf"))
-                    loss = masked_cross_entropy(logits, y, rows, weight, cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
