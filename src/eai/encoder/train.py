@@ -218,8 +218,7 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
                     loss = sum(loss_fn(h.float(), y) for h in heads)
                 else:
                     rows = allowed_t[ds]
-                    loss = sum(masked_cross_entropy(h.float().masked_fill(~rows, float("-inf")), y, rows, weight,
-                                                    cfg.label_smoothing) for h in heads)
+                    loss = sum(masked_cross_entropy(h.float(), y, rows, weight, cfg.label_smoothing) for h in heads)
                     logits = logits.float().masked_fill(~rows, float("-inf"))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower the learning rate")
