@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(BIN)/python -m eai.demo --data $(DATA)
 
 test: $(STAMP)
+	$(BIN)/ruff check --quiet src tests bench
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -rs --durations=12
 
 bench: $(STAMP)

@@ -34,8 +34,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from eai.encoder import EncoderConfig, SkeletonEncoder
-    from eai.encoder.train import SCHEDULES, WindowSet, train_encoder
-    from eai.kinematics import NAMES
+    from eai.data.windows import WindowSet
+    from eai.schedules import ENCODER_SCHEDULES
+    from eai.train.encoder import train_encoder
+    from eai.features import NAMES
     from eai.skeleton.registry import canonical
 
     K = canonical().n
@@ -59,9 +61,11 @@ def main() -> None:
     # one epoch of the CPU schedule on random windows of a fold's size (augmentation, stream making and
     # BatchNorm recalibration included)
     n = args.train_windows
-    ws = WindowSet(rng.normal(size=(n, 60, K, 3)).astype(np.float32) * 0.2, np.ones((n, K), bool),
-                   rng.normal(size=(n, len(NAMES))).astype(np.float32), rng.integers(0, 7, n), np.arange(n))
-    sched = SCHEDULES["cpu"]
+    ws = WindowSet(raw=rng.normal(size=(n, 60, K, 3)).astype(np.float32) * 0.2, mask=np.ones((n, K), bool),
+                   desc=rng.normal(size=(n, len(NAMES))).astype(np.float32), y=rng.integers(0, 7, n),
+                   clip=np.arange(n), group=np.arange(n).astype(str), dataset_idx=np.zeros(n, np.int64),
+                   frames=np.full(n, 60))
+    sched = ENCODER_SCHEDULES["cpu"]
     one = {"epochs": 1, "warmup": 1, "milestones": []}
     t0 = time.perf_counter()
     train_encoder(ws, 7, dataclasses.replace(sched, **one), EncoderConfig(), progress=False)

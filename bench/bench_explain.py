@@ -31,12 +31,15 @@ def bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
 
 def default_clip() -> Path:
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "bandai-namco-1" / "data"
-    clips = sorted(data.glob("*.bvh")) if data.is_dir() else []
-    if not clips:
+    paths = sorted(data.glob("*.bvh"))[:60] if data.is_dir() else []
+    if not paths:
         sys.exit("no clip given and ../shared/data/bandai-namco-1 not found: pass --file")
+    from eai.benchmarks.llm import clip_nearest
     from eai.io import read_motion
+    from eai.skeleton.unify import unify
 
-    return min(clips[:60], key=lambda p: abs(read_motion(p).duration - 10.0))  # the clip nearest 10 s
+    clips = [unify(read_motion(p)) for p in paths]
+    return paths[clips.index(clip_nearest(clips, 10.0))]
 
 
 def main() -> None:
@@ -49,8 +52,9 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--int8", action="store_true", help="the LM's linear layers as int8 (eai explain --int8)")
     args = ap.parse_args()
+    from eai.interpret import Interpreter
     from eai.io import read_motion
-    from eai.llm.pipeline import Interpreter
+    from eai.llm.evidence import label_text
     from eai.skeleton.unify import unify
 
     path = Path(args.file) if args.file else default_clip()
@@ -68,7 +72,7 @@ def main() -> None:
         if v is not None and 8.0 <= v.n_frames / v.fps <= 12.0:
             others.append(v)
     others_s = [median_time(lambda: it.explain([v], args.tokens), 1, warmup=0) for v in others]
-    n_new = len(it.llm._ids(row["explanation"])) - len(it.llm._ids(row["emotion"][:1].upper() + row["emotion"][1:]))
+    n_new = len(it.llm._ids(row["explanation"])) - len(it.llm._ids(label_text(row["emotion"])))
     # reference: transformers' generate on the same LM (adapters merged in the forward) and prompt length
     lm, tok = it.llm.lm, it.llm.tok
     prompt = torch.randint(100, 1000, (1, 100))
@@ -99,7 +103,7 @@ def main() -> None:
         "decode_ms_per_token_hf_generate": 1000 * (hf_s - prefill_s) / ref_tokens,
         "decode_ms_per_token_bandwidth_floor": 1000 * weight_bytes / bw,
         "memory_bandwidth_GBps": bw / 1e9, "lm_weight_MB": weight_bytes / 2**20,
-        "training_peak_memory_MB": it.run.manifest["llm"].get("peak_memory_mb"),
+        "training_peak_memory_MB": it.run.manifest.llm_training.peak_memory_mb,
     }
     for k, v in result.items():
         print(f"{k:36s} {v:.4g}" if isinstance(v, float) else f"{k:36s} {v}")

@@ -9,19 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch  # noqa: F401 - imported so the timing reflects a process that has eai's stack loaded
 
-
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+from timing import times  # bench/timing.py
 
 
 def main() -> None:
@@ -56,9 +48,9 @@ def main() -> None:
             _ = [mocap.frame_joint_channels(0, j, mocap.joint_channels(j)) for j in mocap.get_joints_names()[:1]]
 
     batched()  # warm caches and imports
-    ours = timed(batched, args.repeats)
-    single = timed(one_by_one, max(3, args.repeats // 2))
-    ref = timed(reference, args.ref_repeats)
+    ours = times(batched, args.repeats)
+    single = times(one_by_one, max(3, args.repeats // 2))
+    ref = times(reference, args.ref_repeats)
     res = {
         "clips": len(paths), "frames": frames,
         "eai_batched_s": statistics.median(ours), "eai_one_by_one_s": statistics.median(single),

@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED = Path(os.environ.get("EAI_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -17,8 +18,52 @@ def bandai():
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A small generated dataset in three layouts and three formats."""
-    from eai.synth import write_dataset
+    from eai.data.synth import write_dataset
 
     out = tmp_path_factory.mktemp("synth")
     write_dataset(out, ["bandai22", "kinect25", "gait16"], clips_per_label=6, seconds=5.0)
     return out
+
+
+def _known_motion(T=30):
+    """A stick figure standing at (3, 0, -2) facing +x, 1 m from ankle to head along the skeleton (gait16)."""
+    from eai.motion import Motion
+    from eai.skeleton.registry import registry
+
+    layout = registry().get("gait16")
+    pos = {"root": (0, 0.5, 0), "spine": (0, 0.6, 0), "neck": (0, 0.8, 0), "head": (0, 0.9, 0),
+           "left_hip": (0, 0.5, -0.1), "right_hip": (0, 0.5, 0.1), "left_knee": (0, 0.25, -0.1),
+           "right_knee": (0, 0.25, 0.1), "left_foot": (0, 0.0, -0.1), "right_foot": (0, 0.0, 0.1),
+           "left_shoulder": (0, 0.8, -0.15), "right_shoulder": (0, 0.8, 0.15), "left_elbow": (0, 0.65, -0.2),
+           "right_elbow": (0, 0.65, 0.2), "left_hand": (0, 0.5, -0.2), "right_hand": (0, 0.5, 0.2)}
+    P = np.array([pos[j] for j in layout.joints], np.float32) + np.array([3, 0, -2], np.float32)
+    return Motion(np.repeat(P[None], T, 0), list(layout.joints), list(layout.parents), 25.0)
+
+
+@pytest.fixture
+def known_motion():
+    """known_motion(T=30): a stick figure of known joint positions (see _known_motion)."""
+    return _known_motion
+
+
+def _full_batch(llm, prompts, answers):
+    """The reference path of EmotionLLM's training rows: whole rows (prompt, answer, end of turn) right-padded,
+    without prefix sharing: input_ids, attention_mask, labels (IGNORE on the prompt)."""
+    import torch
+
+    from eai.llm.prompts import IGNORE
+
+    rows, labs = llm._rows(prompts, answers)
+    L = max(map(len, rows))
+    ids = torch.full((len(rows), L), llm.pad, dtype=torch.long)
+    att = torch.zeros((len(rows), L), dtype=torch.long)
+    lab = torch.full((len(rows), L), IGNORE, dtype=torch.long)
+    for i, (r, l) in enumerate(zip(rows, labs)):
+        ids[i, :len(r)], att[i, :len(r)], lab[i, :len(r)] = torch.tensor(r), 1, torch.tensor(l)
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+
+@pytest.fixture
+def full_batch():
+    """full_batch(llm, prompts, answers): EmotionLLM's training rows without prefix sharing (_full_batch)."""
+    return _full_batch

@@ -51,7 +51,10 @@ def test_baseline_json_and_plot(capsys, synth_dir, tmp_path):
                          "--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "c.png"))
     assert code == 0, err
     r = json.loads((tmp_path / "r.json").read_text())
-    assert 0 <= r["models"]["baseline"]["window_accuracy"] <= 1 and r["folds"] == 3
+    b = r["models"]["baseline"]
+    assert r["folds"] == 3 and len(b["runs"]) == 3
+    assert b["window_accuracy"] == pytest.approx(np.mean([f["window_accuracy"] for f in b["runs"]]))
+    assert sum(map(sum, b["confusion"])) == r["windows"] and b["window_accuracy"] > 2 / 7  # chance: 1/7
     assert (tmp_path / "c-baseline.png").stat().st_size > 1000
 
 
@@ -92,3 +95,16 @@ def test_synth_writes_dataset(capsys, tmp_path):
     code, out, _ = run(capsys, "synth", str(tmp_path / "s"), "--layouts", "smpl24,coco17", "--emotions",
                        "sad,happy", "--clips-per-label", "2", "--seconds", "2")
     assert code == 0 and len(list((tmp_path / "s").rglob("*.npz"))) == 4
+
+
+def test_error_hints_name_options_that_exist(capsys, tmp_path):
+    import re
+
+    from eai.cli.main import build_parser
+
+    f = tmp_path / "odd.npz"
+    np.savez(f, positions=np.zeros((3, 2, 3), np.float32), joints=np.array(["foo", "bar"]), fps=30.0)
+    code, _, err = run(capsys, "info", str(f))
+    hints = re.findall(r"--[a-z][a-z-]*", err)
+    assert code == 2 and hints, err
+    assert set(hints) <= {o for a in build_parser()._actions for o in a.option_strings}, err

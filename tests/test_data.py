@@ -1,11 +1,20 @@
 """Datasets on disk, label normalisation, the protocol's folds, and the baseline on held-out clips."""
+from collections import Counter
+
 import numpy as np
 import pytest
 
-from eai.baseline import DescriptorForest, window_features
-from eai.data import load_clips, normalise_label, open_dataset
+from eai.benchmarks.baseline import DescriptorForest
+from eai.data.datasets import load_clips, normalise_label, open_dataset
+from eai.data.splits import folds
+from eai.data.windows import window_set
 from eai.errors import DatasetError
-from eai.protocol import Windows, folds, metrics
+from eai.metrics import metrics
+
+
+def protocol_windows(clips):
+    """The protocol's windows as cut (the baseline's view), with descriptors."""
+    return window_set(clips, sorted({c.label for c in clips}), face=False)
 
 
 @pytest.mark.parametrize("raw,want", [("Anger", "angry"), ("angry", "angry"), ("JOY", "happy"),
@@ -17,7 +26,7 @@ def test_labels_normalised(raw, want):
 
 def test_label_folders(synth_dir):
     ds = open_dataset(synth_dir)
-    assert ds.kind == "folders" and len(ds.labels) == 7 and all(n == 6 for n in ds.counts().values())
+    assert ds.kind == "folders" and len(ds.labels) == 7 and all(n == 6 for n in Counter(c.label for c in ds.clips).values())
     clips = load_clips(ds, progress=False)
     assert len(clips) == 42 and not ds.problems
     assert {c.layout for c in clips} == {"bandai22", "kinect25", "gait16"}
@@ -52,25 +61,28 @@ def test_empty_or_missing_dataset(tmp_path):
 
 
 def test_folds_are_grouped_and_stratified(synth_dir):
-    w = Windows.from_clips(load_clips(open_dataset(synth_dir), progress=False))
-    for train, test in folds(w, 3, seed=0):
+    w = protocol_windows(load_clips(open_dataset(synth_dir), progress=False))
+    seen = np.zeros(len(w), int)
+    for train, test in folds(w.y, w.group, 3, seed=0):
         assert not set(w.group[train]) & set(w.group[test])
-        assert set(w.y[test]) == set(range(len(w.labels)))
+        assert set(w.y[test]) == set(range(7))
+        seen[test] += 1
+    assert (seen == 1).all()  # every window is tested exactly once
 
 
 def test_baseline_beats_chance_on_held_out_clips(synth_dir):
-    w = Windows.from_clips(load_clips(open_dataset(synth_dir), progress=False))
-    F = window_features(w, progress=False)
+    clips = load_clips(open_dataset(synth_dir), progress=False)
+    w, labels = protocol_windows(clips), sorted({c.label for c in clips})
     accs = []
-    for train, test in folds(w, 3, seed=0):
-        p = DescriptorForest(0, trees=100).fit(F[train], w.y[train]).predict_proba(F[test], len(w.labels))
-        accs.append(metrics(w.y[test], p, w.clip[test], w.labels)["window_accuracy"])
-    assert np.mean(accs) > 3 / len(w.labels)  # chance is 1/7
+    for train, test in folds(w.y, w.group, 3, seed=0):
+        p = DescriptorForest(0, trees=100).fit(w.desc[train], w.y[train]).predict_proba(w.desc[test], len(labels))
+        accs.append(metrics(w.y[test], p, w.clip[test], labels)["window_accuracy"])
+    assert np.mean(accs) > 3 / len(labels)  # chance is 1/7
 
 
 def test_bandai_layout(bandai):
     ds = open_dataset(bandai)
-    assert ds.kind == "bandai" and len(ds.clips) == 86 and ds.counts()["neutral"] == 20
+    assert ds.kind == "bandai" and len(ds.clips) == 86 and Counter(c.label for c in ds.clips)["neutral"] == 20
     assert len(open_dataset(bandai, "style").labels) == 15
     with pytest.raises(DatasetError, match="unknown task"):
         open_dataset(bandai, "colour")

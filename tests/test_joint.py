@@ -14,7 +14,7 @@ GAIT_WORDS = {"angry": "anger", "happy": "joy", "sad": "sadness", "neutral": "ne
 
 
 def _synth(out, layout, emotions, per_label=5, seconds=4.0, rename=None):
-    from eai.synth import write_dataset
+    from eai.data.synth import write_dataset
 
     write_dataset(out, [layout], clips_per_label=per_label, seconds=seconds, emotions=emotions, seed=len(emotions))
     for a, b in (rename or {}).items():
@@ -27,9 +27,9 @@ def _synth(out, layout, emotions, per_label=5, seconds=4.0, rename=None):
 def two_sets(tmp_path_factory):
     """A gait16 set in its own words (anger, joy, sadness, neutral) and a bandai22 set sharing only angry and
     happy with it, one of its clips shorter than a window."""
+    from eai.data.synth import express, generate
     from eai.io import write_motion
     from eai.skeleton.registry import registry
-    from eai.synth import express, generate
 
     root = tmp_path_factory.mktemp("joint")
     a = _synth(root / "gait", "gait16", list(GAIT_WORDS), rename=GAIT_WORDS)
@@ -40,8 +40,8 @@ def two_sets(tmp_path_factory):
 
 
 def test_derive_splits_by_clip_and_re_expresses_in_another_skeleton(tmp_path):
-    from eai.data import load_clips, open_dataset
-    from eai.derive import derive
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.data.derive import derive
     from eai.io import read_motion
     from eai.skeleton.registry import canonical
     from eai.skeleton.unify import to_canonical, unify
@@ -74,9 +74,9 @@ def test_derive_splits_by_clip_and_re_expresses_in_another_skeleton(tmp_path):
 
 
 def test_vocabularies_that_overlap_in_part(two_sets):
-    from eai.joint import joint_labels, label_mask, mix_weights, open_parts
+    from eai.data.joint import joint_labels, label_mask, mix_weights, open_datasets
 
-    parts = open_parts([str(p) for p in two_sets], progress=False)
+    parts = open_datasets([str(p) for p in two_sets], progress=False)
     a, b = parts
     assert a.labels == ["angry", "happy", "neutral", "sad"] and a.words == ["anger", "joy", "neutral", "sadness"]
     assert b.labels == b.words == ["angry", "happy", "proud", "tired"]
@@ -89,11 +89,11 @@ def test_vocabularies_that_overlap_in_part(two_sets):
     assert p[:30].sum() == pytest.approx(0.5) and p.sum() == pytest.approx(1)
     assert mix_weights(ds, 2, "size") == pytest.approx(np.full(120, 1 / 120))
     with pytest.raises(EaiError, match="twice"):
-        open_parts([str(two_sets[0])] * 2, progress=False)
+        open_datasets([str(two_sets[0])] * 2, progress=False)
 
 
 def test_masked_cross_entropy_is_cross_entropy_over_the_allowed_labels():
-    from eai.encoder.train import masked_cross_entropy
+    from eai.train.encoder import masked_cross_entropy
 
     g = torch.Generator().manual_seed(0)
     logits, y = torch.randn(6, 5, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
@@ -107,29 +107,29 @@ def test_masked_cross_entropy_is_cross_entropy_over_the_allowed_labels():
         float(F.cross_entropy(logits[:, :3], y, label_smoothing=0.1)), abs=1e-6)
 
 
-def test_mixed_layout_batch_goes_through_tokenizer_and_llm_with_the_right_masks(two_sets):
-    from eai.encoder.model import EncoderConfig, SkeletonEncoder
-    from eai.encoder.train import WindowSet, window_set
-    from eai.joint import open_parts
+def test_mixed_layout_batch_goes_through_tokenizer_and_llm_with_the_right_masks(two_sets, full_batch):
+    from eai.data.joint import open_datasets
+    from eai.data.windows import WindowSet, window_set
+    from eai.encoder.model import EncoderConfig, SkeletonEncoder, encoder_features
     from eai.llm.backbone import load_backbone
-    from eai.llm.mgst import MGST, MGSTConfig
-    from eai.llm.model import EmotionLLM, recognition_prompt
-    from eai.llm.train import encoder_features
+    from eai.llm.model import EmotionLLM
+    from eai.llm.prompts import recognition_prompt
+    from eai.llm.tokenizer import SkeletonTokenizer, SkeletonTokenizerConfig
 
-    a, b = open_parts([str(p) for p in two_sets], progress=False)
+    a, b = open_datasets([str(p) for p in two_sets], progress=False)
     short = next(u for u in b.clips if u.n_frames < 60)
     # one window of each: 16 joints, full; the 22-joint skeleton, padded
     ws = WindowSet.concat([window_set(a.clips[:1], a.labels, 60, 1000), window_set([short], b.labels, 60, 1000)],
-                          ds=[0, 1])
-    assert ws.frames.tolist() == [60, short.n_frames] and ws.ds.tolist() == [0, 1]
+                          dataset_idx=[0, 1])
+    assert ws.frames.tolist() == [60, short.n_frames] and ws.dataset_idx.tolist() == [0, 1]
     assert ws.mask[0].sum() == 16 and ws.mask[1].sum() > 16
     torch.manual_seed(0)
     feats = torch.from_numpy(encoder_features(SkeletonEncoder(EncoderConfig()).eval(), ws.raw, ws.mask))
     mask, frac = torch.from_numpy(ws.mask), torch.from_numpy(ws.frac)
     lm, tok = load_backbone(TINY)
-    llm = EmotionLLM(lm, tok, MGST(MGSTConfig(hidden=lm.config.hidden_size)))
-    cfg = llm.mgst.cfg
-    tokens, tmask, _ = llm.mgst(feats, mask, frac=frac)
+    llm = EmotionLLM(lm, tok, SkeletonTokenizer(SkeletonTokenizerConfig(hidden=lm.config.hidden_size)))
+    cfg = llm.skeleton_tokenizer.cfg
+    tokens, tmask, _ = llm.skeleton_tokenizer(feats, mask, real_fraction=frac)
     T = feats.shape[2]
     real = int(np.ceil(short.n_frames / 60 * T))
     seg_start = [(i * T) // cfg.n_temporal for i in range(cfg.n_temporal)]
@@ -139,58 +139,60 @@ def test_mixed_layout_batch_goes_through_tokenizer_and_llm_with_the_right_masks(
     # the padded window's tokens do not depend on what fills its padding
     f2 = feats.clone()
     f2[1, :, real:] = torch.randn_like(f2[1, :, real:])
-    t2, _, _ = llm.mgst(f2, mask, frac=frac)
+    t2, _, _ = llm.skeleton_tokenizer(f2, mask, real_fraction=frac)
     assert torch.allclose(t2[1][tmask[1]], tokens[1][tmask[1]], atol=1e-5)
     # with every frame real, pooling is plain adaptive average pooling
-    full, _, _ = llm.mgst(feats, mask)
+    full, _, _ = llm.skeleton_tokenizer(feats, mask)
     m = mask.float()
     per_t = (feats.permute(0, 2, 3, 1) * m[:, None, :, None]).sum(2) / m.sum(1)[:, None, None]
     seg = F.adaptive_avg_pool1d(per_t.transpose(1, 2), cfg.n_temporal).transpose(1, 2)
-    assert torch.allclose(full[:, :cfg.n_temporal], llm.mgst.temporal(llm.mgst.norm(seg)) * llm.mgst.scale, atol=1e-5)
+    assert torch.allclose(full[:, :cfg.n_temporal], llm.skeleton_tokenizer.temporal(llm.skeleton_tokenizer.norm(seg)) * llm.skeleton_tokenizer.scale, atol=1e-5)
 
     # both rows in one LLM batch, each with its own tag and label words: masks reach attention
     prompts = [recognition_prompt(cfg.n_tokens, a.tag, a.words), recognition_prompt(cfg.n_tokens, b.tag, b.words)]
-    batch = llm.batch(prompts, ["anger", "tired"])
+    batch = full_batch(llm, prompts, ["anger", "tired"])
     emb, att, _ = llm.embed(batch["input_ids"], batch["attention_mask"], tokens, tmask)
     for i in range(2):
         where = (batch["input_ids"][i] == llm.sk_id).nonzero()[:, 0]
         assert att[i, where].tolist() == tmask[i].long().tolist()
-    loss, _ = llm.loss(feats, mask, prompts, ["anger", "tired"], frac=frac)
+    loss, _ = llm.loss(feats, mask, prompts, ["anger", "tired"], real_fraction=frac)
     assert torch.isfinite(loss)
-    lp = llm.label_logprobs(feats[:1], mask[:1], prompts[:1], a.words, frac=frac[:1])
+    lp = llm.label_logprobs(feats[:1], mask[:1], prompts[:1], a.words, real_fraction=frac[:1])
     assert lp.shape == (1, 4) and torch.isfinite(lp).all()
 
 
 @pytest.fixture(scope="module")
 def joint_run(two_sets, tmp_path_factory):
-    from eai.llm.pipeline import train_all_run
+    from eai.run import RunConfig
+    from eai.train.llm_run import train_run
 
     out = tmp_path_factory.mktemp("jointrun") / "run"
-    train_all_run([str(p) for p in two_sets], str(out), schedule_name="smoke", llm_schedule="smoke",
-                  backbone=TINY, holdout=0.4, progress=False)
+    train_run(RunConfig(data=[str(p) for p in two_sets], out=str(out), stage="all", schedule="smoke",
+                        llm_schedule="smoke", backbone=TINY, holdout=0.4), progress=False)
     return out
 
 
 def test_joint_run_keeps_each_dataset_in_its_own_labels(joint_run, two_sets):
-    from eai.data import load_clips, open_dataset
-    from eai.llm.pipeline import Interpreter
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.interpret import Interpreter
     from eai.run import load_run
 
     m = json.loads((joint_run / "manifest.json").read_text())
-    assert [d["name"] for d in m["datasets"]] == ["gait", "mocap"] and m["data"]["kind"] == "joint"
+    assert [d["name"] for d in m["datasets"]] == ["gait", "mocap"] and m["config"]["mix"] == "equal"
     assert m["encoder"]["n_datasets"] == 2  # a learned label prior per dataset (its tag, for the encoder)
-    assert set(m["held_out_metrics"]) == set(m["held_out_llm"]) == {"gait", "mocap"}
-    assert [d["words"] for d in m["llm"]["datasets"]] == [["anger", "joy", "neutral", "sadness"],
-                                                          ["angry", "happy", "proud", "tired"]]
+    assert set(m["held_out"]) == set(m["held_out_llm"]) == {"gait", "mocap"}
+    assert [d["words"] for d in m["datasets"]] == [["anger", "joy", "neutral", "sadness"],
+                                                   ["angry", "happy", "proud", "tired"]]
+    assert all(d["reference"]["neutral_label"] == ("neutral" if d["name"] == "gait" else None) for d in m["datasets"])
     it = Interpreter.of(load_run(joint_run))
     for path, words in zip(two_sets, (["anger", "joy", "neutral", "sadness"], ["angry", "happy", "proud", "tired"])):
         clips = load_clips(open_dataset(path), progress=False)[:2]
         for r in it.explain(clips, 12):
             assert list(r["probabilities"]) == words and r["emotion"] in words
             assert r["explanation"].lower().startswith(r["emotion"])  # names its dataset's word
-            others = set(it.labels + [w for v in it.voices for w in v.words]) - set(words)
+            others = set(it.labels + [w for d in it.datasets for w in d.words]) - set(words)
             assert not any(o in r["explanation"].lower().split() for o in others)
-        enc = it.encoder_proba(it._windows(clips, it.dataset(path.name)), it.dataset(path.name))
+        enc = it.encoder_proba(it.windows(clips, it.dataset(path.name)), it.dataset(path.name))
         assert enc.shape[1] == 4 and np.allclose(enc.sum(1), 1)
 
 
@@ -217,8 +219,7 @@ def test_bench_joint_reports_single_and_joint_on_the_same_folds(two_sets, tmp_pa
     r = json.loads(out.read_text())
     assert set(r["datasets"]) == {"gait", "mocap"} and r["folds"] == 2
     for d in r["datasets"].values():
-        for kind in ("single", "joint"):
-            assert 0 <= d[kind]["window_accuracy"] <= 1 and 0 <= d[kind]["macro_f1"] <= 1
-            assert len(d[kind]["confusion"]) == 4
+        for kind in ("single", "joint"):  # every test window of the dataset once, over the 2 folds
+            assert len(d[kind]["confusion"]) == 4 and sum(map(sum, d[kind]["confusion"])) == d["windows"]
     assert (tmp_path / "j.png").stat().st_size > 0
     assert main(["bench", "joint", "--data", str(two_sets[0]), "--quiet"]) == 2

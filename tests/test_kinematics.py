@@ -2,12 +2,10 @@
 import numpy as np
 import pytest
 
-from eai.kinematics import NAMES, describe, descriptor_vector
+from eai.data.synth import express, generate
+from eai.features import NAMES, describe, descriptor_vector
 from eai.skeleton.registry import registry
 from eai.skeleton.unify import unify
-from eai.synth import express, generate
-
-from test_skeleton import _known_motion
 
 
 def _metres(m):
@@ -15,8 +13,8 @@ def _metres(m):
     return u.metres(), u.mask, u.fps
 
 
-def test_still_body():
-    d = describe(*_metres(_known_motion(T=90)))
+def test_still_body(known_motion):
+    d = describe(*_metres(known_motion(T=90)))
     assert d["speed"]["value"] == pytest.approx(0, abs=1e-6)
     assert d["stillness"]["value"] == 1.0 and d["step_frequency"]["value"] == 0.0
     assert d["head_pitch"]["value"] == pytest.approx(0, abs=1e-4)
@@ -25,8 +23,8 @@ def test_still_body():
     assert d["hand_height"]["value"] == pytest.approx(0.0, abs=1e-5)
 
 
-def test_translation_at_known_speed():
-    m = _known_motion(T=100)
+def test_translation_at_known_speed(known_motion):
+    m = known_motion(T=100)
     m.positions = m.positions + (np.arange(100)[:, None, None] / 25.0 * np.array([1.5, 0, 0])).astype(np.float32)
     d = describe(*_metres(m))
     assert d["travel_speed"]["value"] == pytest.approx(1.5, rel=1e-3)
@@ -35,8 +33,8 @@ def test_translation_at_known_speed():
     assert d["stillness"]["value"] == 0.0
 
 
-def test_head_pitch_and_lean_known_angles():
-    m = _known_motion(T=40)
+def test_head_pitch_and_lean_known_angles(known_motion):
+    m = known_motion(T=40)
     j = m.joints
     # the body faces +x: tilt the head 30 deg forward about the neck
     neck, head = j.index("neck"), j.index("head")
@@ -51,12 +49,15 @@ def test_missing_joints_reported_missing():
     m = express(P, registry().get("coco17"), 30.0)
     u = unify(m)
     d = describe(u.metres(), u.mask, u.fps)
-    # COCO has no neck-to-head segment of its own? it has derived neck and nose->head; gait needs ankles
-    for name, v in d.items():
-        assert (v["value"] is None) == (v["missing"] is not None)
+    assert not [n for n, v in d.items() if v["missing"]]  # COCO's derived pelvis and neck give every one
     u.mask[registry().canonical.index("l_wrist")] = False
     d = describe(u.metres(), u.mask, u.fps)
+    assert {n for n, v in d.items() if v["missing"]} == {"hand_spread", "hand_height", "arm_swing"}
     assert d["hand_spread"]["value"] is None and "l_wrist" in d["hand_spread"]["missing"]
+    u.mask[registry().canonical.index("neck")] = False
+    d = describe(u.metres(), u.mask, u.fps)
+    assert {n for n, v in d.items() if v["missing"]} == {"hand_spread", "hand_height", "arm_swing", "head_pitch",
+                                                          "trunk_lean"}
     assert np.isnan(descriptor_vector(u.metres(), u.mask, u.fps)[NAMES.index("hand_spread")])
 
 

@@ -8,18 +8,27 @@ import torch
 
 from eai.llm import evidence as ev
 from eai.llm.backbone import TINY, load_backbone
-from eai.llm.mgst import MGST, MGSTConfig
-from eai.llm.model import EmotionLLM, description_prompt, recognition_prompt
+from eai.llm.decode import ExplanationDecoder
+from eai.llm.model import EmotionLLM
+from eai.llm.prompts import description_prompt, recognition_prompt
 from eai.llm.scores import bleu4, rouge_l
+from eai.llm.tokenizer import SkeletonTokenizer, SkeletonTokenizerConfig
+from eai.run import RunConfig
 
 LABELS = ["angry", "happy", "not-confident", "sad"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
 def tiny():
+    """A fresh tiny EmotionLLM for each test (no prompt stems registered, no decoding history)."""
     lm, tok = load_backbone(TINY)
     torch.manual_seed(0)
-    return EmotionLLM(lm, tok, MGST(MGSTConfig(hidden=lm.config.hidden_size)))
+    return EmotionLLM(lm, tok, SkeletonTokenizer(SkeletonTokenizerConfig(hidden=lm.config.hidden_size)))
+
+
+def generate(llm, *args, **kw):
+    """Explanations decoded by a fresh decoder (no lead history)."""
+    return ExplanationDecoder(llm).generate(*args, **kw)
 
 
 def _inputs(n=3, seed=0):
@@ -29,45 +38,45 @@ def _inputs(n=3, seed=0):
     return f, mask
 
 
-def test_placeholders_become_skeleton_tokens_and_absent_parts_are_masked(tiny):
+def test_placeholders_become_skeleton_tokens_and_absent_parts_are_masked(tiny, full_batch):
     f, mask = _inputs(2)
     mask[1, 15:] = False  # no legs: the two leg tokens of row 1 must be masked
-    n = tiny.mgst.cfg.n_tokens
-    b = tiny.batch([recognition_prompt(n, "t", LABELS)] * 2, ["sad", "happy"])
-    tokens, tmask, _ = tiny.mgst(f, mask)
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
+    b = full_batch(tiny, [recognition_prompt(n, "t", LABELS)] * 2, ["sad", "happy"])
+    tokens, tmask, _ = tiny.skeleton_tokenizer(f, mask)
     emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
     where = (b["input_ids"][0] == tiny.sk_id).nonzero()[:, 0]
     assert len(where) == n
     assert torch.allclose(emb[0, where], tokens[0])
     assert att[0, where].all() and att[1, where].tolist() == tmask[1].long().tolist()
-    legs = [i for i, p in enumerate(tiny.mgst.cfg.parts) if "leg" in p]
-    assert not tmask[1, tiny.mgst.cfg.n_temporal + np.array(legs)].any()
+    legs = [i for i, p in enumerate(tiny.skeleton_tokenizer.cfg.parts) if "leg" in p]
+    assert not tmask[1, tiny.skeleton_tokenizer.cfg.n_temporal + np.array(legs)].any()
     # answer tokens only are supervised
     lab = b["labels"][0]
     assert (lab[: where.max() + 1] == -100).all() and (lab != -100).sum() == len(tiny._ids("sad")) + 1
 
 
-def test_placeholder_mismatch_raises(tiny):
+def test_placeholder_mismatch_raises(tiny, full_batch):
     f, mask = _inputs(1)
-    b = tiny.batch([recognition_prompt(3, "t", LABELS)], ["sad"])  # 3 placeholders, 11 tokens
-    tokens, tmask, _ = tiny.mgst(f, mask)
+    b = full_batch(tiny, [recognition_prompt(3, "t", LABELS)], ["sad"])  # 3 placeholders, 11 tokens
+    tokens, tmask, _ = tiny.skeleton_tokenizer(f, mask)
     with pytest.raises(ValueError, match="placeholders"):
         tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
 
 
 @pytest.mark.parametrize("same", [True, False])
-def test_label_scoring_with_shared_prefix_equals_full_sequences(tiny, same):
+def test_label_scoring_with_shared_prefix_equals_full_sequences(tiny, same, full_batch):
     f, mask = _inputs(3)
     mask[2, :5] = False
-    n = tiny.mgst.cfg.n_tokens
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
     prompts = [recognition_prompt(n, "t", LABELS), recognition_prompt(n, "t" if same else "a longer tag", LABELS),
                recognition_prompt(n, "t", LABELS)]
     fast = tiny.label_logprobs(f, mask, prompts, LABELS)
     ref = torch.zeros(3, len(LABELS))
     with torch.no_grad():
         for j, c in enumerate(LABELS):
-            b = tiny.batch(prompts, [c] * 3)
-            tokens, tmask, _ = tiny.mgst(f, mask)
+            b = full_batch(tiny, prompts, [c] * 3)
+            tokens, tmask, _ = tiny.skeleton_tokenizer(f, mask)
             emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
             lp = torch.log_softmax(tiny.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos).logits, -1)
             lab = b["labels"]
@@ -81,35 +90,32 @@ def test_label_scoring_with_shared_prefix_equals_full_sequences(tiny, same):
 
 def test_prompt_stems_are_computed_once_and_change_no_result(tiny):
     f, mask = _inputs(3)
-    n = tiny.mgst.cfg.n_tokens
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
     rec = [recognition_prompt(n, "t", LABELS)] * 3
     desc = [description_prompt(n, "t", w, e) for w, e in (("sad", "slower steps"), ("happy", "x"), ("angry", "y"))]
     starts = ["Sad", "Happy", "Angry"]
     ref = tiny.label_logprobs(f, mask, rec, LABELS)
     ref1 = tiny.label_logprobs(f[:1], mask[:1], rec[:1], LABELS)
-    text = tiny.generate(f, mask, desc, starts, 12)
-    try:
-        ids = tiny._prompt_ids(rec[0])
-        assert tiny.add_stem(rec[:1]) == ids.index(tiny.sk_id)  # the whole question
-        k = tiny.add_stem([description_prompt(n, "t", "angry", "a"), description_prompt(n, "t", "tired", "b")])
-        assert 0 < k < tiny._prompt_ids(desc[0]).index(tiny.sk_id)  # up to the emotion word
-        for _ in range(2):  # the stored caches are copied, never extended by a use
-            assert torch.allclose(tiny.label_logprobs(f, mask, rec, LABELS), ref, atol=1e-5)
-            assert torch.allclose(tiny.label_logprobs(f[:1], mask[:1], rec[:1], LABELS), ref1, atol=1e-5)
-            assert tiny.generate(f, mask, desc, starts, 12) == text
-        assert all(c is not None and c.get_seq_length() == len(s) for s, c in tiny.stems.items())
-    finally:
-        tiny.stems = None
+    text = generate(tiny, f, mask, desc, starts, 12)
+    ids = tiny._prompt_ids(rec[0])
+    assert tiny.add_stem(rec[:1]) == ids.index(tiny.sk_id)  # the whole question
+    k = tiny.add_stem([description_prompt(n, "t", "angry", "a"), description_prompt(n, "t", "tired", "b")])
+    assert 0 < k < tiny._prompt_ids(desc[0]).index(tiny.sk_id)  # up to the emotion word
+    for _ in range(2):  # the stored caches are copied, never extended by a use
+        assert torch.allclose(tiny.label_logprobs(f, mask, rec, LABELS), ref, atol=1e-5)
+        assert torch.allclose(tiny.label_logprobs(f[:1], mask[:1], rec[:1], LABELS), ref1, atol=1e-5)
+        assert generate(tiny, f, mask, desc, starts, 12) == text
+    assert all(c is not None and c.get_seq_length() == len(s) for s, c in tiny.stems.items())
 
 
 def test_cached_greedy_decoding_equals_recomputing(tiny):
     f, mask = _inputs(1)
-    n = tiny.mgst.cfg.n_tokens
-    prompt = ev_prompt = recognition_prompt(n, "t", LABELS)
-    got = tiny.generate(f, mask, [prompt], ["Sad"], max_new_tokens=6, constrained=False)[0]
-    ids = tiny._prompt_ids(ev_prompt) + tiny._ids("Sad")
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
+    prompt = recognition_prompt(n, "t", LABELS)
+    got = generate(tiny, f, mask, [prompt], ["Sad"], max_new_tokens=6, constrained=False)[0]
+    ids = tiny._prompt_ids(prompt) + tiny._ids("Sad")
     with torch.no_grad():
-        tokens, tmask, _ = tiny.mgst(f, mask)
+        tokens, tmask, _ = tiny.skeleton_tokenizer(f, mask)
         for _ in range(6):
             x = torch.tensor([ids])
             emb, att, pos = tiny.embed(x, torch.ones_like(x), tokens, tmask)
@@ -117,7 +123,7 @@ def test_cached_greedy_decoding_equals_recomputing(tiny):
             if nxt == tiny.eos:
                 break
             ids.append(nxt)
-    start = len(tiny._prompt_ids(ev_prompt)) + len(tiny._ids("Sad"))
+    start = len(tiny._prompt_ids(prompt)) + len(tiny._ids("Sad"))
     assert got == ("Sad" + tiny.tok.decode(ids[start:], skip_special_tokens=True)).strip()
 
 
@@ -163,23 +169,29 @@ def test_bleu_and_rouge_known_values():
     assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
 
 
+def smoke(data, out, **kw) -> RunConfig:
+    """The smoke schedules of a run of every stage on the tiny backbone."""
+    return RunConfig(data=[str(data)], out=str(out), stage="all", schedule="smoke", llm_schedule="smoke",
+                     backbone=kw.pop("backbone", TINY), **kw)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(synth_dir, tmp_path_factory):
-    from eai.llm.pipeline import train_all_run
+    from eai.train.llm_run import train_run
 
     out = tmp_path_factory.mktemp("llmrun") / "run"
-    train_all_run(str(synth_dir), str(out), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
-                  progress=False)
+    train_run(smoke(synth_dir, out), progress=False)
     return out
 
 
 def test_stage_all_writes_a_run_that_reloads_to_identical_probabilities(tiny_run, synth_dir):
-    from eai.data import load_clips, open_dataset
-    from eai.llm.pipeline import Interpreter
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.interpret import Interpreter
 
     m = json.loads((tiny_run / "manifest.json").read_text())
-    assert m["stage"] == "all" and m["llm"]["done"] == ["description", "recognition"]
-    assert {"llm", "encoder"} <= set(m["held_out_llm"]) and m["llm"]["peak_memory_mb"] > 0
+    assert m["stage"] == "all" and m["llm_training"]["done"] == ["description", "recognition"]
+    assert {"llm", "encoder"} <= set(m["held_out_llm"][synth_dir.name]) and m["llm_training"]["peak_memory_mb"] > 0
+    assert m["llm"]["tokenizer"]["parts"] and m["llm"]["tokenizer"]["hidden"] == 64  # the whole tokenizer config
     assert (tiny_run / "llm-adapter" / "adapter_config.json").is_file()
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:3]
     a = Interpreter.load(tiny_run).explain(clips, 8)
@@ -191,52 +203,86 @@ def test_stage_all_writes_a_run_that_reloads_to_identical_probabilities(tiny_run
         assert r["explanation"].lower().startswith(r["emotion"].lower())
 
 
+def test_a_saved_run_is_rebuilt_from_its_manifest_alone(tiny_run, synth_dir, monkeypatch):
+    """Loading a run reads no code default: every config and record type refuses to fill a field from one,
+    and the run computes exactly what it computed before."""
+    import dataclasses
+
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.data.joint import RunDataset
+    from eai.encoder.model import EncoderConfig
+    from eai.interpret import Interpreter
+    from eai.llm.builder import LLMConfig, LoraSettings
+    from eai.run import LLMTraining, Manifest
+    from eai.schedules import StageConfig, TrainConfig
+
+    clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:3]
+    before = Interpreter.load(tiny_run).explain(clips, 8)
+    for cls in (Manifest, RunConfig, RunDataset, EncoderConfig, TrainConfig, LLMConfig, LoraSettings,
+                SkeletonTokenizerConfig, StageConfig, LLMTraining):
+        saved = [f.name for f in dataclasses.fields(cls) if f.metadata.get("saved", True)]
+
+        def strict(self, *args, __init=cls.__init__, __saved=saved, __cls=cls, **kwargs):
+            missing = [n for n in __saved[len(args):] if n not in kwargs]
+            assert not missing, f"{__cls.__name__} built with today's defaults for {missing}"
+            __init(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "__init__", strict)
+    with pytest.raises(AssertionError, match="today's defaults"):  # the guard itself works
+        SkeletonTokenizerConfig(hidden=64)
+    after = Interpreter.load(tiny_run).explain(clips, 8)
+    assert [r["probabilities"] for r in after] == [r["probabilities"] for r in before]
+    assert [r["explanation"] for r in after] == [r["explanation"] for r in before]
+
+
 def test_llm_stages_resume_on_a_moved_copy_of_the_dataset(tiny_run, synth_dir, tmp_path):
     import shutil
 
     from eai.errors import EaiError
-    from eai.llm.pipeline import train_all_run
+    from eai.train.llm_run import train_run
 
     run, data = tmp_path / "run", tmp_path / "moved-data" / synth_dir.name
     shutil.copytree(synth_dir, data)  # another machine: same dataset, other path
-    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("llm*"))
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("llm*", "skeleton_tokenizer*"))
     m = json.loads((run / "manifest.json").read_text())
-    for k in ("llm", "held_out_llm"):
-        m.pop(k)
-    (run / "manifest.json").write_text(json.dumps({**m, "stage": "encoder"}))
-    train_all_run(str(data), str(run), schedule_name="smoke", llm_schedule="smoke", backbone=TINY, progress=False)
+    m.update(llm=None, llm_training=None, held_out_llm={}, stage="encoder")  # the encoder stage only
+    (run / "manifest.json").write_text(json.dumps(m))
+    train_run(smoke(data, run), progress=False)
     done = json.loads((run / "manifest.json").read_text())
-    assert done["llm"]["done"] == ["description", "recognition"] and done["held_out_llm"]["clips"] == \
-        json.loads((tiny_run / "manifest.json").read_text())["held_out_llm"]["clips"]
+    assert done["llm_training"]["done"] == ["description", "recognition"]
+    assert done["held_out_llm"] == json.loads((tiny_run / "manifest.json").read_text())["held_out_llm"]
     other = tmp_path / "other" / synth_dir.name  # same name, but a held-out clip is missing: not the dataset
     shutil.copytree(synth_dir, other)
-    held = m["data"]["held_out_groups"][0]
+    held = m["datasets"][0]["held_out_groups"][0]
     for f in other.rglob(f"{held}*"):
         f.unlink()
-    (run / "manifest.json").write_text(json.dumps({**m, "stage": "encoder"}))
+    (run / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EaiError, match="other datasets"):
-        train_all_run(str(other), str(run), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
-                      progress=False)
+        train_run(smoke(other, run), progress=False)
 
 
 def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
-    from eai.llm.pipeline import build_llm
-    from eai.llm.train import FeatureSet, Sampler, StageConfig, Voice, train_stage
+    from eai.data.joint import RunDataset
+    from eai.llm.builder import LLMConfig, build_llm
+    from eai.schedules import StageConfig
+    from eai.train.stages import FeatureSet, Sampler, train_stage
 
     rng = np.random.default_rng(0)
     n, m = 16, 4
     f = rng.standard_normal((n, 32, 4, 23)).astype(np.float32)
+    zeros, ones = (lambda k: np.zeros(k, np.int64)), (lambda k: np.ones(k, np.float32))
     fs = FeatureSet(f, np.ones((n, 23), bool), np.arange(n) % 4, rng.standard_normal((n, len(ev.NAMES))),
-                    np.arange(n) % m, f[:m], np.ones((m, 23), bool), np.arange(m) % 4,
-                    rng.standard_normal((m, len(ev.NAMES))))
+                    np.arange(n) % m, zeros(n), ones(n), f[:m], np.ones((m, 23), bool), np.arange(m) % 4,
+                    rng.standard_normal((m, len(ev.NAMES))), zeros(m), ones(m))
     cfg = StageConfig(24, 2, 1e-3, 1e-3, 2, mix=0.5, contrastive=0.0)  # a checkpoint every 20 steps
+    dataset = RunDataset("t", "", "folders", "gait16", LABELS, LABELS, "t")
 
     class Killed(Exception):
         pass
 
     def train(ckpt, kill_at=None):
-        llm = build_llm(TINY, 32)
-        sampler = Sampler(fs, LABELS, [Voice("t", LABELS, LABELS)], llm.mgst.cfg.n_tokens, 0)
+        llm = build_llm(LLMConfig(TINY, tokenizer=SkeletonTokenizerConfig(feature_dim=32, hidden=64)))
+        sampler = Sampler(fs, LABELS, [dataset], llm.skeleton_tokenizer.cfg.n_tokens, 0)
 
         def log(rec):
             if rec["step"] == kill_at:
@@ -255,8 +301,8 @@ def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
 
 
 def test_int8_interpreter_answers_close_to_the_float_one(tiny_run, synth_dir):
-    from eai.data import load_clips, open_dataset
-    from eai.llm.pipeline import Interpreter
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.interpret import Interpreter
 
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:3]
     exact = Interpreter.load(tiny_run).recognise(clips)
@@ -275,7 +321,7 @@ def test_int8_interpreter_answers_close_to_the_float_one(tiny_run, synth_dir):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_few_rows_linear_computes_what_linear_computes(bias):
-    from eai.llm.pipeline import FewRowsLinear, few_rows_linears
+    from eai.llm.cpu import FewRowsLinear, few_rows_linears
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(24, 40, bias=bias)
@@ -293,8 +339,9 @@ def test_few_rows_linear_computes_what_linear_computes(bias):
 
 
 def test_cpu_interpreter_answers_as_the_plain_linear_layers_do(tiny_run, synth_dir, monkeypatch):
-    from eai.data import load_clips, open_dataset
-    from eai.llm.pipeline import FewRowsLinear, Interpreter
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.interpret import Interpreter
+    from eai.llm.cpu import FewRowsLinear
 
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:2]
     it = Interpreter.load(tiny_run)
@@ -307,13 +354,24 @@ def test_cpu_interpreter_answers_as_the_plain_linear_layers_do(tiny_run, synth_d
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
 
 
-def test_finished_stages_are_not_retrained(tiny_run, synth_dir):
-    from eai.llm.pipeline import train_all_run
+def test_finished_stages_are_not_retrained(tiny_run, synth_dir, tmp_path):
+    import shutil
 
-    before = (tiny_run / "llm.safetensors").stat().st_mtime_ns
-    train_all_run(str(synth_dir), str(tiny_run), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
-                  progress=False)
-    assert (tiny_run / "llm.safetensors").stat().st_mtime_ns == before
+    from eai.errors import EaiError
+    from eai.train.llm_run import train_run
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    m = json.loads((run / "manifest.json").read_text())
+    m.update(stage="encoder", held_out_llm={})  # killed after both stages, before the held-out scores
+    (run / "manifest.json").write_text(json.dumps(m))
+    before = (run / "skeleton_tokenizer.safetensors").stat().st_mtime_ns
+    train_run(smoke(synth_dir, run), progress=False)
+    assert (run / "skeleton_tokenizer.safetensors").stat().st_mtime_ns == before
+    assert json.loads((run / "manifest.json").read_text())["held_out_llm"] == \
+        json.loads((tiny_run / "manifest.json").read_text())["held_out_llm"]
+    with pytest.raises(EaiError, match="finished run"):  # a finished run is never trained over
+        train_run(smoke(synth_dir, run), progress=False)
 
 
 def test_cli_explain_json_and_bad_input(tiny_run, synth_dir, tmp_path, capsys):
@@ -332,11 +390,13 @@ def test_cli_explain_json_and_bad_input(tiny_run, synth_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bundled_model_trains_a_few_steps_and_explains(synth_dir, tmp_path):
-    from eai.data import load_clips, open_dataset
-    from eai.llm.pipeline import Interpreter, train_all_run
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.interpret import Interpreter
+    from eai.llm.backbone import BUNDLED
+    from eai.train.llm_run import train_run
 
-    run = train_all_run(str(synth_dir), str(tmp_path / "run"), schedule_name="smoke", llm_schedule="smoke",
-                        progress=False, steps={"description": 2, "recognition": 2})
+    run = train_run(smoke(synth_dir, tmp_path / "run", backbone=BUNDLED, description_steps=2, recognition_steps=2),
+                    progress=False)
     it = Interpreter.load(run)
     assert it.llm.lm.config.hidden_size == 576
     clip = load_clips(open_dataset(str(synth_dir)), progress=False)[:1]
@@ -346,26 +406,26 @@ def test_bundled_model_trains_a_few_steps_and_explains(synth_dir, tmp_path):
         it.recognise(clip)[0]["probabilities"], abs=1e-6)
 
 
-def test_training_loss_with_shared_prefix_equals_full_sequences(tiny):
+def test_training_loss_with_shared_prefix_equals_full_sequences(tiny, full_batch):
     f, mask = _inputs(3)
-    n = tiny.mgst.cfg.n_tokens
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
     prompts = [recognition_prompt(n, "t", LABELS)] * 3
     answers = ["sad", "not-confident", "happy"]
     loss, _ = tiny.loss(f, mask, prompts, answers)
-    b = tiny.batch(prompts, answers)
-    tokens, tmask, _ = tiny.mgst(f, mask)
+    b = full_batch(tiny, prompts, answers)
+    tokens, tmask, _ = tiny.skeleton_tokenizer(f, mask)
     emb, att, pos = tiny.embed(b["input_ids"], b["attention_mask"], tokens, tmask)
     logits = tiny.lm(inputs_embeds=emb, attention_mask=att, position_ids=pos).logits[:, :-1]
     ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
                                             ignore_index=-100)
     assert float(loss) == pytest.approx(float(ref), abs=1e-5)
     loss.backward()
-    assert tiny.mgst.semantic[0].weight.grad is not None
+    assert tiny.skeleton_tokenizer.semantic[0].weight.grad is not None
     tiny.zero_grad()
 
 
 def test_every_training_description_is_in_the_decoding_grammar(tiny):
-    from eai.llm.model import ClaimDecoder
+    from eai.llm.grammar import ClaimDecoder
 
     g = ClaimDecoder(tiny.tok, tiny.eos)
     rng = np.random.default_rng(1)
@@ -384,20 +444,20 @@ def test_every_training_description_is_in_the_decoding_grammar(tiny):
 
 def test_constrained_decoding_makes_only_lexicon_claims(tiny):
     f, mask = _inputs(4, seed=3)
-    n = tiny.mgst.cfg.n_tokens
-    texts = tiny.generate(f, mask, [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"], 40)
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
+    texts = generate(tiny, f, mask, [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"], 40)
     for t in texts:
         claims = ev.find_claims(t)
         assert t.endswith(".") and 1 <= len(claims) <= 3, t
         assert len({d for _, _, d, _ in claims}) == len(claims)  # one claim per descriptor
     # taking the grammar's forced tokens in one pass gives the same text as one pass per token
-    one_by_one = tiny.generate(f, mask, [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"],
+    one_by_one = generate(tiny, f, mask, [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"],
                                40, jump=False)
     assert texts == one_by_one
 
 
 def test_claim_drafts_continue_in_the_grammar_from_where_a_row_is(tiny):
-    from eai.llm.model import ClaimDecoder
+    from eai.llm.grammar import ClaimDecoder
 
     g = ClaimDecoder(tiny.tok, tiny.eos)
     claims = ["slow movement", "the head lowered", "short strides"]
@@ -425,28 +485,28 @@ def test_claim_drafts_continue_in_the_grammar_from_where_a_row_is(tiny):
 def test_drafted_claims_change_no_text_and_save_passes_when_right(tiny, monkeypatch):
     from collections import Counter
 
-    tiny.leads_chosen = {}
+    dec = ExplanationDecoder(tiny)  # one decoder: it remembers the leads chosen
     f, mask = _inputs(4, seed=3)
-    n = tiny.mgst.cfg.n_tokens
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
     prompts, starts = [recognition_prompt(n, "t", LABELS)] * 4, ["Sad", "Happy", "Angry", "Sad"]
     calls = []
     forward = tiny.lm.forward
     monkeypatch.setattr(tiny.lm, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
-    plain = tiny.generate(f, mask, prompts, starts, 40)
+    plain = dec.generate(f, mask, prompts, starts, 40)
     n_plain = len(calls)
     own = [[p for _, p, _, _ in ev.find_claims(t)] for t in plain]  # the claims the model makes, its order
     assert all(own)
     wrong = [list(reversed([w for w, _, _ in ev.LEXICON if w not in o][:3])) for o in own]
     for drafts in (wrong, [o[:1] + ["a long stride"] for o in own], [["movement close to the neutral baseline"]] * 4):
-        assert tiny.generate(f, mask, prompts, starts, 40, drafts=drafts) == plain
+        assert dec.generate(f, mask, prompts, starts, 40, drafts=drafts) == plain
     calls.clear()
-    assert tiny.generate(f, mask, prompts, starts, 40, drafts=own) == plain
+    assert dec.generate(f, mask, prompts, starts, 40, drafts=own) == plain
     assert len(calls) < n_plain  # the first claims accepted in the lead's pass (the separators are the model's)
     calls.clear()
-    tiny.generate(f, mask, prompts, starts, 1)  # the prompt's passes only
+    dec.generate(f, mask, prompts, starts, 1)  # the prompt's passes only
     n_prompt = len(calls)
     # a draft of exactly the model's own tokens after the lead: all of it accepted in one pass
-    from eai.llm.model import ClaimDecoder
+    from eai.llm.grammar import ClaimDecoder
 
     exact = []
     for t, s0 in zip(plain, starts):
@@ -454,27 +514,27 @@ def test_drafted_claims_change_no_text_and_save_passes_when_right(tiny, monkeypa
         lead = next(x for x in ClaimDecoder(tiny.tok, tiny.eos).leads if tuple(ids[:len(x)]) == x)
         exact.append(ids[len(lead):])
     monkeypatch.setattr(ClaimDecoder, "continuation",
-                        lambda self, st, d: list(d) if st["phase"] == "lead" and st["partial"] in self.leads else [])
-    tiny.leads_chosen = {}
+                        lambda self, st, d: list(d) if st.phase == "lead" and st.partial in self.leads else [])
+    dec.leads_chosen = {}
     calls.clear()
-    assert tiny.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
+    assert dec.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
     assert len(calls) == n_prompt + 1
     # the leads chosen are remembered: next time the lead is drafted too, and all of it is read in the prompt pass
-    assert {s0: c.most_common(1)[0][0] for s0, c in tiny.leads_chosen.items()} == {
+    assert {s0: c.most_common(1)[0][0] for s0, c in dec.leads_chosen.items()} == {
         s0: tuple(tiny._ids(t)[len(tiny._ids(s0)):][:len(tiny._ids(t)) - len(tiny._ids(s0)) - len(e)])
         for t, s0, e in zip(plain, starts, exact)}
     calls.clear()
-    assert tiny.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
+    assert dec.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
     assert len(calls) == n_prompt
-    tiny.leads_chosen = {"Sad": Counter({tuple(tiny._ids(",")): 5})}  # a lead the grammar does not have: rejected
-    assert tiny.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
-    tiny.leads_chosen = {}
+    dec.leads_chosen = {"Sad": Counter({tuple(tiny._ids(",")): 5})}  # a lead the grammar does not have: rejected
+    assert dec.generate(f, mask, prompts, starts, 40, drafts=exact) == plain
+    dec.leads_chosen = {}
     monkeypatch.undo()
-    assert tiny.generate(f, mask, prompts, starts, 9, drafts=own) == tiny.generate(f, mask, prompts, starts, 9)
+    assert dec.generate(f, mask, prompts, starts, 9, drafts=own) == dec.generate(f, mask, prompts, starts, 9)
 
 
 def test_kinematic_token_needs_and_uses_descriptors():
-    m = MGST(MGSTConfig(hidden=32, n_descriptors=len(ev.NAMES)))
+    m = SkeletonTokenizer(SkeletonTokenizerConfig(hidden=32, n_descriptors=len(ev.NAMES)))
     f, mask = _inputs(2)
     with pytest.raises(ValueError, match="z-scores"):
         m(f, mask)
@@ -490,19 +550,18 @@ def test_kinematic_token_needs_and_uses_descriptors():
 def test_stage_all_with_the_kinematic_token(tiny_run, synth_dir, tmp_path):
     import shutil
 
-    from eai.data import load_clips, open_dataset
-    from eai.llm.pipeline import Interpreter, train_all_run
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.interpret import Interpreter
+    from eai.train.llm_run import train_run
 
     run = tmp_path / "kin"
-    shutil.copytree(tiny_run, run)
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("llm*", "skeleton_tokenizer*"))
     m = json.loads((run / "manifest.json").read_text())
-    for k in ("llm", "held_out_llm"):
-        m.pop(k)
+    m.update(llm=None, llm_training=None, held_out_llm={}, stage="encoder")  # the encoder stage only
     (run / "manifest.json").write_text(json.dumps(m))
-    train_all_run(str(synth_dir), str(run), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
-                  progress=False, kinematic_token=True)
+    train_run(smoke(synth_dir, run, kinematic_token=True), progress=False)
     it = Interpreter.load(run)
-    assert it.llm.mgst.cfg.n_descriptors == len(ev.NAMES)
+    assert it.llm.skeleton_tokenizer.cfg.n_descriptors == len(ev.NAMES)
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:2]
     assert [r["probabilities"] for r in it.explain(clips, 8)] == [
         r["probabilities"] for r in Interpreter.load(run).explain(clips, 8)]
@@ -511,8 +570,9 @@ def test_stage_all_with_the_kinematic_token(tiny_run, synth_dir, tmp_path):
 @pytest.mark.slow
 def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsys, synth_dir, tmp_path):
     from eai.cli import main
-    from eai.data import load_clips, open_dataset
-    from eai.protocol import Windows, folds
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.data.splits import folds
+    from eai.data.windows import window_set
 
     out, js = tmp_path / "folds", tmp_path / "bench.json"
     args = ["bench", "llm", "--data", str(synth_dir), "--out", str(out), "--folds", "2", "--schedule", "smoke",
@@ -520,20 +580,24 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     assert main(args) == 0
     r = json.loads(js.read_text())
     assert r["folds"] == 2 and [(f["seed"], f["fold"]) for f in r["per_fold"]] == [(0, 0), (0, 1)]
-    assert set(r["models"]) == {"llm", "encoder"} and 0 <= r["models"]["llm"]["window_accuracy"] <= 1
+    assert set(r["models"]) == {"llm", "encoder"}
+    for k in ("llm", "encoder"):  # the protocol figures are the folds' held-out figures, averaged
+        assert r["models"][k]["window_accuracy"] == pytest.approx(np.mean([f[k]["window_accuracy"]
+                                                                            for f in r["per_fold"]]))
     assert r["explanations"]["explanations"] == r["clips"]
     # each fold's run held out exactly the clips that fold of the protocol tests
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)
-    w = Windows.from_clips(clips)
-    for i, (_, test) in enumerate(folds(w, 2, 0)):
+    w = window_set(clips, sorted({c.label for c in clips}), descriptors=False, face=False)
+    for i, (_, test) in enumerate(folds(w.y, w.group, 2, 0)):
         m = json.loads((out / f"seed-0-fold-{i}" / "manifest.json").read_text())
-        assert set(m["data"]["held_out_groups"]) == {clips[c].group for c in set(w.clip[test])}
-        assert m["fold"] == i
+        assert set(m["datasets"][0]["held_out_groups"]) == {clips[c].group for c in set(w.clip[test])}
+        assert m["config"]["fold"] == i
     assert r["clips"] == len(clips)
     # run again: the finished folds are read back, not retrained, and score the same
-    stamp = [(out / f"seed-0-fold-{i}" / "llm.safetensors").stat().st_mtime_ns for i in range(2)]
+    weights = [out / f"seed-0-fold-{i}" / "skeleton_tokenizer.safetensors" for i in range(2)]
+    stamp = [p.stat().st_mtime_ns for p in weights]
     assert main(args) == 0
-    assert stamp == [(out / f"seed-0-fold-{i}" / "llm.safetensors").stat().st_mtime_ns for i in range(2)]
+    assert stamp == [p.stat().st_mtime_ns for p in weights]
     again = json.loads(js.read_text())
     assert again["models"] == r["models"] and again["explanations"] == r["explanations"]
     assert "LLM window accuracy >= the encoder's in" in capsys.readouterr().out
@@ -545,7 +609,7 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     assert main(args) == 0
     assert kept_at == [k.stat().st_mtime_ns for k in kept]
     # other weights in a fold's folder: its clips are explained again
-    (out / "seed-0-fold-1" / "llm.safetensors").write_bytes((out / "seed-0-fold-0" / "llm.safetensors").read_bytes())
+    weights[1].write_bytes(weights[0].read_bytes())
     assert main(args) == 0
     assert kept[1].stat().st_mtime_ns != kept_at[1] and kept[0].stat().st_mtime_ns == kept_at[0]
 

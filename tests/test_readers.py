@@ -4,11 +4,11 @@ import pickle
 import numpy as np
 import pytest
 
+from eai.data.synth import express, generate
 from eai.errors import FormatError, LayoutError
 from eai.io import read_motion, write_motion
 from eai.io.kinect import kinect_joints, read_kinect_csv
 from eai.motion import Motion
-from eai.synth import express, generate
 from eai.skeleton.registry import registry
 
 

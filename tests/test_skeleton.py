@@ -4,12 +4,18 @@ import json
 import numpy as np
 import pytest
 
+from eai.data.synth import express, generate
+from eai.data.windows import windows
 from eai.errors import LayoutError
-from eai.motion import Motion
 from eai.skeleton.registry import Registry, registry
-from eai.skeleton.unify import (facing_angle, mirror, random_yaw, resample, rotate_y, to_canonical, unify,
-                                windows)
-from eai.synth import express, generate
+from eai.skeleton.unify import (
+    facing_angle,
+    mirror,
+    resample,
+    rotate_y,
+    to_canonical,
+    unify,
+)
 
 LAYOUTS = ["bandai22", "xsens23", "neuron", "mixamo", "kinect25", "gait16", "smpl24", "smpl22", "coco17",
            "mediapipe33"]
@@ -60,21 +66,8 @@ def test_user_layout_file(tmp_path):
         reg.register_file(bad)
 
 
-def _known_motion(T=30):
-    """A stick figure standing at (3, 0, -2) facing +x, 1 m from ankle to head along the skeleton."""
-    reg = registry()
-    layout = reg.get("gait16")
-    pos = {"root": (0, 0.5, 0), "spine": (0, 0.6, 0), "neck": (0, 0.8, 0), "head": (0, 0.9, 0),
-           "left_hip": (0, 0.5, -0.1), "right_hip": (0, 0.5, 0.1), "left_knee": (0, 0.25, -0.1),
-           "right_knee": (0, 0.25, 0.1), "left_foot": (0, 0.0, -0.1), "right_foot": (0, 0.0, 0.1),
-           "left_shoulder": (0, 0.8, -0.15), "right_shoulder": (0, 0.8, 0.15), "left_elbow": (0, 0.65, -0.2),
-           "right_elbow": (0, 0.65, 0.2), "left_hand": (0, 0.5, -0.2), "right_hand": (0, 0.5, 0.2)}
-    P = np.array([pos[j] for j in layout.joints], np.float32) + np.array([3, 0, -2], np.float32)
-    return Motion(np.repeat(P[None], T, 0), list(layout.joints), list(layout.parents), 25.0)
-
-
-def test_unify_known_pose():
-    u = unify(_known_motion(), fps=30.0)
+def test_unify_known_pose(known_motion):
+    u = unify(known_motion(), fps=30.0)
     can = registry().canonical
     x = u.positions * u.height
     pel, head, lh = can.index("pelvis"), can.index("head"), can.index("l_hip")
@@ -85,11 +78,11 @@ def test_unify_known_pose():
     # ankle->knee->hip->pelvis (0.25+0.25+0.1) + pelvis->spine->neck->head (0.1+0.2+0.1)
     assert u.height == pytest.approx(1.0, abs=1e-5)
     assert u.n_frames == 35  # 30 frames at 25 fps span 29/25 s: 35 frames at 30 fps
-    assert u.mask.sum() == 16 - 0 and not u.mask[can.index("chest")]
+    assert u.mask.sum() == 16 and not u.mask[can.index("chest")]
 
 
-def test_to_canonical_fills_absent_joints_on_ancestors():
-    x, mask, _ = to_canonical(_known_motion())
+def test_to_canonical_fills_absent_joints_on_ancestors(known_motion):
+    x, mask, _ = to_canonical(known_motion())
     can = registry().canonical
     np.testing.assert_array_equal(x[:, can.index("chest")], x[:, can.index("spine")])
     assert not mask[can.index("l_toe")]
@@ -105,19 +98,20 @@ def test_derived_joints_for_coco():
                                atol=1e-6)
 
 
-def test_facing_and_rotation():
-    u = unify(_known_motion())
+def test_facing_and_rotation(known_motion):
+    u = unify(known_motion())
     assert facing_angle(u.positions[0], u.mask) == pytest.approx(0.0, abs=1e-6)
     r = rotate_y(u.positions, np.pi / 2)
     assert facing_angle(r[0], u.mask) == pytest.approx(np.pi / 2, abs=1e-6)
-    rng = np.random.default_rng(0)
-    batch = random_yaw(np.repeat(u.positions[None, :5], 4, 0), rng)
-    # a rotation about the vertical keeps heights and horizontal distances
+    # one angle per item of a batch; heights kept
+    angles = np.array([-2.0, -0.5, 0.3, 1.2])
+    batch = rotate_y(np.repeat(u.positions[None, :5], 4, 0), angles)
+    assert [facing_angle(b[0], u.mask) for b in batch] == pytest.approx(angles, abs=1e-6)
     np.testing.assert_allclose(batch[..., 1], np.repeat(u.positions[None, :5], 4, 0)[..., 1])
 
 
-def test_mirror_swaps_sides_and_is_an_involution():
-    u = unify(_known_motion())
+def test_mirror_swaps_sides_and_is_an_involution(known_motion):
+    u = unify(known_motion())
     can = registry().canonical
     m, mask = mirror(u.positions, u.mask)
     np.testing.assert_allclose(m[:, can.index("r_hip")], u.positions[:, can.index("l_hip")] * [-1, 1, 1])
@@ -132,8 +126,8 @@ def test_resample_linear():
     assert resample(x, 30, 30) is x
 
 
-def test_windows_count_centre_and_pad():
-    u = unify(_known_motion(T=125), fps=25.0)
+def test_windows_count_centre_and_pad(known_motion):
+    u = unify(known_motion(T=125), fps=25.0)
     w, valid = windows(u.positions, 60, 30)
     assert w.shape[0] == 3 and (valid == 60).all()
     short, valid = windows(u.positions[:20], 60, 30)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from eai.bench import recognition_table, run_recognition
-from eai.data import load_clips, open_dataset
-from eai.kinematics import DESCRIPTOR_BY_NAME, describe
-from eai.report import plot_confusion, table, write_json
+from eai.benchmarks.recognition import recognition_table, run_recognition
+from eai.data.datasets import load_clips, open_dataset
+from eai.features import DESCRIPTOR_BY_NAME, describe
+from eai.report import plot_confusion, plot_grid_bars, table, write_json
 
 SHOWN = ["speed", "travel_speed", "jerk", "hand_spread", "head_pitch", "trunk_lean", "step_frequency", "arm_swing"]
 
@@ -24,24 +24,6 @@ def descriptor_summary(clips) -> dict[str, dict[str, float]]:
         per.setdefault(u.label, []).append({k: v["value"] for k, v in d.items()})
     return {lab: {k: float(np.nanmean([r[k] if r[k] is not None else np.nan for r in rows])) for k in rows[0]}
             for lab, rows in sorted(per.items())}
-
-
-def plot_descriptors(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from eai.report import save_figure
-
-    labels = list(summary)
-    fig, axes = plt.subplots(2, 4, figsize=(13, 5.5))
-    for ax, name in zip(axes.ravel(), SHOWN):
-        ax.bar(range(len(labels)), [summary[l][name] for l in labels], color="tab:blue")
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
-        ax.set_title(f"{name} ({DESCRIPTOR_BY_NAME[name].unit})", fontsize=9)
-    fig.suptitle("kinematic descriptors per label (clip means)")
-    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
@@ -58,7 +40,7 @@ def main(argv=None) -> int:
         print(f"demo on real data: {data} (Bandai-Namco-Research-Motiondataset, Kobayashi et al. 2023, "
               "CC BY-NC 4.0)")
     else:
-        from eai.synth import write_dataset
+        from eai.data.synth import write_dataset
 
         data = out / "generated-data"
         if not data.is_dir():
@@ -70,7 +52,8 @@ def main(argv=None) -> int:
     summary = descriptor_summary(clips)
     print(table([[lab] + [s[k] for k in SHOWN] for lab, s in summary.items()], ["label"] + SHOWN))
     out.mkdir(parents=True, exist_ok=True)
-    plot_descriptors(summary, out / "descriptors.png")
+    plot_grid_bars({f"{n} ({DESCRIPTOR_BY_NAME[n].unit})": {lab: summary[lab][n] for lab in summary} for n in SHOWN},
+                   out / "descriptors.png", "kinematic descriptors per label (clip means)")
     result = run_recognition(str(data), None, n_folds=5, n_seeds=1, models=("baseline",))
     print("\n" + recognition_table(result))
     plot_confusion(result["models"]["baseline"]["confusion"], result["labels"], out / "confusion-baseline.png",
@@ -88,22 +71,23 @@ def main(argv=None) -> int:
 def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
     """Encoder and LLM stages on the CPU schedules into `out`, a fifth of the clips held out; a finished run
     there is reused (delete the folder to retrain), an interrupted one resumes."""
-    import json
     import time
 
-    from eai.llm.pipeline import train_all_run
+    from eai.run import MANIFEST, Manifest, RunConfig
+    from eai.train.llm_run import train_run
 
-    m = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
-    if m.get("stage") == "all":
+    m = Manifest.load(out) if (out / MANIFEST).is_file() else None
+    if m is not None and m.stage == "all":
         print(f"\nreusing the finished run in {out}")
     else:
         print(f"\ntraining on {data}: encoder (cpu schedule, {epochs} epochs, pre-trained on auxiliary clips when "
               f"the dataset has them), then the LLM ({backbone}, LoRA) on the cpu schedule; 20 % of clips held out")
         t0 = time.time()
-        train_all_run(str(data), str(out), None, "cpu", "cpu", backbone, 0.2, 0, True, True, epochs)
+        train_run(RunConfig(data=[str(data)], out=str(out), stage="all", schedule="cpu", epochs=epochs,
+                            llm_schedule="cpu", backbone=backbone, holdout=0.2, seed=0))
         print(f"trained in {time.time() - t0:.0f} s")
-        m = json.loads((out / "manifest.json").read_text())
-    h = m["held_out_llm"]
+        m = Manifest.load(out)
+    h = m.held_out_llm[m.datasets[0].name]
     rows = [[name, h[name]["window_accuracy"], h[name]["clip_accuracy"], h[name]["macro_f1"], h[name]["ece"]]
             for name in ("encoder", "llm")]
     print(f"held-out clips ({h['clips']} clips, {h['windows']} windows):")
@@ -111,32 +95,31 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
     if h["llm"]["macro_f1"] < h["encoder"]["macro_f1"]:
         print("the LLM reads the skeleton tokens worse than the encoder's own head: the cpu schedules are too short "
               "for it (see README); train with --schedule gpu --llm-schedule gpu for the method's figures")
-    return {"run": str(out), "held_out": h, "encoder_seconds": m["train_seconds"],
-            "llm_seconds": m["llm"]["train_seconds"], "peak_memory_mb": m["llm"]["peak_memory_mb"]}
+    return {"run": str(out), "held_out": h, "encoder_seconds": m.train_seconds,
+            "llm_seconds": m.llm_training.seconds, "peak_memory_mb": m.llm_training.peak_memory_mb}
 
 
 def explain_held_out(out: Path, data: Path, n: int) -> list[dict]:
     """Explain n held-out clips of different labels and print them with their checked evidence."""
     from eai.evaluate import select_clips
-    from eai.llm.pipeline import Interpreter
+    from eai.interpret import Interpreter
 
     it = Interpreter.load(out)
-    clips, _, _, name = select_clips(it.run, str(data), None, False, progress=False)
-    voice = it.dataset(name)
+    clips, _, _, read_as = select_clips(it.run, str(data), None, False, progress=False)
     picked, seen = [], set()
     for u in clips:
         if u.label not in seen:
             picked.append(u)
             seen.add(u.label)
-    rows = it.explain(picked[:n], dataset=name)
+    rows = it.explain(picked[:n], dataset=read_as.name)
     print("\nexplanations of held-out clips:")
     for u, r in zip(picked, rows):
-        print(f"- {Path(u.source).name} (true: {voice.word(u.label)}) -> {r['emotion']} ({r['probabilities'][r['emotion']]:.2f})\n"
+        print(f"- {Path(u.source).name} (true: {read_as.word(u.label)}) -> {r['emotion']} ({r['probabilities'][r['emotion']]:.2f})\n"
               f"  {r['explanation']}")
         for e in r["evidence"]:
             print(f"    [{'ok' if e['verified'] else 'NOT ok'}] {e['phrase']}: {e['descriptor'] or 'overall'}, "
                   f"z {e['z']}")
-    return [{"clip": u.source, "label": voice.word(u.label), **r} for u, r in zip(picked, rows)]
+    return [{"clip": u.source, "label": read_as.word(u.label), **r} for u, r in zip(picked, rows)]
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Results for people (tables, PNG plots) and machines (JSON), written atomically."""
+"""Results for people (tables, PNG plots) and machines (JSON), written atomically. Every plot eai draws is here."""
 from __future__ import annotations
 
 import json
@@ -40,13 +40,19 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     plt.close(fig)
 
 
-def plot_confusion(confusion, labels: list[str], path: str | Path, title: str = "") -> None:
-    """Row-normalised confusion matrix as a PNG (rows: true label)."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_confusion(confusion, labels: list[str], path: str | Path, title: str = "") -> None:
+    """Row-normalised confusion matrix as a PNG (rows: true label)."""
+    plt = _pyplot()
     cm = np.asarray(confusion, float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.6 * len(labels)))
@@ -62,3 +68,70 @@ def plot_confusion(confusion, labels: list[str], path: str | Path, title: str = 
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     save_figure(fig, Path(path).with_suffix(".png"), dpi=120)
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+    """The encoder's training curves: loss and (augmented) training accuracy per epoch."""
+    plt = _pyplot()
+    ep = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].plot(ep, [h["loss"] for h in history])
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("training loss")
+    ax[1].plot(ep, [h["train_accuracy"] for h in history], label="train (augmented)")
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("accuracy")
+    ax[1].legend()
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_llm_curves(history: list[dict], stages: tuple[str, ...], path: Path) -> None:
+    """The LLM stages' answer-token loss per step, one line per stage."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for stage in stages:
+        h = [r for r in history if r["stage"] == stage]
+        if h:
+            ax.plot([r["step"] for r in h], [r["loss"] for r in h], label=stage)
+    ax.set_xlabel("step")
+    ax.set_ylabel("answer-token loss")
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_bars(groups: list[str], series: dict[str, tuple[list[float], list[float] | None]], path: Path,
+              ylabel: str, ylim: tuple[float, float] | None = None, title: str = "") -> None:
+    """Grouped bars: for each series name, (values per group, error bars or None)."""
+    plt = _pyplot()
+    x = np.arange(len(groups))
+    n = len(series)
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(1.8 + (0.5 + 0.6 * n) * len(groups), 3.4))
+    for k, (name, (v, e)) in enumerate(series.items()):
+        ax.bar(x + (k - (n - 1) / 2) * width, v, width, yerr=e, capsize=3 if e else 0, label=name)
+    ax.set_xticks(x, groups, rotation=15 if len(groups) < 6 else 45, ha="right" if len(groups) >= 6 else "center",
+                  fontsize=8)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    if n > 1:
+        ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_grid_bars(panels: dict[str, dict[str, float]], path: Path, title: str = "", cols: int = 4) -> None:
+    """One bar chart per panel (its title -> {bar label: value}), in a grid of `cols` columns."""
+    plt = _pyplot()
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.25 * cols, 2.75 * rows), squeeze=False)
+    for ax, (name, bars) in zip(axes.ravel(), panels.items()):
+        ax.bar(range(len(bars)), list(bars.values()), color="tab:blue")
+        ax.set_xticks(range(len(bars)), list(bars), rotation=45, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=9)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    save_figure(fig, path)

@@ -1,23 +1,135 @@
-"""Run folders: manifest.json (config, labels, versions, seed, metrics), weights as safetensors, training
-log and curves. `load_run(dir)` rebuilds the model exactly from the folder alone."""
+"""The run folder, the contract every stage shares: what the user asked (`RunConfig`), what the run is made of
+and measured (`Manifest`, saved as manifest.json), and the weights beside it. `load_run(dir)` rebuilds every
+part of a run from its folder alone, as nanoGPT rebuilds a model from its checkpoint's `model_args`: no
+code default is consulted, so changing one never changes what a saved run computes.
+
+Run folder: manifest.json; encoder.safetensors; with the LLM stages llm-adapter/ (peft) and
+skeleton_tokenizer.safetensors; log.jsonl, curves.png, llm-curves.png; while training, checkpoints
+(checkpoint.pt, llm-<stage>.pt) and pretrain.safetensors.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from eai.data.joint import RunDataset
 from eai.encoder.model import EncoderConfig, SkeletonEncoder
 from eai.errors import EaiError
 from eai.io.files import atomic_path, atomic_write_text
+from eai.llm.backbone import BUNDLED
+from eai.llm.builder import LLMConfig
+from eai.schedules import TrainConfig
 from eai.skeleton.registry import canonical
 
 MANIFEST = "manifest.json"
 ENCODER_WEIGHTS = "encoder.safetensors"
+FORMAT = 2  # manifest.json's layout; 1 (no "format" field): eai before 2026-11-30, not read
+
+
+@dataclass
+class RunConfig:
+    """What the user asked of a run (`eai train`, the demo, `eai bench llm`): the data, the task, the
+    held-out fold, the seed, the schedules, the language model and the options of joint training."""
+
+    data: list[str]
+    out: str
+    stage: str = "encoder"  # encoder, or all: encoder, then the LLM's description and recognition stages
+    task: str | None = None  # Bandai only: emotion (default), style or content
+    schedule: str = "paper"  # eai.schedules.ENCODER_SCHEDULES
+    epochs: int | None = None  # overrides the schedule's (its milestones scale with it)
+    llm_schedule: str | None = None  # eai.schedules.LLM_SCHEDULES; None: default_llm_schedule(schedule)
+    description_steps: int | None = None
+    recognition_steps: int | None = None
+    backbone: str = BUNDLED
+    holdout: float = 0.2  # share of clips held out: fold `fold` of round(1 / holdout) protocol folds
+    fold: int = 0
+    seed: int = 0
+    pretrain: bool = True  # pre-train the encoder on the datasets' auxiliary clips
+    kinematic_token: bool = False  # a skeleton token of the window's descriptor z-scores
+    mix: str = "equal"  # several datasets: each one's share of an epoch (eai.data.joint.MIXES)
+
+    def __post_init__(self):
+        if self.stage not in ("encoder", "all"):
+            raise EaiError(f"unknown stage {self.stage!r}: 'encoder', or 'all' (encoder, description, recognition)")
+
+
+@dataclass
+class LLMTraining:
+    """How the LLM stages went: stages done, the loss history (every 5th step), seconds per stage, peak memory."""
+
+    done: list[str] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_memory_mb: float | None = None
+
+
+@dataclass
+class Manifest:
+    """manifest.json of a run folder: the run's configuration, parts and measurements.
+
+    `labels` is the run's joint label set (unified names); each of `datasets` has its own subset and words.
+    `held_out` and `held_out_llm` map a dataset's name to its held-out metrics (eai.metrics.pick; the LLM's
+    entry is {"llm": ..., "encoder": ..., "windows", "clips"}: both models on the same windows)."""
+
+    config: RunConfig
+    labels: list[str]
+    task: str
+    datasets: list[RunDataset]
+    encoder: EncoderConfig
+    train: TrainConfig
+    canonical_joints: list[str]
+    format: int = FORMAT
+    stage: str = "encoder"
+    train_windows: int = 0
+    pretrain: dict | None = None  # {"labels", "windows"} of the auxiliary pre-training, when there was one
+    held_out: dict[str, dict] = field(default_factory=dict)
+    train_seconds: float = 0.0
+    llm: LLMConfig | None = None
+    llm_training: LLMTraining | None = None
+    held_out_llm: dict[str, dict] = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The datasets' names, joined: the run's data in one word for titles."""
+        return "+".join(d.name for d in self.datasets)
+
+    @property
+    def llm_done(self) -> bool:
+        return self.llm_training is not None and len(self.llm_training.done) == len(self.llm.stages)
+
+    def save(self, run_dir: Path) -> None:
+        atomic_write_text(Path(run_dir) / MANIFEST, json.dumps(to_dict(self), indent=2) + "\n")
+
+    @staticmethod
+    def load(run_dir: str | Path) -> "Manifest":
+        """The manifest of a run folder; EaiError when there is none or it is of another format."""
+        d = Path(run_dir)
+        if not d.is_dir():
+            raise EaiError("no such run folder; train one with 'eai train'", d)
+        if not (d / MANIFEST).is_file():
+            raise EaiError(f"not an eai run folder (no {MANIFEST}); train one with 'eai train'", d)
+        try:
+            raw = json.loads((d / MANIFEST).read_text())
+        except (OSError, ValueError) as e:
+            raise EaiError(f"cannot read {MANIFEST} ({e})", d) from None
+        fmt = raw.get("format", 1) if isinstance(raw, dict) else None
+        if fmt != FORMAT:
+            raise EaiError(f"this run folder is of manifest format {fmt}, written by another eai; this eai reads "
+                           f"format {FORMAT}: train the run again", d)
+        try:
+            return from_dict(Manifest, raw)
+        except (KeyError, TypeError, ValueError) as e:
+            raise EaiError(f"{MANIFEST} does not fit manifest format {FORMAT} ({e})", d) from None
 
 
 def versions() -> dict:
@@ -33,52 +145,66 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
         save_file(state, str(tmp))
 
 
-def write_manifest(run_dir: Path, manifest: dict) -> None:
-    atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-
-
 @dataclass
 class Run:
+    """A loaded run: its folder, its manifest and its encoder (eval mode, on the CPU)."""
+
     path: Path
-    manifest: dict
+    manifest: Manifest
     encoder: SkeletonEncoder
 
     @property
     def labels(self) -> list[str]:
-        return self.manifest["labels"]
+        return self.manifest.labels
+
+    @property
+    def datasets(self) -> list[RunDataset]:
+        return self.manifest.datasets
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Rebuild a trained run (model in eval mode, on the CPU) from its folder."""
+    """Rebuild a trained run (its encoder in eval mode, on the CPU) from its folder alone."""
     d = Path(run_dir)
-    if not (d / MANIFEST).is_file():
-        raise EaiError(f"not an eai run folder (no {MANIFEST}); train one with 'eai train'", d)
-    manifest = json.loads((d / MANIFEST).read_text())
-    if manifest.get("canonical_joints") != list(canonical().names):
+    manifest = Manifest.load(d)
+    if manifest.canonical_joints != list(canonical().names):
         raise EaiError("this run was trained on another canonical skeleton than this eai's", d)
-    cfg = EncoderConfig(**{"descriptor_expert": False, **manifest["encoder"]})  # runs from before the key
-    model = SkeletonEncoder(cfg)
+    model = SkeletonEncoder(manifest.encoder)
     model.load_state_dict(load_file(str(d / ENCODER_WEIGHTS)))
     model.eval()
     return Run(d, manifest, model)
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
-    import matplotlib
+def to_dict(obj):
+    """A dataclass (nested ones too) as plain JSON data; RunDataset leaves out its unsaved fields."""
+    if isinstance(obj, RunDataset):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from eai.report import save_figure
-
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax[0].plot(ep, [h["loss"] for h in history])
-    ax[0].set_xlabel("epoch")
-    ax[0].set_ylabel("training loss")
-    ax[1].plot(ep, [h["train_accuracy"] for h in history], label="train (augmented)")
-    ax[1].set_xlabel("epoch")
-    ax[1].set_ylabel("accuracy")
-    ax[1].legend()
-    fig.suptitle(title, fontsize=9)
-    save_figure(fig, path)
+def from_dict(cls, data):
+    """Rebuild `cls` from `to_dict`'s output, following the field types (nested dataclasses, lists and dicts
+    of them, optional ones). Every saved field must be there and no other: a missing one is not filled from
+    today's defaults (KeyError), an unknown one is refused (TypeError)."""
+    if dataclasses.is_dataclass(cls):
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls) if f.metadata.get("saved", True)]
+        extra = set(data) - set(names)
+        if extra:
+            raise TypeError(f"unknown fields {sorted(extra)} for {cls.__name__}")
+        return cls(**{n: from_dict(hints[n], data[n]) for n in names})
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if origin in (typing.Union, types.UnionType):
+        if data is None:
+            return None
+        return from_dict(next(a for a in args if a is not type(None)), data)
+    if origin is list and args:
+        return [from_dict(args[0], v) for v in data]
+    if origin is dict and len(args) == 2:
+        return {k: from_dict(args[1], v) for k, v in data.items()}
+    return data

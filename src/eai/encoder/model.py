@@ -11,12 +11,16 @@ averaged (a product of experts: a class survives only where both allow it).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from eai.skeleton.registry import canonical
+
+if TYPE_CHECKING:
+    from eai.data.windows import WindowSet
 
 
 @dataclass
@@ -30,9 +34,6 @@ class EncoderConfig:
     streams: list[str] = field(default_factory=lambda: ["joints", "bones", "motion"])
     frame_step: int = 2  # input frames taken every this many (60 frames at 30 fps -> 30 at 15 fps)
     n_datasets: int = 1  # trained on several datasets: each has its own learned label prior (its tag)
-    # descriptors as an expert of their own (see the module's docstring); False: one head over the graph
-    # features and a descriptor embedding, concatenated (the form of runs made before 2026-11-23)
-    descriptor_expert: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,16 +115,12 @@ class SkeletonEncoder(nn.Module):
             c_prev = c
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = c_prev
-        head_in = c_prev
-        self.experts = bool(cfg.n_descriptors) and cfg.descriptor_expert
-        if cfg.n_descriptors:
+        self.experts = bool(cfg.n_descriptors)
+        if self.experts:  # the descriptor expert (the module's docstring)
             self.desc = nn.Sequential(nn.BatchNorm1d(cfg.n_descriptors), nn.Linear(cfg.n_descriptors, 64), nn.ReLU())
-            if self.experts:
-                self.desc_head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(64, cfg.n_classes))
-            else:
-                head_in += 64
+            self.desc_head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(64, cfg.n_classes))
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(head_in, cfg.n_classes)
+        self.head = nn.Linear(c_prev, cfg.n_classes)
         if cfg.n_datasets > 1:
             self.dataset_bias = nn.Parameter(torch.zeros(cfg.n_datasets, cfg.n_classes))
         # channels-last convolutions run about 1.5x faster on CPUs (oneDNN) for these (9, 1) kernels
@@ -156,21 +153,76 @@ class SkeletonEncoder(nn.Module):
         m = mask[:, None, None, :].to(feats.dtype)
         return (feats * m).sum((2, 3)) / (m.sum((2, 3)) * feats.shape[2]).clamp_min(1)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, desc: torch.Tensor | None = None,
-                ds: torch.Tensor | None = None, experts: bool = False):
-        """Features and logits; `ds` (N,), the dataset of each window, adds that dataset's label prior to every
-        head. With `experts`, also each expert's own logits (a list, for their training losses)."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, descriptors: torch.Tensor | None = None,
+                dataset_idx: torch.Tensor | None = None):
+        """x (N, 3S, T, K) streams, mask (N, K), descriptors (N, D) (encoders with n_descriptors), dataset_idx
+        (N,) the dataset of each window (encoders of several datasets: adds its label prior to every head)
+        -> (features (N, C', T', K), logits (N, n_classes), each expert's own logits: a list, for their
+        training losses)."""
         feats = self.features(x, mask)
         z = self.pooled(feats, mask)
-        if self.cfg.n_descriptors and not self.experts:
-            z = torch.cat([z, self.desc(desc)], dim=1)
         heads = [self.head(self.drop(z))]
         if self.experts:
-            heads.append(self.desc_head(self.desc(desc)))
+            heads.append(self.desc_head(self.desc(descriptors)))
         if self.cfg.n_datasets > 1:
-            if ds is None:
+            if dataset_idx is None:
                 raise ValueError("this encoder was trained on several datasets: say which each window is from")
-            heads = [h + self.dataset_bias[ds] for h in heads]
+            heads = [h + self.dataset_bias[dataset_idx] for h in heads]
         # the experts' log-probabilities averaged: softmax of this is their renormalised geometric mean
         logits = heads[0] if len(heads) == 1 else sum(torch.log_softmax(h.float(), 1) for h in heads) / len(heads)
-        return (feats, logits, heads) if experts else (feats, logits)
+        return feats, logits, heads
+
+
+def device() -> torch.device:
+    """Where models train and run: CUDA when present, else the CPU (float32)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def encoder_features(encoder: SkeletonEncoder, raw: np.ndarray, mask: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Features (N, C', T', K) float32 of faced windows raw (N, T, K, 3) with masks (N, K): the skeleton
+    tokenizer's input."""
+    encoder.eval()
+    out = []
+    for b in range(0, len(raw), batch):
+        x, m = encoder.prepare(raw[b:b + batch], mask[b:b + batch])
+        out.append(encoder.features(x, m).float().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_proba(model: SkeletonEncoder, ws: "WindowSet", batch: int = 256, mirror_tta: bool = True,
+                  allowed: np.ndarray | None = None) -> np.ndarray:
+    """Class probabilities (N, C) of every window; with mirror_tta, averaged with the left-right mirrored
+    window (emotion does not depend on which side is which). With `allowed` (n_datasets, C), each window's
+    probabilities cover only its dataset's labels (ws.dataset_idx)."""
+    from eai.skeleton.unify import mirror
+
+    model.eval()
+    dev = next(model.parameters()).device
+    descriptors = ws.model_desc
+    out = []
+    for b in range(0, len(ws.y), batch):
+        views = [(ws.raw[b:b + batch], ws.mask[b:b + batch])]
+        if mirror_tta:
+            views.append(mirror(*views[0]))
+        d = torch.from_numpy(descriptors[b:b + batch]).to(dev)
+        dataset_idx = torch.from_numpy(ws.dataset_idx[b:b + batch]).to(dev)
+        p = 0
+        for raw, mask in views:
+            x, m = model.prepare(raw, mask)
+            _, logits, _ = model(x, m, d if model.cfg.n_descriptors else None, dataset_idx)
+            logits = logits.float()
+            if allowed is not None:
+                rows = torch.from_numpy(np.asarray(allowed, bool)[ws.dataset_idx[b:b + batch]]).to(dev)
+                logits = logits.masked_fill(~rows, float("-inf"))
+            p = p + torch.softmax(logits, 1).cpu().numpy()
+        out.append(p / len(views))
+    return np.concatenate(out)
+
+
+def predict_dataset_proba(model: SkeletonEncoder, ws: "WindowSet", allowed: np.ndarray, d: int) -> np.ndarray:
+    """Probabilities over dataset d's labels only (the columns allowed[d]) of windows all from dataset d, for
+    an encoder trained on the datasets of `allowed` (n_datasets, n_classes)."""
+    allowed = np.asarray(allowed, bool)
+    return predict_proba(model, ws.of_dataset(d), allowed=allowed)[:, allowed[d]]

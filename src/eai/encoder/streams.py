@@ -1,4 +1,4 @@
-"""From unified windows to the encoder's input: per-window facing, joint/bone/motion streams, augmentation."""
+"""From faced windows to the encoder's input: joint/bone/motion streams, and the training augmentation."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,19 +7,6 @@ from eai.skeleton.registry import canonical
 from eai.skeleton.unify import mirror, rotate_y
 
 STREAMS = ("joints", "bones", "motion")
-
-
-def face_windows(w: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Turn each window (N, T, K, 3) about the vertical so the body faces +z at its first frame."""
-    can = canonical()
-    across = np.zeros((w.shape[0], 3), np.float32)
-    for side in ("hip", "shoulder"):
-        li, ri = can.index("l_" + side), can.index("r_" + side)
-        ok = (mask[:, li] & mask[:, ri])[:, None]
-        across += np.where(ok, w[:, 0, li] - w[:, 0, ri], 0.0)
-    yaw = np.arctan2(-across[:, 2], across[:, 0])  # forward = across x up = (-a_z, 0, a_x)
-    yaw = np.where(np.hypot(across[:, 0], across[:, 2]) > 1e-6, yaw, 0.0)
-    return rotate_y(w, -yaw).astype(np.float32)
 
 
 def make_streams(w: np.ndarray, mask: np.ndarray, streams=STREAMS) -> np.ndarray:

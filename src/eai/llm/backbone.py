@@ -72,6 +72,23 @@ def load_tokenizer(name: str = BUNDLED):
     return AutoTokenizer.from_pretrained(str(path), local_files_only=local)
 
 
+TINY_SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2)
+
+
+def hidden_size(name: str) -> int:
+    """The hidden size of backbone `name`, from its config alone (no weights are loaded)."""
+    if name == TINY:
+        return TINY_SIZES["hidden_size"]
+    from transformers import AutoConfig
+
+    path, local = _resolve(name)
+    try:
+        return AutoConfig.from_pretrained(str(path), local_files_only=local).hidden_size
+    except OSError as e:
+        raise EaiError(f"cannot load the language model {name!r}: {str(e).splitlines()[0]}") from None
+
+
 def load_backbone(name: str = BUNDLED, seed: int = 0):
     """(model, tokenizer) in float32, eval mode. `name`: 'smollm2-135m-instruct' (bundled, offline),
     'tiny-random' (tests), a local folder, or a hub id (downloads only then)."""
@@ -82,8 +99,7 @@ def load_backbone(name: str = BUNDLED, seed: int = 0):
     if name == TINY:
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        cfg = LlamaConfig(vocab_size=len(tok), **TINY_SIZES, tie_word_embeddings=True,
                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                           pad_token_id=tok.pad_token_id)
         with torch.random.fork_rng():

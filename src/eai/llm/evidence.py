@@ -1,6 +1,6 @@
 """Grounded explanations: movement claims built from measured descriptors, and the checker that verifies them.
 
-A clip's descriptors (eai.kinematics) are compared with the dataset's neutral clips as z-scores:
+A clip's descriptors (eai.features) are compared with the dataset's neutral clips as z-scores:
 z = (value - neutral mean) / spread over all training clips. A training description names the label and up
 to three claims, one per descriptor with |z| >= `CLAIM_Z`, strongest first, each in one of several wordings;
 nothing is claimed that the measurement does not support, and a clip with no marked difference is described
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eai.kinematics import NAMES
+from eai.features import NAMES
 
 CLAIM_Z = 1.0
 VERIFY_Z = 0.5

@@ -1,132 +1,37 @@
 """EmotionLLM: skeleton tokens spliced into a chat prompt of a (LoRA-tuned) causal LM.
 
-The user turn holds one `<skeleton>` placeholder per MGST token, written in the model's own chat template;
+The user turn holds one `<skeleton>` placeholder per skeleton token (eai.llm.tokenizer, MGST), written in the
+model's own chat template (eai.llm.prompts), as LLaVA splices image features at its placeholder;
 `embed` swaps the placeholders' embeddings for the tokens (their attention masked where a body part is
 absent). Training labels cover only the assistant's answer; a batch whose placeholders or labels do not line
 up raises instead of training on nothing. Recognition scores every candidate label's log-likelihood in one
-batched pass that shares the prompt's key/value cache; explanations are decoded greedily after the
-recognised label, which conditions them.
+batched pass that shares the prompt's key/value cache; explanations are decoded by eai.llm.decode.
+
+The skeleton inputs of every method, on any device (they are moved to the model's):
+feats (N, C', T', K) float encoder features; mask (N, K) bool joint presence; z (N, D) float64/32 descriptor
+z-scores against neutral (NaN: missing; read by a kinematic token only); real_fraction (N,) float the real
+share of each window's frames (the rest is padding of a short clip; None: all real).
 """
 from __future__ import annotations
 
 import copy
-from collections import Counter
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eai.llm.mgst import MGST
-
-SKELETON = "<skeleton>"
-SYSTEM = "You read human body movement from skeleton tokens and explain the emotion it expresses."
-IGNORE = -100
-
-
-# the skeleton comes last in the user turn, so that everything before it is one prefix shared by all windows
-def recognition_prompt(n_tokens: int, tag: str, labels: list[str]) -> str:
-    return (f"[{tag}] Which emotion does this body express? Answer with one of: {', '.join(labels)}.\n"
-            f"Movement: {SKELETON * n_tokens}")
-
-
-def description_prompt(n_tokens: int, tag: str, label: str, evidence: str) -> str:
-    return (f"[{tag}] Emotion: {label}. Measured against neutral: {evidence}.\n"
-            f"Explain which movements show the emotion.\nMovement: {SKELETON * n_tokens}")
-
-
-class ClaimDecoder:
-    """Decoding constrained to the grounded-description grammar: LEAD claim ("," claim | " and" claim)* "."
-    with claims from the checker's lexicon, one per descriptor, at most `max_claims`. The model still chooses
-    every token among those the grammar allows, so which claims it makes is its own (and checked)."""
-
-    def __init__(self, tok, eos: int, max_claims: int = 3):
-        from eai.llm import evidence as ev
-
-        self._ids = ids = lambda t: tuple(tok(t, add_special_tokens=False)["input_ids"])
-        self.leads = [ids(x) for x in ev.LEADS]
-        self.claims = {ids(" " + p): d for p, d, _ in ev.LEXICON}
-        self.seps = [ids(","), ids(" and")]
-        self.end = ids(".")
-        self.eos, self.max_claims = eos, max_claims
-
-    def start(self) -> dict:
-        return {"phase": "lead", "partial": (), "used": set(), "n": 0}
-
-    def continuation(self, st: dict, claims: list[str]) -> list[int]:
-        """Draft tokens from state `st` on, where it has just completed the lead or a claim: the expected
-        `claims` not yet made, joined as evidence._join joins them (" c1, c2 and c3"), and the full stop;
-        [] anywhere else, or when no expected claim is left to make."""
-        piece, n = st["partial"], st["n"]
-        if st["phase"] == "lead" and piece in self.leads:
-            made: set = set()
-        elif st["phase"] == "claim" and piece in self.claims:
-            made, n = st["used"] | {self.claims[piece]}, n + 1
-        else:
-            return []
-        rest = [c for c in claims if self.claims.get(self._ids(" " + c)) not in made][:self.max_claims - n]
-        if not rest and not made:
-            return []
-        out: list[int] = []
-        for k, c in enumerate(rest):
-            if made or k:
-                out += self.seps[0 if k < len(rest) - 1 else 1]
-            out += self._ids(" " + c)
-        return out + list(self.end)
-
-    def choose(self, st: dict, logits: torch.Tensor) -> int:
-        """The greedy choice among the allowed tokens (the lowest id of a tie, as argmax over masked logits)."""
-        allowed = self.allowed(st)
-        return allowed[int(torch.argmax(logits[allowed]))]
-
-    def _pieces(self, st: dict) -> list[tuple[int, ...]]:
-        ph = st["phase"]
-        if ph == "lead":
-            return self.leads
-        if ph == "claim":
-            return [c for c, d in self.claims.items() if d not in st["used"]]
-        if ph == "after":
-            return [self.end] + (self.seps if st["n"] < self.max_claims else [])
-        return []
-
-    def _next_phase(self, st: dict, piece: tuple[int, ...]) -> None:
-        if st["phase"] == "lead" or (st["phase"] == "after" and piece in self.seps):
-            st["phase"] = "claim"
-        elif st["phase"] == "claim":
-            st["used"].add(self.claims[piece])
-            st["n"] += 1
-            st["phase"] = "after"
-        else:
-            st["phase"] = "done"
-        st["partial"] = ()
-
-    def allowed(self, st: dict) -> list[int]:
-        if st["phase"] == "done":
-            return [self.eos]
-        k = len(st["partial"])
-        out = {p[k] for p in self._pieces(st) if len(p) > k and p[:k] == st["partial"]}
-        if st["partial"] in self._pieces(st):  # a complete piece: the next phase may begin
-            nxt = dict(st, used=set(st["used"]))
-            self._next_phase(nxt, st["partial"])
-            out |= set(self.allowed(nxt))
-        return sorted(out)
-
-    def advance(self, st: dict, token: int) -> None:
-        k = len(st["partial"])
-        cont = [p for p in self._pieces(st) if len(p) > k and p[:k] == st["partial"] and p[k] == token]
-        if not cont and st["partial"] in self._pieces(st):
-            self._next_phase(st, st["partial"])
-            if st["phase"] == "done":
-                return
-            return self.advance(st, token)
-        st["partial"] = st["partial"] + (token,)
+from eai.llm.prompts import IGNORE, SKELETON, SYSTEM
+from eai.llm.tokenizer import SkeletonTokenizer
 
 
 class EmotionLLM(nn.Module):
-    def __init__(self, lm: nn.Module, tokenizer, mgst: MGST):
+    """A causal LM (`lm`, with LoRA adapters when trained) reading skeleton tokens; `tok` its text tokenizer."""
+
+    def __init__(self, lm: nn.Module, tokenizer, skeleton_tokenizer: SkeletonTokenizer):
         super().__init__()
         self.lm = lm
-        self.mgst = mgst
+        self.skeleton_tokenizer = skeleton_tokenizer
         self.tok = tokenizer
         if SKELETON not in tokenizer.get_vocab():
             tokenizer.add_tokens([SKELETON], special_tokens=True)
@@ -134,14 +39,13 @@ class EmotionLLM(nn.Module):
         self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.stems: dict[tuple[int, ...], object] | None = None  # prompt stems -> their key/value cache
-        self.leads_chosen: dict[str, Counter] = {}  # answer start -> how often each lead followed it (drafts)
 
     @property
     def device(self) -> torch.device:
         return self.lm.get_input_embeddings().weight.device
 
     def _to_device(self, *xs):
-        """Inputs (feature tensors, masks, z, frac; None passes) on the model's device."""
+        """Inputs (feature tensors, masks, z, real_fraction; None passes) on the model's device."""
         return [None if x is None else x.to(self.device) for x in xs]
 
     # ---- text -> ids
@@ -162,17 +66,6 @@ class EmotionLLM(nn.Module):
             labs.append([IGNORE] * len(ids) + ans)
         return rows, labs
 
-    def batch(self, prompts: list[str], answers: list[str]) -> dict:
-        """The whole rows, right-padded, without prefix sharing: input_ids, attention_mask, labels."""
-        rows, labs = self._rows(prompts, answers)
-        L = max(map(len, rows))
-        ids = torch.full((len(rows), L), self.pad, dtype=torch.long)
-        att = torch.zeros((len(rows), L), dtype=torch.long)
-        lab = torch.full((len(rows), L), IGNORE, dtype=torch.long)
-        for i, (r, l) in enumerate(zip(rows, labs)):
-            ids[i, :len(r)], att[i, :len(r)], lab[i, :len(r)] = torch.tensor(r), 1, torch.tensor(l)
-        return {"input_ids": ids, "attention_mask": att, "labels": lab}
-
     # ---- splice
     def embed(self, ids: torch.Tensor, attention: torch.Tensor, tokens: torch.Tensor, tmask: torch.Tensor):
         """Embeddings with the skeleton tokens in place of the placeholders, the attention mask (padding and
@@ -188,21 +81,22 @@ class EmotionLLM(nn.Module):
         att = attention.masked_scatter(is_sk, tmask.to(attention.dtype))
         return emb, att, pos
 
-    def loss(self, feats, mask, prompts: list[str], answers: list[str], z=None, frac=None):
-        """Mean cross-entropy over answer tokens, and the semantic embeddings for the contrastive loss."""
+    def loss(self, feats, mask, prompts: list[str], answers: list[str], z=None, real_fraction=None):
+        """Mean cross-entropy over the answers' tokens (a scalar), and the semantic embeddings (N, text_dim)
+        for the contrastive loss; answers are the assistant turn after each prompt."""
         rows, labs = self._rows(prompts, answers)
-        logits, lab, sem = self._forward(rows, feats, mask, labs, z=z, frac=frac)
+        logits, lab, sem = self._forward(rows, feats, mask, labs, z=z, real_fraction=real_fraction)
         logits = logits[:, :-1].float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
                                ignore_index=IGNORE), sem
 
     def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
-                 frac=None, keep: int = 1):
+                 real_fraction=None, keep: int = 1):
         """Run token rows holding placeholders through the LM (`_inputs`).
         Training: returns (logits of the rest, right-padded labels of the rest, semantic embeddings).
         Inference (labels None, left padding): (logits of the last `keep` columns (N, keep, V), cache, attention
         mask, next positions)."""
-        emb, full, pos, cache, lab, sem = self._inputs(rows, feats, mask, labels, z, frac)
+        emb, full, pos, cache, lab, sem = self._inputs(rows, feats, mask, labels, z, real_fraction)
         # logits only where they are used: from the column before the first answer token (training), the
         # last column (inference); the vocabulary projection of every prompt position is skipped
         L = emb.shape[1]
@@ -215,7 +109,7 @@ class EmotionLLM(nn.Module):
         return out.logits, out.past_key_values, full, pos[:, -1] + 1
 
     def _inputs(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
-                frac=None):
+                real_fraction=None):
         """The LM's inputs for token rows holding placeholders. The longest prefix the rows share before their
         first placeholder (the system prompt and question: all of it for recognition) runs once and its
         key/value cache is repeated for every row, in training too (its gradient sums over the rows); a single
@@ -224,9 +118,9 @@ class EmotionLLM(nn.Module):
         cache, labels of the rest (right padding in training, left padding and all IGNORE at inference),
         semantic embeddings)."""
         dev = self.device
-        feats, mask, z, frac = self._to_device(feats, mask, z, frac)
+        feats, mask, z, real_fraction = self._to_device(feats, mask, z, real_fraction)
         N = len(rows)
-        tokens, tmask, sem = self.mgst(feats, mask, z, frac)
+        tokens, tmask, sem = self.skeleton_tokenizer(feats, mask, z, real_fraction)
         first = min(r.index(self.sk_id) if self.sk_id in r else len(r) for r in rows)
         pre = 0
         while pre < first and all(r[pre] == rows[0][pre] for r in rows):
@@ -294,14 +188,14 @@ class EmotionLLM(nn.Module):
     # ---- recognition by label likelihood
     @torch.no_grad()
     def label_logprobs(self, feats, mask, prompts: list[str], candidates: list[str], z=None,
-                       frac=None) -> torch.Tensor:
+                       real_fraction=None) -> torch.Tensor:
         """(N, candidates) log-likelihood of each candidate answer (its tokens and the end of turn), one LM pass:
         the prompt, then the candidates' tokens as one token tree (each token sees the prompt and its own
         candidate's earlier tokens; candidates sharing a beginning share its tokens), so no cache is copied
         per candidate and the weights stream once."""
         dev = self.device
         emb, full, pos, cache, _, _ = self._inputs([self._prompt_ids(p) for p in prompts], feats, mask, z=z,
-                                                   frac=frac)
+                                                   real_fraction=real_fraction)
         cands = [tuple(self._ids(c) + [self.eos]) for c in candidates]
         # the tree: one input token per distinct candidate prefix that predicts a further token
         nodes = sorted({c[:k] for c in cands for k in range(1, len(c))}, key=lambda t: (len(t), t))
@@ -330,130 +224,6 @@ class EmotionLLM(nn.Module):
         return score
 
     @torch.no_grad()
-    def label_proba(self, feats, mask, prompts, candidates, z=None, frac=None) -> np.ndarray:
-        return torch.softmax(self.label_logprobs(feats, mask, prompts, candidates, z, frac), 1).cpu().numpy()
-
-    # ---- explanation
-    @torch.no_grad()
-    def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40,
-                 constrained: bool = True, z=None, frac=None, jump: bool = True,
-                 drafts: list[list[str]] | None = None) -> list[str]:
-        """Greedy continuation of each answer start (returned with it), stopping at the end of turn; with
-        `constrained`, in the grammar of grounded descriptions (ClaimDecoder), else free text. In the grammar,
-        a token that is the only one allowed is taken without asking the model (the rest of a claim once its
-        first words pick it, the end after the full stop), and a row's run of such tokens goes through the
-        model in one pass (`jump`): the same text as one pass per token, in fewer passes.
-
-        `drafts` (constrained only): per row, the claims it is expected to make (those of its evidence line).
-        Each time a row completes its lead or a claim, the expected claims not yet made (ClaimDecoder.
-        continuation) go through the model in the same pass, and each drafted token is kept only while it is
-        the model's own greedy choice at its position (speculative decoding, checked token by token); the first
-        one that is not is dropped with the rest, masked out of attention, and decoding goes on from the
-        model's choice there. The prompt's own pass carries a draft too once this model has explained with
-        the same answer start before: the lead it most often chose after it (`leads_chosen`), then the claims.
-        The text is the same as without drafts; a draft the model agrees with saves a pass per claim and
-        separator. Worth it where a pass costs the same for one token as for twenty (a few rows, bound by
-        reading the weights), not in a large batch bound by arithmetic."""
-        dev = self.device
-        rows = [self._prompt_ids(p) + self._ids(s) for p, s in zip(prompts, starts)]
-        N = len(rows)
-        done = [False] * N
-        gen: list[list[int]] = [[] for _ in rows]
-        grammar = ClaimDecoder(self.tok, self.eos) if constrained else None
-        states = [grammar.start() for _ in rows] if grammar else None
-        expect = drafts if grammar and drafts else [None] * N
-        # the prompt pass drafts too: the lead this start was most often followed by, then the expected claims
-        first = [self._lead_draft(grammar, s, e)[:max_new_tokens] for s, e in zip(starts, expect)]
-        K = max(map(len, first)) + 1
-        step, cache, att2, nxt_pos = self._forward([r + d for r, d in zip(rows, first)], feats, mask, z=z,
-                                                   frac=frac, keep=K)
-        last = []
-        for i, d in enumerate(first):
-            base = K - 1 - len(d)  # the column of the answer start's last token
-            k = self._accepted(grammar, states[i], step[i, base:], d) if d else 0
-            gen[i] = d[:k]
-            att2[i, att2.shape[1] - len(d) + k:] = 0  # the rejected draft tokens
-            nxt_pos[i] -= len(d) - k
-            done[i] = len(gen[i]) >= max_new_tokens
-            last.append(base + k)
-        logits = step[torch.arange(N, device=dev), torch.tensor(last, device=dev)]
-        while not all(done):
-            if grammar:
-                allow = torch.full_like(logits, float("-inf"))
-                for i, st in enumerate(states):
-                    allow[i, grammar.allowed(st)] = 0
-                logits = logits + allow
-            t = logits.argmax(-1).tolist()
-            chunks: list[list[int]] = []
-            spec: list[list[int]] = []
-            for i in range(N):
-                chunk = [] if done[i] else [t[i]]
-                if grammar and chunk and t[i] != self.eos:
-                    grammar.advance(states[i], t[i])
-                    while jump and len(gen[i]) + len(chunk) < max_new_tokens:
-                        only = grammar.allowed(states[i])
-                        if len(only) != 1:
-                            break
-                        chunk.append(only[0])
-                        if only[0] == self.eos:
-                            break
-                        grammar.advance(states[i], only[0])
-                chunk = chunk[:max_new_tokens - len(gen[i])]
-                gen[i] += chunk
-                if chunk and chunk[-1] == self.eos or len(gen[i]) >= max_new_tokens:
-                    done[i] = True
-                    chunk = [c for c in chunk if c != self.eos]
-                chunks.append([] if done[i] else chunk)
-                d = [] if done[i] or expect[i] is None else grammar.continuation(states[i], expect[i])
-                spec.append(d[:max_new_tokens - len(gen[i])])
-            if all(done):
-                break
-            C = max(len(c) + len(d) for c, d in zip(chunks, spec))
-            ids = torch.full((N, C), self.pad, dtype=torch.long, device=dev)
-            new_att = torch.zeros((N, C), dtype=torch.long, device=dev)
-            for i, (c, d) in enumerate(zip(chunks, spec)):
-                if c:
-                    ids[i, :len(c) + len(d)], new_att[i, :len(c) + len(d)] = torch.tensor(c + d), 1
-            att2 = torch.cat([att2, new_att], 1)
-            pos = nxt_pos[:, None] + torch.arange(C, device=dev)
-            out = self.lm(input_ids=ids, attention_mask=att2, position_ids=pos, past_key_values=cache, use_cache=True)
-            cache, step = out.past_key_values, out.logits
-            last = []
-            for i, (c, d) in enumerate(zip(chunks, spec)):
-                k = self._accepted(grammar, states[i], step[i, len(c) - 1:], d) if c and d else 0
-                gen[i] += d[:k]
-                att2[i, att2.shape[1] - C + len(c) + k:] = 0  # the rejected draft tokens (and padding)
-                done[i] = done[i] or len(gen[i]) >= max_new_tokens
-                last.append(max(len(c) + k, 1) - 1)
-            logits = step[torch.arange(N, device=dev), torch.tensor(last, device=dev)]
-            nxt_pos = nxt_pos + att2[:, att2.shape[1] - C:].sum(1)
-        texts = []
-        for s, g, e in zip(starts, gen, expect):
-            lead = next((x for x in grammar.leads if tuple(g[:len(x)]) == x), None) if grammar else None
-            if e is not None and lead:
-                self.leads_chosen.setdefault(s, Counter())[lead] += 1
-            g = g[:g.index(self.eos)] if self.eos in g else g
-            texts.append((s + self.tok.decode(g, skip_special_tokens=True)).strip())
-        return texts
-
-    def _lead_draft(self, grammar: "ClaimDecoder | None", start: str, claims: list[str] | None) -> list[int]:
-        """The draft of a row's first pass: the lead most often chosen after `start` so far (none before the
-        first), then the expected claims; [] without claims to draft."""
-        seen = self.leads_chosen.get(start)
-        if claims is None or not seen:
-            return []
-        lead = seen.most_common(1)[0][0]
-        st = grammar.start()
-        for t in lead:
-            grammar.advance(st, t)
-        return list(lead) + grammar.continuation(st, claims)
-
-    @staticmethod
-    def _accepted(grammar: "ClaimDecoder | None", st: dict, logits: torch.Tensor, draft: list[int]) -> int:
-        """How many tokens of `draft` are the model's own greedy choices in the grammar, `logits[k]` being its
-        prediction for `draft[k]`; the grammar state advances through them."""
-        k = 0
-        while k < len(draft) and grammar.choose(st, logits[k]) == draft[k]:
-            grammar.advance(st, draft[k])
-            k += 1
-        return k
+    def label_proba(self, feats, mask, prompts, candidates, z=None, real_fraction=None) -> np.ndarray:
+        """(N, candidates) float32 probabilities: the softmax of `label_logprobs` over the candidates."""
+        return torch.softmax(self.label_logprobs(feats, mask, prompts, candidates, z, real_fraction), 1).cpu().numpy()

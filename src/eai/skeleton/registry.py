@@ -221,7 +221,7 @@ class Registry:
         raise LayoutError(
             f"joint names match no known skeleton layout; closest is {layout.name} "
             f"(missing {', '.join(missing)}); unknown names: {', '.join(hints) or 'none'}; "
-            "register your skeleton with --layouts FILE (see README)", source)
+            "register your skeleton with --layout-file FILE (see README)", source)
 
 
 _REGISTRY: Registry | None = None

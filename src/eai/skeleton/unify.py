@@ -77,18 +77,26 @@ def _fill_absent(x: np.ndarray, mask: np.ndarray, parents: tuple[int, ...]) -> N
         x[:, k] = x[:, p] if p >= 0 else x[:, present].mean(axis=1)
 
 
-def facing_angle(x: np.ndarray, mask: np.ndarray) -> float | None:
-    """Yaw (radians) of the body's forward direction in one frame (K, 3), or None if it cannot be told.
-
-    Forward = (left - right) x up, from the hips and shoulders that are present.
-    """
+def across_body(x: np.ndarray, mask: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """The body's left-minus-right vector, horizontal: the sum of (left - right) over the hips and the shoulders
+    present, with y set to 0. x (..., K, 3), mask (K,) or (..., K) -> (..., 3), summed in `dtype`.
+    The forward direction is this vector crossed with up: (-a_z, 0, a_x). The one facing rule of eai: unify,
+    the encoder's windows and the descriptors all use it."""
     can = registry().canonical
-    across = np.zeros(3)
+    mask = np.asarray(mask, bool)
+    across = np.zeros(x.shape[:-2] + (3,), dtype)
     for side in ("hip", "shoulder"):
         li, ri = can.index("l_" + side), can.index("r_" + side)
-        if mask[li] and mask[ri]:
-            across += x[li] - x[ri]
-    across[1] = 0.0
+        ok = mask[..., li] & mask[..., ri]
+        across += np.where(np.asarray(ok)[..., None], x[..., li, :] - x[..., ri, :], 0)
+    across[..., 1] = 0.0
+    return across
+
+
+def facing_angle(x: np.ndarray, mask: np.ndarray) -> float | None:
+    """Yaw (radians) of the body's forward direction in one frame (K, 3), or None if it cannot be told
+    (`across_body` is zero: no hips or shoulders)."""
+    across = across_body(x, mask)
     if np.linalg.norm(across) < 1e-6:
         return None
     fwd = np.cross(across, UP)
@@ -155,39 +163,9 @@ def unify(motion: Motion, fps: float = 30.0, layout: Layout | None = None) -> Un
                          motion.source, motion.label)
 
 
-def windows(x: np.ndarray, size: int = 60, stride: int = 30) -> tuple[np.ndarray, np.ndarray]:
-    """Cut (T, K, 3) into (N, size, K, 3) windows, each re-centred on its own first-frame pelvis (x, z).
-
-    A clip shorter than `size` gives one window padded by repeating its last frame. Returns the windows and
-    the count of real frames in each (N,).
-    """
-    T = x.shape[0]
-    if T < size:
-        pad = np.concatenate([x, np.repeat(x[-1:], size - T, axis=0)])
-        starts, valid = np.array([0]), np.array([T])
-        w = pad[None]
-    else:
-        starts = np.arange(0, T - size + 1, stride)
-        if starts[-1] + size < T and T - size - starts[-1] >= stride // 2:
-            starts = np.append(starts, T - size)  # keep the tail when a good part of a stride is left
-        idx = starts[:, None] + np.arange(size)
-        w = x[idx]
-        valid = np.full(len(starts), size)
-    pelvis = registry().canonical.index("pelvis")
-    origin = w[:, :1, pelvis : pelvis + 1].copy()
-    origin[..., 1] = 0.0
-    return (w - origin).astype(np.float32), valid
-
-
 def mirror(x: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Left/right swap of canonical joints (..., K, 3) and the x axis; the mask swaps too."""
     idx = registry().canonical.mirror_index
     out = x[..., idx, :].copy()
     out[..., 0] *= -1
     return out, None if mask is None else mask[..., idx]
-
-
-def random_yaw(x: np.ndarray, rng: np.random.Generator, max_deg: float = 180.0) -> np.ndarray:
-    """Rotate each item of a batch (N, ..., 3) about the vertical by a uniform random angle."""
-    ang = np.radians(rng.uniform(-max_deg, max_deg, size=x.shape[0]))
-    return rotate_y(x, ang)

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.signal import find_peaks, savgol_filter
 
 from eai.skeleton.registry import canonical
+from eai.skeleton.unify import across_body
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,7 @@ class Clip:
 
     def forward(self) -> np.ndarray:
         """Per-frame horizontal unit forward direction (T, 3) from hips and shoulders; +z if neither."""
-        across = np.zeros((self.x.shape[0], 3))
-        for side in ("hip", "shoulder"):
-            if self.has("l_" + side, "r_" + side):
-                across += self.joint("l_" + side) - self.joint("r_" + side)
-        across[:, 1] = 0
+        across = across_body(self.x, self.mask)
         fwd = np.stack([-across[:, 2], np.zeros(len(across)), across[:, 0]], axis=1)  # across x up
         n = np.linalg.norm(fwd, axis=1, keepdims=True)
         return np.where(n > 1e-6, fwd / np.maximum(n, 1e-9), np.array([0.0, 0.0, 1.0]))
@@ -122,7 +119,6 @@ def _volume(c: Clip) -> float:
     return float(np.prod(p.max(axis=1) - p.min(axis=1), axis=-1).mean())
 
 
-_S = ("l_shoulder", "r_shoulder")
 DESCRIPTORS: list[tuple[Descriptor, Callable[[Clip], float | None]]] = [
     (Descriptor("speed", "m/s", (), "mean speed of the body's joints"),
      lambda c: float(_speeds(c).mean())),
@@ -190,3 +186,9 @@ def descriptor_vector(x: np.ndarray, mask: np.ndarray, fps: float) -> np.ndarray
     """The descriptors as a float vector in NAMES order, NaN where missing."""
     d = describe(x, mask, fps)
     return np.array([np.nan if d[n]["value"] is None else d[n]["value"] for n in NAMES])
+
+
+def clip_descriptors(clips: list) -> np.ndarray:
+    """(M, D) descriptors of whole unified clips (eai.skeleton.unify.UnifiedMotion), in metres, NAMES order,
+    NaN where missing."""
+    return np.stack([descriptor_vector(u.metres(), u.mask, u.fps) for u in clips])

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from eai.data import ClipRef, load_clips, normalise_label, open_dataset
+from eai.data.datasets import ClipRef, load_clips, normalise_label, open_dataset
+from eai.data.synth import express
 from eai.errors import EaiError
 from eai.io.files import atomic_write_text
 from eai.io.npz import write_npz
 from eai.skeleton.registry import registry
-from eai.synth import express
 
 # unified label -> the derived set's word (another vocabulary than Bandai's)
 DEFAULT_RENAME = {"angry": "anger", "happy": "joy", "sad": "sadness", "neutral": "neutral"}

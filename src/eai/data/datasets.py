@@ -4,11 +4,9 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from eai.errors import DatasetError, EaiError
@@ -68,9 +66,6 @@ class Dataset:
     def word(self, label: str) -> str:
         """The dataset's own word for a unified label."""
         return self.vocab.get(label, label)
-
-    def counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(c.label for c in self.clips).items()))
 
 
 def _bandai(root: Path, task: str | None) -> Dataset:
@@ -204,16 +199,3 @@ def _add(out: list, ds: Dataset, ref: ClipRef, m, fps: float) -> None:
         return
     u.label, u.source, u.group = ref.label, str(ref.path), ref.group
     out.append(u)
-
-
-def clip_windows(clips: list[UnifiedMotion], size: int = 60, stride: int = 30):
-    """All windows of all clips: X (N, size, K, 3) body heights, masks (N, K), clip index (N,)."""
-    from eai.skeleton.unify import windows
-
-    xs, masks, owner = [], [], []
-    for i, u in enumerate(clips):
-        w, _ = windows(u.positions, size, stride)
-        xs.append(w)
-        masks.append(np.repeat(u.mask[None], len(w), axis=0))
-        owner.append(np.full(len(w), i))
-    return np.concatenate(xs), np.concatenate(masks), np.concatenate(owner)

@@ -1,4 +1,5 @@
-"""Multi-granularity skeleton tokenizer (MGST): encoder features (N, C', T', K) -> LLM input tokens.
+"""The skeleton tokenizer: EAI-LLM's multi-granularity skeleton tokenizer (MGST, Lu et al. AAAI 2025):
+encoder features (N, C', T', K) -> LLM input tokens.
 
 - temporal tokens: mean over present joints, then `n_temporal` segments over time (T' pooled adaptively,
   padded frames of a short clip left out and a segment of padding only masked out of attention);
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eai.llm.text import DIM
 from eai.skeleton.registry import canonical
 
 PARTS = {
@@ -31,12 +33,16 @@ PARTS = {
 
 
 @dataclass
-class MGSTConfig:
+class SkeletonTokenizerConfig:
+    """feature_dim: the encoder's C'; hidden: the LM's hidden size; n_temporal temporal tokens; parts: body
+    part -> canonical joints (one spatial token each); text_dim: the sentence encoder's size (eai.llm.text);
+    temperature of the contrastive loss; n_descriptors: with a kinematic token of that many z-scores (0: none)."""
+
     feature_dim: int = 192
     hidden: int = 576
     n_temporal: int = 4
     parts: dict = field(default_factory=lambda: dict(PARTS))
-    text_dim: int = 384
+    text_dim: int = DIM
     temperature: float = 0.07
     n_descriptors: int = 0
 
@@ -52,8 +58,10 @@ def _mlp(c_in: int, c_out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(c_in, c_out), nn.GELU(), nn.Linear(c_out, c_out))
 
 
-class MGST(nn.Module):
-    def __init__(self, cfg: MGSTConfig):
+class SkeletonTokenizer(nn.Module):
+    """MGST: temporal, spatial (body part), semantic and optional kinematic tokens from encoder features."""
+
+    def __init__(self, cfg: SkeletonTokenizerConfig):
         super().__init__()
         self.cfg = cfg
         names = list(canonical().names)
@@ -70,11 +78,11 @@ class MGST(nn.Module):
         self.to_text = nn.Linear(cfg.feature_dim, cfg.text_dim)
         if cfg.n_descriptors:
             self.kinematic = _mlp(2 * cfg.n_descriptors, cfg.hidden)
-        # the projectors' output scale should match the LM's token embeddings (set by EmotionLLM)
+        # the projectors' output scale should match the LM's token embeddings (set by eai.llm.builder)
         self.register_buffer("scale", torch.ones(()))
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor, z: torch.Tensor | None = None,
-                frac: torch.Tensor | None = None):
+                real_fraction: torch.Tensor | None = None):
         """feats (N, C, T, K), mask (N, K)[, descriptor z-scores (N, D), NaN where missing][, the real share of
         each window's frames (N,), the rest padding] -> tokens (N, n_tokens, H), token mask (N, n_tokens) bool,
         semantic text-space embedding (N, text_dim), unit. Pooling covers present joints and real frames only;
@@ -84,7 +92,7 @@ class MGST(nn.Module):
         m = mask.to(feats.dtype)
         x = feats.permute(0, 2, 3, 1)  # (N, T, K, C)
         per_t = (x * m[:, None, :, None]).sum(2) / m.sum(1).clamp_min(1)[:, None, None]  # (N, T, C)
-        real_t = T if frac is None else torch.ceil(frac.to(feats.dtype) * T).clamp(1, T)  # (N,) real time steps
+        real_t = T if real_fraction is None else torch.ceil(real_fraction.to(feats.dtype) * T).clamp(1, T)  # (N,) real time steps
         tv = (torch.arange(T, device=feats.device)[None] < torch.as_tensor(real_t, device=feats.device).reshape(-1, 1)
               ).to(feats.dtype).expand(N, T)  # (N, T)
         lo = [(i * T) // n_t for i in range(n_t)]
@@ -101,15 +109,15 @@ class MGST(nn.Module):
         tok_t = self.temporal(self.norm(seg))
         tok_s = self.spatial(self.norm(per_part)) + self.part_embed
         tok_g = self.semantic(self.norm(glob))[:, None]
-        parts = [tok_t, tok_s, tok_g]
+        kinds = [tok_t, tok_s, tok_g]
         if self.cfg.n_descriptors:
             if z is None or z.shape != (N, self.cfg.n_descriptors):
                 raise ValueError(f"this tokenizer needs descriptor z-scores of shape ({N}, {self.cfg.n_descriptors})")
             z = z.to(feats.dtype)
             present = torch.isfinite(z)
             zin = torch.cat([torch.nan_to_num(z).clamp(-5, 5), present.to(z.dtype)], 1)
-            parts.append(self.kinematic(zin)[:, None])
-        tokens = torch.cat(parts, 1) * self.scale
+            kinds.append(self.kinematic(zin)[:, None])
+        tokens = torch.cat(kinds, 1) * self.scale
         ones = lambda k: torch.ones(N, k, dtype=torch.bool, device=feats.device)
         tmask = torch.cat([a.sum(2) > 0, w.sum(2) > 0, ones(1 + bool(self.cfg.n_descriptors))], 1)
         sem = F.normalize(self.to_text(self.norm(glob)), dim=1)

@@ -1,0 +1,149 @@
+"""`eai bench llm` (the whole method under the benchmark protocol, one run folder per fold) and `eai bench
+explain` (a run's LLM scored on labelled clips: recognition beside the encoder, explanations, latency)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from eai.benchmarks.recognition import recognition_table
+from eai.data.datasets import load_clips, open_dataset
+from eai.data.splits import seed_folds
+from eai.data.windows import window_set
+from eai.evaluate import select_clips
+from eai.interpret import Interpreter
+from eai.io.files import atomic_write_text
+from eai.llm.builder import ADAPTER, TOKENIZER_WEIGHTS
+from eai.llm.scores import explanation_scores, pooled_scores
+from eai.metrics import HEADLINE, summarise
+from eai.report import table
+from eai.run import MANIFEST, Manifest, RunConfig
+from eai.schedules import default_llm_schedule
+from eai.train.encoder_run import PRETRAIN_WEIGHTS
+from eai.train.llm_run import train_run
+
+
+def run_explain(model: str, data: str, task: str | None = None, progress: bool = True, repeats: int = 5,
+                int8: bool = False) -> dict:
+    """`eai bench explain`: on the run's held-out clips (all clips of another dataset) the LLM's recognition
+    beside the encoder's, explanation scores, and latency with the model loaded (median of `repeats`); with
+    `int8`, all of it with the LM quantized (Interpreter.of)."""
+    it = Interpreter.load(model, int8)
+    clips, scope, source, read_as = select_clips(it.run, data, task, False, progress)
+    scores, rows = it.assess(clips, read_as, progress)
+    one = clip_nearest(clips, 10.0)
+    t_all, t_score = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        it.explain([one], dataset=read_as.name)
+        t_all.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        it.recognise([one], dataset=read_as.name)
+        t_score.append(time.perf_counter() - t0)
+    return {"model": str(model), "int8": int8, "dataset": source.name, "scope": scope, "clips": len(clips),
+            "labels": read_as.words, **scores,
+            "latency": {"clip_seconds": round(one.n_frames / one.fps, 2), "explain_s_median": float(np.median(t_all)),
+                        "label_scoring_s_median": float(np.median(t_score)), "repeats": repeats},
+            "examples": [{k: r[k] for k in ("label", "emotion", "explanation")} for r in rows[:10]]}
+
+
+def clip_nearest(clips: list, seconds: float):
+    """The unified clip whose duration is nearest `seconds` (the one latency is measured on)."""
+    return min(clips, key=lambda u: abs(u.n_frames / u.fps - seconds))
+
+
+def run_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool = True) -> dict:
+    """The whole method under the benchmark protocol: for each fold of each seed, one run folder
+    (cfg.out/seed-S-fold-I: `cfg` with that seed and fold, a 1 / n_folds holdout, stage 'all') holding that
+    fold out; the LLM (label likelihood) and the encoder's own head scored on the same held-out windows, and
+    the held-out clips explained and checked. A finished fold is read back and an interrupted one resumes, so
+    the benchmark can be run in parts. The folds are those of `eai bench recognition` (the same seeds and
+    clip grouping)."""
+    ds = open_dataset(cfg.data[0], cfg.task)
+    clips = load_clips(ds, progress=progress)  # read once: each fold's held-out clips are taken from these
+    w = window_set(clips, sorted({c.label for c in clips}), descriptors=False, face=False)
+    seed_folds(w.y, w.group, n_folds, n_seeds, ds.root)  # a bad --folds fails now, not in fold 0
+    root = Path(cfg.out)
+    per: dict[str, list[dict]] = {"llm": [], "encoder": []}
+    folds_out = []
+    labels: list[str] = []
+    for seed in range(n_seeds):
+        for i in range(n_folds):
+            run = root / f"seed-{seed}-fold-{i}"
+            done = (run / MANIFEST).is_file() and bool(Manifest.load(run).held_out_llm)
+            first_pre = root / f"seed-{seed}-fold-0" / PRETRAIN_WEIGHTS
+            if not done and i and first_pre.is_file() and not (run / PRETRAIN_WEIGHTS).exists():
+                run.mkdir(parents=True, exist_ok=True)  # pre-training depends on the seed only: done once
+                shutil.copyfile(first_pre, run / PRETRAIN_WEIGHTS)
+            if not done:
+                train_run(dataclasses.replace(cfg, out=str(run), stage="all", holdout=1 / n_folds, seed=seed,
+                                              fold=i), progress)
+            m = Manifest.load(run)
+            d = m.datasets[0]  # the run's one dataset
+            h = m.held_out_llm[d.name]
+            labels = d.labels
+            ex = _held_out_explanations(run, [u for u in clips if u.group in set(d.held_out_groups)])
+            for k in per:
+                per[k].append(h[k])
+            folds_out.append({"seed": seed, "fold": i, "run": str(run), "clips": h["clips"], "windows": h["windows"],
+                              **{k: {a: h[k][a] for a in HEADLINE + ("ece",)} for k in per},
+                              "explanations": ex, "llm_seconds": m.llm_training.seconds,
+                              "encoder_seconds": m.train_seconds})
+            if progress:  # a protocol run across sessions: each fold's figures as soon as it is done
+                tqdm.write(f"seed {seed} fold {i}: window accuracy LLM {h['llm']['window_accuracy']:.3f} / encoder "
+                           f"{h['encoder']['window_accuracy']:.3f}, macro-F1 {h['llm']['macro_f1']:.3f} / "
+                           f"{h['encoder']['macro_f1']:.3f}; faithfulness {ex['faithfulness']}  ({run})")
+    models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v]))} for k, v in per.items()}
+    return {"dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
+            "clips": sum(f["clips"] for f in folds_out) // n_seeds,
+            "windows": sum(f["windows"] for f in folds_out) // n_seeds,
+            "schedule": {"encoder": cfg.schedule, "llm": cfg.llm_schedule or default_llm_schedule(cfg.schedule),
+                         "epochs": cfg.epochs, "steps": {"description": cfg.description_steps,
+                                                         "recognition": cfg.recognition_steps}},
+            "models": models, "explanations": pooled_scores([f["explanations"] for f in folds_out]),
+            "llm_at_least_encoder_folds": sum(f["llm"]["window_accuracy"] >= f["encoder"]["window_accuracy"]
+                                              for f in folds_out),
+            "per_fold": folds_out}
+
+
+EXPLANATIONS = "held-out-explanations.json"
+
+
+def _held_out_explanations(run, clips: list) -> dict:
+    """The scores of a finished fold's explanations of its held-out clips. The rows and scores are kept in the
+    run folder (EXPLANATIONS, with a digest of the LLM weights that wrote them), so a benchmark run again reads
+    them back instead of explaining every clip again; new weights explain anew."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((run / ADAPTER).glob("*.safetensors")))
+                            + (run / TOKENIZER_WEIGHTS).read_bytes()).hexdigest()
+    kept = run / EXPLANATIONS
+    if kept.is_file():
+        old = json.loads(kept.read_text())
+        if old.get("llm_weights_sha256") == digest and len(old["rows"]) == len(clips):
+            return old["scores"]
+    it = Interpreter.load(run)
+    rows = it.explanations(clips, it.datasets[0])  # the run's one dataset
+    for r, u in zip(rows, clips):
+        r["clip"] = u.source
+    scores = explanation_scores(rows)
+    atomic_write_text(kept, json.dumps({"llm_weights_sha256": digest, "scores": scores, "rows": rows}, indent=1))
+    return scores
+
+
+def llm_table(result: dict) -> str:
+    """The recognition table of both models, then the explanations pooled over every fold."""
+    ex = result["explanations"]
+    t = table([[ex["explanations"], ex["label_consistency"], ex["faithfulness"], ex["claims"], ex["bleu4"],
+                ex["rouge_l"], ex.get("minilm_similarity")]],
+              ["explanations", "label consistency", "faithfulness", "claims", "BLEU-4", "ROUGE-L", "MiniLM sim."])
+    n = len(result["per_fold"])
+    return (f"{recognition_table(result)}\n\nLLM ECE {result['models']['llm']['ece']:.3f}, encoder ECE "
+            f"{result['models']['encoder']['ece']:.3f}; LLM window accuracy >= the encoder's in "
+            f"{result['llm_at_least_encoder_folds']} of {n} folds\nheld-out explanations, all folds:\n{t}")
+
+

@@ -1,0 +1,119 @@
+"""`eai bench recognition` and `eai baseline`: cross-validated recognition under the benchmark protocol, every
+model on the same clip-grouped folds of the same windows in the same run (DESIGN.md)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from eai.benchmarks.baseline import DescriptorForest
+from eai.data.datasets import Dataset, load_clips, open_dataset
+from eai.data.splits import seed_folds
+from eai.data.windows import STRIDE, window_set
+from eai.encoder.model import EncoderConfig, predict_proba
+from eai.metrics import HEADLINE, metrics, summarise
+from eai.report import table
+from eai.schedules import default_encoder_schedule, encoder_schedule
+from eai.train.encoder import train_encoder
+from eai.train.encoder_run import pretrain, pretrain_windows
+
+FUSION = "encoder+baseline"  # the late fusion bench recognition adds when it runs both
+
+
+def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int = 1,
+                    models: tuple[str, ...] = ("encoder", "baseline"), progress: bool = True,
+                    schedule_name: str | None = None, epochs: int | None = None, use_pretrain: bool = True) -> dict:
+    """Cross-validated recognition: {"dataset", "task", "folds", "seeds", "labels", "models": {name: ...}}.
+
+    Every model sees the same folds of the same windows (the protocol's, as cut, with their descriptors).
+    The encoder is pre-trained once per seed on the dataset's auxiliary clips (Bandai's character styles),
+    which are never test clips."""
+    ds = open_dataset(data, task)
+    clips = load_clips(ds, progress=progress)
+    labels = sorted({c.label for c in clips})
+    w = window_set(clips, labels, descriptors="baseline" in models, face=False, progress=progress)
+    enc = _EncoderBench(ds, clips, labels, schedule_name, epochs, use_pretrain, progress) if "encoder" in models else None
+    splits = seed_folds(w.y, w.group, n_folds, n_seeds, ds.root)
+    fuse = {"encoder", "baseline"} <= set(models)
+    names = list(models) + [FUSION] * fuse
+    runs: dict[str, list[dict]] = {m: [] for m in names}
+    seconds = {m: 0.0 for m in names}
+    bar = tqdm(total=n_seeds * n_folds * len(models), desc="folds", disable=not progress, leave=False)
+    for seed, split in splits.items():
+        for fold, (train, test) in enumerate(split):
+            probas = {}
+            for name in models:
+                t0 = time.perf_counter()
+                if name == "encoder":
+                    probas[name] = enc.fit_predict(sorted(set(w.clip[train])), sorted(set(w.clip[test])), seed)
+                elif name == "baseline":
+                    forest = DescriptorForest(seed).fit(w.desc[train], w.y[train])
+                    probas[name] = forest.predict_proba(w.desc[test], len(labels))
+                else:
+                    raise ValueError(f"unknown model {name}")
+                seconds[name] += time.perf_counter() - t0
+                bar.update()
+            if fuse:
+                probas[FUSION] = late_fusion(probas["encoder"], probas["baseline"])
+            for name, proba in probas.items():
+                runs[name].append({"seed": seed, "fold": fold, **metrics(w.y[test], proba, w.clip[test], labels)})
+    bar.close()
+    if fuse:
+        seconds[FUSION] = seconds["encoder"] + seconds["baseline"]
+    return {
+        "dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
+        "clips": len(clips), "windows": len(w),
+        "encoder_setup": enc.describe() if enc else None,
+        "models": {m: {**summarise(runs[m], labels), "seconds": round(seconds[m], 2),
+                       "runs": [{k: r[k] for k in ("seed", "fold") + HEADLINE} for r in runs[m]]}
+                   for m in names},
+    }
+
+
+def late_fusion(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Two models' class probabilities (N, C) fused without training: their geometric mean, renormalised
+    (a class either model rules out stays out); a row where the two rule out every class gets their mean."""
+    out, g = (p + q) / 2, np.sqrt(p * q)
+    s = g.sum(1)
+    out[s > 0] = g[s > 0] / s[s > 0, None]
+    return out
+
+
+class _EncoderBench:
+    """The encoder under the protocol: windows and descriptors cut once, pre-training once per seed."""
+
+    def __init__(self, ds: Dataset, clips, labels, schedule_name, epochs, use_pretrain, progress):
+        self.name = schedule_name or default_encoder_schedule()
+        self.cfg = encoder_schedule(self.name, epochs)
+        self.labels, self.progress = labels, progress
+        self.train_ws = window_set(clips, labels, self.cfg.window, self.cfg.train_stride, self.cfg.descriptors)
+        self.test_ws = window_set(clips, labels, self.cfg.window, STRIDE, self.cfg.descriptors)
+        self.pre = pretrain_windows([ds], self.cfg, progress) if use_pretrain else None
+        self.pre_state: dict[int, dict] = {}
+
+    def fit_predict(self, train_clips, test_clips, seed: int) -> np.ndarray:
+        cfg = dataclasses.replace(self.cfg, seed=seed)
+        if self.pre is not None and seed not in self.pre_state:
+            self.pre_state[seed] = pretrain(self.pre[0], len(self.pre[1]), cfg, EncoderConfig(), None, self.progress)
+        model, _ = train_encoder(self.train_ws.subset(train_clips), len(self.labels), cfg, EncoderConfig(),
+                                 progress=self.progress, init=self.pre_state.get(seed))
+        return predict_proba(model, self.test_ws.subset(test_clips))
+
+    def describe(self) -> dict:
+        return {"schedule": self.name, "epochs": self.cfg.epochs, "train_stride": self.cfg.train_stride,
+                "pretrain_labels": self.pre[1] if self.pre else None}
+
+
+def recognition_table(result: dict) -> str:
+    """Models side by side, then per-class recall."""
+    head = (f"{result['dataset']} / {result['task']}: {result['clips']} clips, {result['windows']} windows, "
+            f"{result['folds']} folds x {result['seeds']} seeds")
+    ms = result["models"]
+    rows = [[name, m["window_accuracy"], m["std"]["window_accuracy"], m["clip_accuracy"], m["macro_f1"],
+             m["std"]["macro_f1"]] for name, m in ms.items()]
+    t1 = table(rows, ["model", "window acc", "± std", "clip acc", "macro-F1", "± std"])
+    rec = [[c] + [m["per_class_recall"][c] for m in ms.values()] for c in result["labels"]]
+    t2 = table(rec, ["recall"] + list(ms))
+    return f"{head}\n{t1}\n\n{t2}"

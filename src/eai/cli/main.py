@@ -1,0 +1,192 @@
+"""The `eai` command line: the parser and the entry point. Errors a user can cause print one line,
+`eai: error: ...`, and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from eai.cli.commands import (
+    cmd_convert,
+    cmd_data,
+    cmd_derive,
+    cmd_features,
+    cmd_info,
+    cmd_synth,
+)
+from eai.cli.run_commands import (
+    cmd_baseline,
+    cmd_bench,
+    cmd_evaluate,
+    cmd_explain,
+    cmd_train,
+)
+from eai.errors import EaiError
+
+INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU: about twice as fast, "
+             "slightly different numbers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eai", description="Emotion-Action Interpreter: read 3D body movement, "
+                                "recognise the emotion and explain it.")
+    p.add_argument("--layout-file", metavar="FILE", action="append", default=[],
+                   help="register skeleton layouts from a YAML/JSON file (repeatable; or EAI_LAYOUTS=FILE)")
+    p.add_argument("--units", default="auto", help="BVH length unit: auto, m, cm, mm, in (default auto)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow reading PYSKL .pkl files (unpickling runs code from the file)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _file_command(sub, "info", "layout, joints, frames, fps, duration, missing canonical joints", cmd_info)
+
+    s = sub.add_parser("convert", help="convert between BVH, Kinect CSV and NPZ (output format by extension)")
+    s.add_argument("input")
+    s.add_argument("out")
+    s.set_defaults(fn=cmd_convert)
+
+    _file_command(sub, "features", "kinematic descriptors of a clip, with units", cmd_features)
+
+    s = sub.add_parser("data", help="clips and windows per label, layouts and problems of a dataset")
+    s.add_argument("dir")
+    s.add_argument("--task", help="Bandai only: emotion (default), style or content")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_data)
+
+    s = sub.add_parser("baseline", help="descriptor + random forest baseline under the benchmark protocol")
+    _protocol_args(s)
+    s.set_defaults(fn=cmd_baseline)
+
+    s = sub.add_parser("train", help="train a model into a run folder (resumes from its checkpoint)")
+    s.add_argument("--stage", default="encoder", help="encoder, or all (encoder, then the LLM's description and "
+                   "recognition stages)")
+    s.add_argument("--data", required=True, action="append",
+                   help="dataset folder or CSV manifest; give it again to train on several datasets at once")
+    s.add_argument("--mix", default="equal", help="several datasets: each one's share of an epoch, equal "
+                   "(default), sqrt (of its size) or size")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--task", help="Bandai only: emotion (default), style or content")
+    s.add_argument("--schedule", default="paper", help="paper (default: 200 epochs), gpu, cpu or smoke")
+    s.add_argument("--epochs", type=int, help="override the schedule's epochs (milestones scale with it)")
+    s.add_argument("--holdout", type=float, default=0.2, help="fraction of clips held out for evaluation")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--no-pretrain", action="store_true", help="skip pre-training on auxiliary clips")
+    s.add_argument("--backbone", default="smollm2-135m-instruct",
+                   help="LLM: the bundled smollm2-135m-instruct (default), a local folder or a hub id")
+    s.add_argument("--llm-schedule", help="paper, gpu, cpu or smoke (default: --schedule's name, else paper)")
+    s.add_argument("--description-steps", type=int, help="override the description stage's steps")
+    s.add_argument("--recognition-steps", type=int, help="override the recognition stage's steps")
+    s.add_argument("--kinematic-token", action="store_true",
+                   help="add a token of the window's descriptor z-scores to the skeleton tokens")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("explain", help="emotion, probabilities and a checked explanation of motion files")
+    s.add_argument("files", nargs="+")
+    s.add_argument("--model", required=True, help="run folder trained with --stage all")
+    s.add_argument("--json", action="store_true", help="print a JSON list with the evidence of each claim")
+    s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
+    s.add_argument("--dataset", help="a run trained on several datasets: which one's labels to answer in "
+                   "(default: the one with the clip's skeleton)")
+    s.add_argument("--int8", action="store_true", help=INT8_HELP)
+    s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrix of a run on a dataset")
+    s.add_argument("run")
+    s.add_argument("--data", required=True)
+    s.add_argument("--task")
+    s.add_argument("--all", action="store_true", help="on the training dataset, use every clip, not the held-out")
+    s.add_argument("--dataset", help="a run trained on several datasets: read the clips as this one's "
+                   "(default: the same path, else the one with the clips' skeleton)")
+    s.add_argument("--out", help="folder for evaluation.json and confusion.png (default RUN/eval-<dataset>)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("bench", help="benchmarks: 'recognition' runs the protocol for encoder and baseline; "
+                       "'explain' scores a run's LLM (recognition, explanations, latency); 'llm' trains the whole "
+                       "method per fold and scores the LLM beside the encoder; 'joint' trains on each --data alone "
+                       "and on all together, same folds")
+    s.add_argument("what", choices=["recognition", "explain", "llm", "joint"])
+    s.add_argument("--model", help="explain: the run folder")
+    s.add_argument("--int8", action="store_true", help="explain: " + INT8_HELP)
+    _protocol_args(s)
+    s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--no-pretrain", action="store_true")
+    s.add_argument("--out", help="llm: folder for the run of each fold (OUT/seed-S-fold-I); run again to resume")
+    s.add_argument("--llm-schedule", help="llm: paper, gpu, cpu or smoke (default: --schedule's)")
+    s.add_argument("--description-steps", type=int, help="llm: override the description stage's steps")
+    s.add_argument("--recognition-steps", type=int, help="llm: override the recognition stage's steps")
+    s.add_argument("--backbone", help="llm: the LM (default: the bundled SmolLM2-135M-Instruct)")
+    s.add_argument("--mix", default="equal", help="joint: each dataset's share of an epoch: equal (default), "
+                   "sqrt (of its size) or size")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("synth", help="write a generated emotional-motion dataset (tests and offline demos)")
+    s.add_argument("out")
+    s.add_argument("--layouts", default="bandai22,kinect25,gait16",
+                   help="comma-separated layouts to cycle through")
+    s.add_argument("--emotions", help="comma-separated emotions (default: all the generator knows)")
+    s.add_argument("--clips-per-label", type=int, default=6)
+    s.add_argument("--seconds", type=float, default=6.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_synth)
+
+    s = sub.add_parser("derive", help="split a dataset into two disjoint sets: one re-expressed in another skeleton, "
+                       "frame rate and label vocabulary, the rest kept as a manifest of the original files")
+    s.add_argument("data", help="dataset folder or CSV manifest")
+    s.add_argument("--out", required=True, help="folder for the two sets and split.json")
+    s.add_argument("--layout", default="gait16", help="layout of the derived set (default gait16)")
+    s.add_argument("--fps", type=float, default=25.0, help="frame rate of the derived set (default 25)")
+    s.add_argument("--rename", help="label=word pairs: which labels the derived set takes and its words for them "
+                   "(default angry=anger,happy=joy,sad=sadness,neutral=neutral)")
+    s.add_argument("--fraction", type=float, default=0.5, help="share of those labels' clips derived (default 0.5)")
+    s.add_argument("--task", help="Bandai only: emotion (default), style or content")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_derive)
+    return p
+
+
+def _file_command(sub, name: str, help: str, fn) -> None:
+    """A subcommand of one motion file with --json."""
+    s = sub.add_parser(name, help=help)
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=fn)
+
+
+def _protocol_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data", required=True, action="append",
+                   help="dataset folder or CSV manifest ('bench joint': give it once per dataset)")
+    s.add_argument("--task", help="Bandai only: emotion (default), style or content")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seeds", type=int, default=1)
+    s.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    s.add_argument("--plot", metavar="PNG", help="write confusion-matrix plots (one per model)")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from eai.skeleton.registry import registry
+
+        for f in args.layout_file:
+            registry().register_file(f)
+        args.fn(args)
+    except EaiError as e:
+        print(f"eai: error: {e.format()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("eai: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("eai: error: out of memory; try a smaller file or dataset", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug of ours: one line, the traceback only on request
+        if os.environ.get("EAI_DEBUG"):
+            raise
+        print(f"eai: internal error: {type(e).__name__}: {e} (set EAI_DEBUG=1 for the traceback; please "
+              "report it)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,169 @@
+"""The model commands of the command line: train, explain, evaluate, bench, baseline; each renders its result
+as tables for people and, with --json, as JSON for machines."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eai.errors import EaiError
+from eai.report import table, write_json
+
+
+def run_config(args):
+    """The eai.run.RunConfig of `eai train`'s arguments."""
+    from eai.run import RunConfig
+
+    return RunConfig(data=list(args.data), out=args.out, stage=args.stage, task=args.task, schedule=args.schedule,
+                     epochs=args.epochs, llm_schedule=args.llm_schedule, description_steps=args.description_steps,
+                     recognition_steps=args.recognition_steps, backbone=args.backbone, holdout=args.holdout,
+                     seed=args.seed, pretrain=not args.no_pretrain, kinematic_token=args.kinematic_token,
+                     mix=args.mix)
+
+
+def cmd_train(args) -> None:
+    from eai.run import Manifest
+    from eai.train.llm_run import train_run
+
+    run = train_run(run_config(args), progress=not args.quiet)
+    m = Manifest.load(run)
+    print(f"wrote run {run} ({m.train_windows} training windows, {m.train_seconds:.0f} s encoder)")
+    for name, h in m.held_out.items():
+        print(f"held-out clips of {name}, encoder: window accuracy {h['window_accuracy']:.3f}, clip accuracy "
+              f"{h['clip_accuracy']:.3f}, macro-F1 {h['macro_f1']:.3f}")
+        if name in m.held_out_llm:
+            x = m.held_out_llm[name]["llm"]
+            print(f"held-out clips of {name}, LLM (label likelihood): window accuracy {x['window_accuracy']:.3f}, "
+                  f"clip accuracy {x['clip_accuracy']:.3f}, macro-F1 {x['macro_f1']:.3f}, ECE {x['ece']:.3f}")
+
+
+def cmd_explain(args) -> None:
+    from eai.cli.commands import _motion
+    from eai.interpret import Interpreter
+    from eai.skeleton.unify import unify
+
+    it = Interpreter.load(args.model, args.int8)
+    clips = [unify(_motion(args, f)) for f in args.files]
+    rows = []
+    for f, u in zip(args.files, clips):
+        if u.n_frames < 2:
+            raise EaiError("too short to read (fewer than 2 frames)", f)
+    for f, r in zip(args.files, it.explain(clips, args.max_tokens, args.dataset)):
+        r = {"file": f, **r}
+        rows.append(r)
+        if not args.json:
+            probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+            print(f"{f}\n  dataset      {r['dataset']}\n  emotion      {r['emotion']}  ({probs})\n"
+                  f"  explanation  {r['explanation']}")
+            for e in r["evidence"]:
+                mark = "ok " if e["verified"] else "NOT"
+                val = "" if e.get("value") is None else f": {e['value']:g} {e['unit']} vs neutral {e['neutral']:g}"
+                print(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val})")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+
+
+def cmd_evaluate(args) -> None:
+    from eai.evaluate import evaluate_run
+
+    r = evaluate_run(args.run, args.data, args.task, args.all, args.out, not args.quiet, args.dataset)
+    print(f"{r['dataset']} read as {r['read_as']} ({r['scope']}: {r['clips']} clips, {r['windows']} windows)")
+    print(table([[r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]], ["window acc", "clip acc", "macro-F1"]))
+    words = dict(zip(r["labels"], r["words"]))
+    print(table([[words[c], v] for c, v in r["per_class_recall"].items()], ["label", "recall"]))
+    if "llm" in r:
+        rec, ex = r["llm"]["recognition"]["llm"], r["llm"]["explanations"]
+        print("LLM (label likelihood, mirror-averaged):")
+        print(table([[rec["window_accuracy"], rec["clip_accuracy"], rec["macro_f1"], rec["ece"]]],
+                    ["window acc", "clip acc", "macro-F1", "ECE"]))
+        print(table([[ex["label_consistency"], ex["faithfulness"], ex["bleu4"], ex["rouge_l"],
+                      ex.get("minilm_similarity")]],
+                    ["label consistency", "faithfulness", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
+    print("wrote " + ", ".join(r["written"]))
+
+
+def _one(data: list[str], what: str) -> str:
+    if len(data) != 1:
+        raise EaiError(f"{what} takes one --data; 'eai bench joint' takes several")
+    return data[0]
+
+
+def cmd_bench(args) -> None:
+    from eai.benchmarks.recognition import recognition_table, run_recognition
+
+    if args.what == "joint":
+        from eai.benchmarks.joint import joint_table, plot_joint, run_joint
+
+        result = run_joint(args.data, args.task, args.folds, args.seeds, args.schedule, args.epochs, args.mix,
+                           not args.quiet)
+        print(joint_table(result))
+        _write_results(args, result, plot_joint)
+        return
+    args.data = _one(args.data, f"bench {args.what}")
+    if args.what == "llm":
+        from eai.benchmarks.llm import llm_table, run_llm
+        from eai.llm.backbone import BUNDLED
+        from eai.run import RunConfig
+        from eai.schedules import default_encoder_schedule
+
+        if not args.out:
+            raise EaiError("bench llm needs --out FOLDER for the run of each fold")
+        cfg = RunConfig(data=[args.data], out=args.out, stage="all", task=args.task,
+                        schedule=args.schedule or default_encoder_schedule(), epochs=args.epochs,
+                        llm_schedule=args.llm_schedule, description_steps=args.description_steps,
+                        recognition_steps=args.recognition_steps, backbone=args.backbone or BUNDLED,
+                        pretrain=not args.no_pretrain)
+        result = run_llm(cfg, args.folds, args.seeds, not args.quiet)
+        print(llm_table(result))
+        _write_results(args, result)
+        return
+    if args.what == "explain":
+        from eai.benchmarks.llm import run_explain
+
+        if not args.model:
+            raise EaiError("bench explain needs --model RUN")
+        result = run_explain(args.model, args.data, args.task, progress=not args.quiet, int8=args.int8)
+        rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
+        print(f"{result['dataset']} ({result['scope']}: {result['clips']} clips, {rec['windows']} windows)")
+        print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"]]
+                     for k in ("llm", "encoder")], ["model", "window acc", "clip acc", "macro-F1", "ECE"]))
+        print(table([[ex["label_consistency"], ex["faithfulness"], ex["claims_per_explanation"], ex["bleu4"],
+                      ex["rouge_l"], ex.get("minilm_similarity")]],
+                    ["label consistency", "faithfulness", "claims/expl.", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
+        print(f"latency ({lat['clip_seconds']} s clip, model loaded, median of {lat['repeats']}): explain "
+              f"{lat['explain_s_median']:.3f} s, label scoring alone {lat['label_scoring_s_median']:.3f} s")
+        if args.json:
+            write_json(result, Path(args.json))
+        return
+    result = run_recognition(args.data, args.task, args.folds, args.seeds, progress=not args.quiet,
+                             schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain)
+    print(recognition_table(result))
+    _write_results(args, result)
+
+
+def cmd_baseline(args) -> None:
+    from eai.benchmarks.recognition import recognition_table, run_recognition
+
+    args.data = _one(args.data, "baseline")
+    result = run_recognition(args.data, args.task, args.folds, args.seeds, models=("baseline",),
+                             progress=not args.quiet)
+    print(recognition_table(result))
+    _write_results(args, result)
+
+
+def _write_results(args, result: dict, plot=None) -> None:
+    """--json OUT and --plot PNG: `plot(result, PNG)` when given, else a confusion matrix per model."""
+    from eai.report import plot_confusion
+
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    if args.plot and plot is not None:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    elif args.plot:
+        for name, m in result["models"].items():
+            png = Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}.png")
+            plot_confusion(m["confusion"], result["labels"], png, f"{result['dataset']} {name}")
+            print(f"wrote {png}")
+
+

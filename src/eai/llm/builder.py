@@ -1,0 +1,112 @@
+"""Build, save and load the emotion LLM of a run (LLaVA's model/builder.py counterpart).
+
+`LLMConfig` is everything the LLM of a run is made from: the backbone, the seed its random parts start
+from, the LoRA settings, the whole skeleton-tokenizer config and the stages' schedule. `build_llm(cfg)`
+makes a fresh model from it; `save_llm` writes what training changed, as peft saves it (`llm-adapter/`:
+the LoRA adapter and its config) plus the skeleton tokenizer's weights (`skeleton_tokenizer.safetensors`);
+`load_llm` rebuilds the base exactly (same backbone, seed and added tokens) and puts both back
+(`PeftModel.from_pretrained`), so a run needs nothing but its folder and its manifest.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from eai.errors import EaiError
+from eai.llm.backbone import BUNDLED, load_backbone
+from eai.llm.model import EmotionLLM
+from eai.llm.tokenizer import SkeletonTokenizer, SkeletonTokenizerConfig
+from eai.schedules import StageConfig
+
+ADAPTER = "llm-adapter"
+TOKENIZER_WEIGHTS = "skeleton_tokenizer.safetensors"
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the LM (Hu et al. 2021, via peft): rank r, scale alpha / r, dropout, which layers. The
+    defaults are EAI-LLM's (r 64, alpha 16, dropout 0.05) on every linear layer."""
+
+    r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class LLMConfig:
+    """What the LLM of a run is made from (saved whole in its manifest)."""
+
+    backbone: str = BUNDLED
+    seed: int = 0
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    tokenizer: SkeletonTokenizerConfig = field(default_factory=SkeletonTokenizerConfig)
+    schedule: str = "paper"
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def add_lora(lm: torch.nn.Module, lora: LoraSettings) -> torch.nn.Module:
+    """`lm` wrapped by peft with fresh LoRA adapters (its own weights frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(lm, LoraConfig(**asdict(lora), bias="none"))
+
+
+def build_llm(cfg: LLMConfig, lora: bool = True) -> EmotionLLM:
+    """A fresh EmotionLLM of `cfg`: the backbone, the skeleton tokenizer (its output scale matched to the LM's
+    token embeddings: 4 standard deviations) initialised from `cfg.seed`, then LoRA adapters (`lora`).
+    `cfg.tokenizer.hidden` must be the backbone's hidden size."""
+    lm, tok = load_backbone(cfg.backbone, seed=cfg.seed)
+    if cfg.tokenizer.hidden != lm.config.hidden_size:
+        raise EaiError(f"the skeleton tokenizer makes tokens of size {cfg.tokenizer.hidden}, but the language "
+                       f"model {cfg.backbone!r} reads {lm.config.hidden_size}")
+    torch.manual_seed(cfg.seed)
+    sk = SkeletonTokenizer(cfg.tokenizer)
+    sk.scale.fill_(float(lm.get_input_embeddings().weight.detach().std()) * 4)
+    return EmotionLLM(add_lora(lm, cfg.lora) if lora else lm, tok, sk)
+
+
+def trainable_state(llm: EmotionLLM) -> dict[str, torch.Tensor]:
+    """Copies (on the CPU) of the parameters training changes: LoRA and the skeleton tokenizer."""
+    return {k: v.detach().cpu().clone() for k, v in llm.named_parameters() if v.requires_grad}
+
+
+def save_llm(run: Path, llm: EmotionLLM) -> None:
+    """Write the LoRA adapter (peft's save_pretrained, into `ADAPTER/`, replaced atomically) and the skeleton
+    tokenizer's weights (`TOKENIZER_WEIGHTS`) into a run folder."""
+    from safetensors.torch import save_file
+
+    from eai.io.files import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in llm.skeleton_tokenizer.state_dict().items()}
+    with atomic_path(run / TOKENIZER_WEIGHTS) as tmp:
+        save_file(state, str(tmp))
+    tmpdir = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run))
+    llm.lm.save_pretrained(tmpdir)
+    shutil.rmtree(run / ADAPTER, ignore_errors=True)
+    tmpdir.rename(run / ADAPTER)
+
+
+def load_llm(run: Path, cfg: LLMConfig, trainable: bool = False) -> EmotionLLM:
+    """The LLM a run folder saved (`save_llm`), rebuilt from `cfg` (its manifest's); `trainable` to go on
+    training it. Raises EaiError when the saved weights do not fit the configuration."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    if not (run / ADAPTER).is_dir() or not (run / TOKENIZER_WEIGHTS).is_file():
+        raise EaiError(f"the run has no saved LLM ({ADAPTER}/, {TOKENIZER_WEIGHTS})", run)
+    llm = build_llm(cfg, lora=False)
+    try:
+        llm.skeleton_tokenizer.load_state_dict(load_file(str(run / TOKENIZER_WEIGHTS)))
+        llm.lm = PeftModel.from_pretrained(llm.lm, str(run / ADAPTER), is_trainable=trainable)
+    except (RuntimeError, ValueError) as e:
+        raise EaiError(f"the run's LLM weights do not fit its configuration ({str(e).splitlines()[0]})",
+                       run) from None
+    return llm.train(trainable) if trainable else llm.eval()

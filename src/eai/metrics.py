@@ -1,0 +1,52 @@
+"""Metrics of the benchmark protocol: window and clip accuracy, macro-F1, per-class recall, confusion, and
+expected calibration error; means over folds x seeds."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, f1_score, recall_score
+
+HEADLINE = ("window_accuracy", "clip_accuracy", "macro_f1")
+
+
+def metrics(y: np.ndarray, proba: np.ndarray, clip: np.ndarray, labels: list[str]) -> dict:
+    """Window accuracy, clip accuracy (mean window probabilities per clip), macro-F1, recall, confusion."""
+    pred = proba.argmax(1)
+    clips = np.unique(clip)
+    clip_true = np.array([y[clip == c][0] for c in clips])
+    clip_pred = np.array([proba[clip == c].mean(0).argmax() for c in clips])
+    idx = list(range(len(labels)))
+    return {
+        "window_accuracy": float((pred == y).mean()),
+        "clip_accuracy": float((clip_pred == clip_true).mean()),
+        "macro_f1": float(f1_score(y, pred, labels=idx, average="macro", zero_division=0)),
+        "per_class_recall": dict(zip(labels, map(float, recall_score(y, pred, labels=idx, average=None,
+                                                                      zero_division=0)))),
+        "confusion": confusion_matrix(y, pred, labels=idx).tolist(),
+    }
+
+
+def summarise(runs: list[dict], labels: list[str]) -> dict:
+    """Mean and std over folds x seeds; recall averaged, confusion matrices summed."""
+    out = {k: float(np.mean([r[k] for r in runs])) for k in HEADLINE}
+    out["std"] = {k: float(np.std([r[k] for r in runs])) for k in HEADLINE}
+    out["per_class_recall"] = {c: float(np.mean([r["per_class_recall"][c] for r in runs])) for c in labels}
+    out["confusion"] = np.sum([r["confusion"] for r in runs], axis=0).tolist()
+    return out
+
+
+def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): over `bins` equal-width bins of the top probability of proba (N, C), the
+    share-weighted gap between accuracy and mean confidence; y (N,) true indices. 0 is calibrated."""
+    conf, pred = proba.max(1), proba.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    e = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            e += sel.mean() * abs((pred[sel] == y[sel]).mean() - conf[sel].mean())
+    return float(e)
+
+
+def pick(m: dict, keys=HEADLINE + ("per_class_recall",)) -> dict:
+    """The named entries of a metrics dict (what run manifests and benchmark JSON keep of each evaluation)."""
+    return {k: m[k] for k in keys}

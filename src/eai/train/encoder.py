@@ -1,0 +1,155 @@
+"""The encoder's training loop: the skeleton encoder trained as an emotion classifier (EAI-LLM's pre-training
+stage), on faced windows with augmentation, a class-balanced loss, several datasets at once, and checkpoints
+it resumes from bit-identically."""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from eai.data.windows import WindowSet
+from eai.encoder.model import EncoderConfig, SkeletonEncoder, device
+from eai.encoder.streams import augment
+from eai.schedules import TrainConfig
+from eai.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(epoch: int) -> float:
+        if epoch < cfg.warmup:
+            return (epoch + 1) / cfg.warmup
+        return 0.1 ** sum(epoch >= m for m in cfg.milestones)
+
+    return f
+
+
+def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor, weight: torch.Tensor,
+                         smoothing: float) -> torch.Tensor:
+    """Cross-entropy over each row's allowed labels only (a dataset's own vocabulary within the joint label
+    set), label smoothing spread over those labels, class weights as in nn.CrossEntropyLoss (weighted mean)."""
+    logp = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), 1)
+    nll = -logp.gather(1, y[:, None])[:, 0]
+    smooth = -logp.masked_fill(~allowed, 0.0).sum(1) / allowed.sum(1)
+    w = weight[y]
+    return (w * ((1 - smoothing) * nll + smoothing * smooth)).sum() / w.sum()
+
+
+def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: EncoderConfig | None = None,
+                  checkpoint: Path | None = None, progress: bool = True, init: dict | None = None,
+                  log=None, allowed: np.ndarray | None = None,
+                  sample_p: np.ndarray | None = None) -> tuple[SkeletonEncoder, list[dict]]:
+    """Train on a WindowSet (labels y >= 0); resume from `checkpoint` if it exists. Returns model, history.
+
+    Several datasets: `allowed` (n_datasets, n_classes) restricts each window's loss to its dataset's labels
+    (train.dataset_idx), and `sample_p` (N,) draws each epoch's windows with those probabilities (with replacement),
+    so that a small dataset is not drowned by a large one."""
+    enc_cfg = copy.deepcopy(enc_cfg or EncoderConfig())
+    enc_cfg.n_classes = n_classes
+    enc_cfg.n_descriptors = train.desc.shape[1] if cfg.descriptors else 0
+    enc_cfg.n_datasets = 1 if allowed is None else len(allowed)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    dev = device()
+    model = SkeletonEncoder(enc_cfg)
+    if init is not None:  # pre-trained weights: everything but a head of another size
+        own = model.state_dict()
+        model.load_state_dict({k: v for k, v in init.items() if k in own and own[k].shape == v.shape}, strict=False)
+    model.to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    # class-balanced loss, on the class frequencies the sampler actually draws
+    counts = np.bincount(train.y, weights=sample_p, minlength=n_classes).astype(np.float32)
+    present = counts > 0
+    weight = torch.tensor(np.where(present, counts.sum() / np.maximum(counts, 1e-12) / present.sum(), 0.0),
+                          dtype=torch.float32, device=dev)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+    allowed_t = None if allowed is None or allowed.all() else torch.from_numpy(np.asarray(allowed, bool)).to(dev)
+    history: list[dict] = []
+    start = 0
+    state = load_checkpoint(checkpoint, rng, map_location=dev)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history = state["epoch"] + 1, state["history"]
+    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    n = len(train.y)
+    descriptors = train.model_desc
+    bar = tqdm(range(start, cfg.epochs), desc="encoder", unit="epoch", disable=not progress, leave=False,
+               initial=start, total=cfg.epochs)
+    for epoch in bar:
+        model.train()
+        t0, tot, correct, seen = time.perf_counter(), 0.0, 0, 0
+        drawn = max(min(n, cfg.batch), round(n * cfg.epoch_fraction))
+        order = rng.permutation(n)[:drawn] if sample_p is None else rng.choice(n, drawn, p=sample_p)
+        for b in range(0, len(order) - cfg.batch // 4, cfg.batch):  # a ragged last batch under 1/4 is dropped
+            idx = order[b:b + cfg.batch]
+            raw, mask = augment(train.raw[idx], train.mask[idx], rng, cfg.yaw_deg, cfg.scale, cfg.mirror_p,
+                                cfg.drop_p, cfg.speed)
+            x, m = model.prepare(raw, mask)
+            d = torch.from_numpy(descriptors[idx]).to(dev)
+            y = torch.from_numpy(train.y[idx]).to(dev)
+            dataset_idx = torch.from_numpy(train.dataset_idx[idx]).to(dev)
+            with torch.autocast(**amp):
+                _, logits, heads = model(x, m, d, dataset_idx)
+                # each expert learns as a classifier on its own (the descriptor one too, not only as a helper)
+                if allowed_t is None:
+                    loss = sum(loss_fn(h.float(), y) for h in heads)
+                else:
+                    rows = allowed_t[dataset_idx]
+                    loss = sum(masked_cross_entropy(h.float(), y, rows, weight, cfg.label_smoothing) for h in heads)
+                    logits = logits.float().masked_fill(~rows, float("-inf"))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(idx)
+        sched.step()
+        rec = {"epoch": epoch, "windows": seen, "loss": tot / max(seen, 1),
+               "train_accuracy": correct / max(seen, 1),
+               "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}
+        history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_accuracy']:.2f}")
+        if log is not None:
+            log(rec)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, rng, model=model.state_dict(), optimizer=opt.state_dict(),
+                            scheduler=sched.state_dict(), epoch=epoch, history=history)
+    recalibrate_batchnorm(model, train)
+    model.eval()
+    return model.cpu(), history
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: SkeletonEncoder, ws: WindowSet, batch: int = 256) -> None:
+    """Set BatchNorm statistics to their exact averages over the (unaugmented) training windows.
+
+    The running averages trail weights that moved fast under a high learning rate; on small datasets that
+    gap alone can take evaluation accuracy far below training accuracy.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the pass
+    model.train()
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    for d in drops:
+        d.eval()
+    dev = next(model.parameters()).device
+    descriptors = ws.model_desc
+    for b in range(0, len(ws.y), batch):
+        x, m = model.prepare(ws.raw[b:b + batch], ws.mask[b:b + batch])
+        d = torch.from_numpy(descriptors[b:b + batch]).to(dev) if model.cfg.n_descriptors else None
+        model(x, m, d, torch.from_numpy(ws.dataset_idx[b:b + batch]).to(dev))
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()

@@ -1,0 +1,134 @@
+"""`eai train --stage encoder`: the encoder stage of a run folder, resumable, with a held-out evaluation.
+
+The encoder is pre-trained on the datasets' auxiliary clips when they have some (Bandai's character styles,
+never test clips of the task), then trained on the training clips of every dataset at once (each window's
+loss over its own dataset's labels, datasets drawn by the run's mix), and scored on each dataset's held-out
+clips: fold `fold` of the protocol's folds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from eai.data.datasets import Dataset, load_clips
+from eai.data.joint import (
+    RunDataset,
+    joint_labels,
+    label_mask,
+    local_index,
+    mix_weights,
+    open_datasets,
+)
+from eai.data.splits import holdout_split
+from eai.data.windows import STRIDE, WindowSet, window_set
+from eai.encoder.model import EncoderConfig, predict_dataset_proba
+from eai.errors import EaiError
+from eai.io.files import atomic_write_text
+from eai.metrics import metrics, pick
+from eai.report import plot_curves
+from eai.run import (
+    ENCODER_WEIGHTS,
+    MANIFEST,
+    Manifest,
+    RunConfig,
+    save_weights,
+    versions,
+)
+from eai.schedules import TrainConfig, encoder_schedule
+from eai.skeleton.registry import canonical
+from eai.train.checkpoint import JsonlLog
+from eai.train.encoder import train_encoder
+
+PRETRAIN_WEIGHTS = "pretrain.safetensors"
+CHECKPOINT = "checkpoint.pt"
+
+
+def pretrain_windows(datasets: list[Dataset], cfg: TrainConfig, progress: bool) -> tuple[WindowSet, list[str]] | None:
+    """Windows of the datasets' auxiliary clips (e.g. Bandai's character styles), labelled by their own
+    labels, for pre-training; None if none has any."""
+    aux = [u for ds in datasets if ds.auxiliary for u in load_clips(ds, progress=progress, refs=ds.auxiliary)]
+    if not aux:
+        return None
+    labels = sorted({c.label for c in aux})
+    return window_set(aux, labels, cfg.window, cfg.train_stride, cfg.descriptors), labels
+
+
+def pretrain(ws: WindowSet, n_labels: int, cfg: TrainConfig, enc: EncoderConfig, out: Path | None,
+             progress: bool) -> dict:
+    """Encoder weights pre-trained on auxiliary labels; cached in the run folder when `out` is given."""
+    if out is not None and (out / PRETRAIN_WEIGHTS).is_file():
+        return load_file(str(out / PRETRAIN_WEIGHTS))
+    model, _ = train_encoder(ws, n_labels, cfg, enc, checkpoint=None if out is None else out / "pretrain.pt",
+                             progress=progress)
+    state = model.state_dict()
+    if out is not None:
+        save_weights(model, out / PRETRAIN_WEIGHTS)
+        (out / "pretrain.pt").unlink(missing_ok=True)
+    return state
+
+
+def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, progress: bool = True) -> Path:
+    """Train the encoder of run `cfg` into its folder `cfg.out` (resuming from its checkpoint). `datasets`:
+    the run's datasets already read (`open_datasets` of cfg.data), so a caller that needs them too reads them
+    once. Returns the run folder."""
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    tcfg = encoder_schedule(cfg.schedule, cfg.epochs, seed=cfg.seed)
+    enc = EncoderConfig()
+    datasets = datasets or open_datasets(cfg.data, cfg.task, progress)
+    labels = joint_labels(datasets)
+    splits = [holdout_split(d.clips, cfg.holdout, cfg.seed, cfg.fold) for d in datasets]
+    joint = len(datasets) > 1
+    _check_resume(run, tcfg, labels, datasets, {"holdout": cfg.holdout, "fold": cfg.fold})
+    started = time.time()
+    init, pre_info = None, None
+    if cfg.pretrain:
+        got = pretrain_windows([d.source for d in datasets], tcfg, progress)
+        if got is not None:
+            ws_pre, pre_labels = got
+            init = pretrain(ws_pre, len(pre_labels), tcfg, enc, run, progress)
+            pre_info = {"labels": pre_labels, "windows": len(ws_pre.y)}
+    ws = WindowSet.concat([window_set([d.clips[i] for i in tr], labels, tcfg.window, tcfg.train_stride,
+                                      tcfg.descriptors) for d, (tr, _) in zip(datasets, splits)],
+                          dataset_idx=list(range(len(datasets))))
+    allowed = label_mask(datasets, labels)
+    model, history = train_encoder(ws, len(labels), tcfg, enc, checkpoint=run / CHECKPOINT, progress=progress,
+                                   init=init, log=JsonlLog(run / "log.jsonl"), allowed=allowed if joint else None,
+                                   sample_p=mix_weights(ws.dataset_idx, len(datasets), cfg.mix) if joint else None)
+    held_out = {}
+    for i, (d, (train_idx, held_idx)) in enumerate(zip(datasets, splits)):
+        d.n_train_clips = len(train_idx)
+        d.held_out_groups = [d.clips[j].group for j in held_idx]
+        if held_idx:
+            held = window_set([d.clips[j] for j in held_idx], labels, tcfg.window, STRIDE, tcfg.descriptors)
+            proba = predict_dataset_proba(model, held, allowed, i)
+            held_out[d.name] = pick(metrics(local_index(labels, d.labels)[held.y], proba, held.clip, d.labels))
+    save_weights(model, run / ENCODER_WEIGHTS)
+    manifest = Manifest(config=cfg, labels=labels, task=datasets[0].source.task, datasets=datasets,
+                        encoder=model.cfg, train=tcfg, canonical_joints=list(canonical().names),
+                        train_windows=len(ws.y), pretrain=pre_info, held_out=held_out,
+                        train_seconds=round(time.time() - started, 1), versions=versions())
+    manifest.save(run)
+    plot_curves(history, run / "curves.png", f"encoder on {manifest.name} ({cfg.schedule} schedule)")
+    (run / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; the weights are the record
+    return run
+
+
+def _check_resume(run: Path, cfg: TrainConfig, labels: list[str], datasets: list[RunDataset], split: dict) -> None:
+    """Refuse to resume a checkpoint made with another configuration, label set, dataset or held-out split. A
+    dataset is known by its name and its clips, not its path, so a checkpoint resumes on a moved or copied
+    dataset (a run carried to another machine)."""
+    stamp = run / "run-config.json"
+    ids = [{"name": d.name, "clips": hashlib.sha256("\n".join(sorted(c.group for c in d.clips)).encode()).hexdigest()}
+           for d in datasets]
+    want = {"train": cfg.to_dict(), "labels": labels, "data": ids, "split": split}
+    if stamp.exists() and json.loads(stamp.read_text()) != want and (run / CHECKPOINT).exists():
+        raise EaiError("this folder holds a checkpoint of another configuration or dataset; choose a new "
+                       "--out, or delete the folder to start over", run)
+    if (run / MANIFEST).exists() and not (run / CHECKPOINT).exists():
+        raise EaiError("this folder already holds a finished run; choose a new --out", run)
+    atomic_write_text(stamp, json.dumps(want, indent=2))
