@@ -5,9 +5,10 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from eai.errors import EaiError
+from eai.errors import EaiError, EaiWarning
 
 
 INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU: about twice as fast, "
@@ -17,32 +18,75 @@ INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU
 def _motion(args, path: str):
     from eai.io import read_motion
 
-    return read_motion(path, units=args.units, trust_pickle=args.trust_pickle)
+    return read_motion(path, units=args.units, trust_pickle=args.trust_pickle, up=args.up)
+
+
+def _motion_for_info(args):
+    """The clip as `info` shows it: a length unit or up axis that cannot be told is reported, not fatal."""
+    from eai.errors import UnitError
+    from eai.io import read_motion
+    from eai.io.body import UpError
+
+    units, up, untold = args.units, args.up, []
+    while True:
+        try:
+            m = read_motion(args.file, units=units, trust_pickle=args.trust_pickle, up=up)
+            break
+        except UnitError as e:
+            if units == 1.0:
+                raise
+            units = 1.0
+            untold.append(f"shown in file units: {e.message}")
+        except UpError as e:
+            if up == "y":
+                raise
+            up = "y"
+            untold.append(f"shown as in the file: {e.message}")
+    m.meta["notes"] = untold + m.meta.get("notes", [])
+    return m
 
 
 def cmd_info(args) -> None:
-    from eai.skeleton.registry import registry
+    from eai.errors import LayoutError
+    from eai.skeleton.registry import normalise_name, registry
     from eai.skeleton.unify import to_canonical
 
-    m = _motion(args, args.file)
-    _, mask, layout = to_canonical(m)
+    m = _motion_for_info(args)
     can = registry().canonical
+    try:
+        _, mask, layout = to_canonical(m)
+        name, description, problem = layout.name, layout.description, None
+        known = set(layout.keys)
+    except LayoutError as e:
+        mask, name, description, problem, known = [False] * can.n, "unknown", "", e.message, set()
     info = {
-        "file": args.file, "layout": layout.name, "layout_description": layout.description,
+        "file": args.file, "layout": name, "layout_description": description,
         "joints": len(m.joints), "frames": m.n_frames, "fps": round(m.fps, 4),
         "duration_s": round(m.duration, 3),
         "canonical_present": [n for n, k in zip(can.names, mask) if k],
         "canonical_missing": [n for n, k in zip(can.names, mask) if not k],
-        "unmatched_joints": [j for j in m.joints if j not in layout.joints and
-                             j not in layout.aliases],
+        # the same normalised names detection uses ("mixamorig:Hips" matches Hips)
+        "unmatched_joints": [j for j in m.joints if normalise_name(j) not in known],
+        "unit_scale": m.meta.get("unit_scale"), "up": m.meta.get("up"),
+        "filled_frames": m.meta.get("filled_frames", 0), "notes": m.meta.get("notes", []),
     }
+    if problem:
+        info["layout_problem"] = problem
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    print(f"{info['file']}\n  layout    {layout.name} ({layout.description})\n"
-          f"  joints    {info['joints']}\n  frames    {info['frames']} at {info['fps']:g} fps "
+    print(f"{info['file']}\n  layout    {name}" + (f" ({description})" if description else f": {problem}") +
+          f"\n  joints    {info['joints']}\n  frames    {info['frames']} at {info['fps']:g} fps "
           f"({info['duration_s']:.2f} s)\n  canonical {len(info['canonical_present'])}/{can.n} present; "
           f"missing: {', '.join(info['canonical_missing']) or 'none'}")
+    # what the reader told or repaired: units, up axis, gaps, timestamps
+    if info["unit_scale"] is not None:
+        print(f"  units     {info['unit_scale']:g} m per file unit")
+    print(f"  up axis   {info['up'] or 'y'} in the file" + (" (turned to y up)" if info["up"] in
+                                                             ("-y", "z", "-z", "x", "-x") else ""))
+    print(f"  filled    {info['filled_frames']} untracked frame(s)")
+    for note in info["notes"]:
+        print(f"  note      {note}")
 
 
 def cmd_convert(args) -> None:
@@ -286,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "recognise the emotion and explain it.")
     p.add_argument("--layout-file", metavar="FILE", action="append", default=[],
                    help="register skeleton layouts from a YAML/JSON file (repeatable; or EAI_LAYOUTS=FILE)")
-    p.add_argument("--units", default="auto", help="BVH length unit: auto, m, cm, mm, in (default auto)")
+    p.add_argument("--units", default="auto", help="BVH length unit: auto (told from the body's size; default), "
+                   "m, cm, mm, in, or a number of metres per file unit (CMU conversions: 0.05644)")
+    p.add_argument("--up", default="auto", help="the file's up axis: auto (told from the body: head above feet; "
+                   "default), y, -y, z, -z, x or -x; the clip is turned to y up")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow reading PYSKL .pkl files (unpickling runs code from the file)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -418,6 +465,14 @@ def _protocol_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Readers' warnings (what they repaired) as one line each, `eai: warning: ...`."""
+    if issubclass(category, EaiWarning):
+        print(f"eai: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -425,7 +480,14 @@ def main(argv: list[str] | None = None) -> int:
 
         for f in args.layout_file:
             registry().register_file(f)
-        args.fn(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", EaiWarning)
+            warnings.showwarning = _show_warning
+            args.fn(args)
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader of our output went away (`eai info F | head -1`): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except EaiError as e:
         print(f"eai: error: {e.format()}", file=sys.stderr)
         return 2

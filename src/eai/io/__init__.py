@@ -10,8 +10,15 @@ READ_SUFFIXES = (".bvh", ".csv", ".txt", ".npz", ".pkl", ".pickle")
 WRITE_SUFFIXES = (".npz", ".bvh", ".csv")
 
 
-def read_motion(path: str | Path, units: str = "auto", trust_pickle: bool = False) -> Motion:
-    """Read one clip by file extension (.bvh, .csv/.txt Kinect v2, .npz, .pkl PYSKL: its first clip)."""
+def read_motion(path: str | Path, units: str | float = "auto", trust_pickle: bool = False,
+                up: str = "auto") -> Motion:
+    """Read one clip by file extension (.bvh, .csv/.txt Kinect v2, .npz, .pkl PYSKL: its first clip).
+
+    units: BVH length unit (metres per file unit, a unit name, or auto); up: the file's up axis (y, z, -y,
+    ...) or auto, told from the body; the clip comes back y up. What a reader told or repaired is in
+    `motion.meta['notes']`.
+    """
+    from eai.io.body import settle_up
     from eai.io.bvh import read_bvh
     from eai.io.kinect import read_kinect_csv
     from eai.io.npz import read_npz
@@ -19,15 +26,17 @@ def read_motion(path: str | Path, units: str = "auto", trust_pickle: bool = Fals
 
     suffix = Path(path).suffix.lower()
     if suffix == ".bvh":
-        return read_bvh(path, units=units)
+        return read_bvh(path, units=units, up=up)
     if suffix in (".csv", ".txt"):
-        return read_kinect_csv(path)
-    if suffix == ".npz":
-        return read_npz(path)
-    if suffix in (".pkl", ".pickle"):
-        return read_pyskl(path, trust=trust_pickle)[0]
-    raise FormatError(f"unknown motion format {suffix or '(no extension)'}; eai reads "
-                      f"{', '.join(READ_SUFFIXES)}", path)
+        m = read_kinect_csv(path)
+    elif suffix == ".npz":
+        m = read_npz(path)
+    elif suffix in (".pkl", ".pickle"):
+        m = read_pyskl(path, trust=trust_pickle)[0]
+    else:
+        raise FormatError(f"unknown motion format {suffix or '(no extension)'}; eai reads "
+                          f"{', '.join(READ_SUFFIXES)}", path)
+    return settle_up(m, up)
 
 
 def write_motion(motion: Motion, path: str | Path) -> None:
