@@ -43,6 +43,8 @@ def _motion_for_info(args):
             up = "y"
             untold.append(f"shown as in the file: {e.message}")
     m.meta["notes"] = untold + m.meta.get("notes", [])
+    if units == 1.0 and args.units != 1.0:
+        m.meta["units"] = "unknown (see the note): shown in file units"
     return m
 
 
@@ -67,7 +69,7 @@ def cmd_info(args) -> None:
         "canonical_missing": [n for n, k in zip(can.names, mask) if not k],
         # the same normalised names detection uses ("mixamorig:Hips" matches Hips)
         "unmatched_joints": [j for j in m.joints if normalise_name(j) not in known],
-        "unit_scale": m.meta.get("unit_scale"), "up": m.meta.get("up"),
+        "unit_scale": m.meta.get("unit_scale"), "units": m.meta.get("units"), "up": m.meta.get("up"),
         "filled_frames": m.meta.get("filled_frames", 0), "notes": m.meta.get("notes", []),
     }
     if problem:
@@ -81,7 +83,7 @@ def cmd_info(args) -> None:
           f"missing: {', '.join(info['canonical_missing']) or 'none'}")
     # what the reader told or repaired: units, up axis, gaps, timestamps
     if info["unit_scale"] is not None:
-        print(f"  units     {info['unit_scale']:g} m per file unit")
+        print(f"  units     {info['unit_scale']:g} m per file unit: {m.meta.get('units', '')}")
     print(f"  up axis   {info['up'] or 'y'} in the file" + (" (turned to y up)" if info["up"] in
                                                              ("-y", "z", "-z", "x", "-x") else ""))
     print(f"  filled    {info['filled_frames']} untracked frame(s)")
@@ -131,7 +133,7 @@ def cmd_data(args) -> None:
     out = {"dataset": ds.name, "kind": ds.kind, "task": ds.task,
            "labels": {k: {"word": ds.word(k), "clips": n_clips[k], "windows": n_win[k]} for k in sorted(n_clips)},
            "layouts": dict(layouts), "clips": len(clips), "windows": sum(n_win.values()),
-           "problems": ds.problems}
+           "problems": ds.problems, "repairs": ds.repairs}
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -141,6 +143,7 @@ def cmd_data(args) -> None:
                 ["label", "its word", "clips", "windows"]))
     print("layouts: " + ", ".join(f"{k} ({v})" for k, v in layouts.items()))
     print(f"problems: {len(ds.problems)}" + "".join(f"\n  {p}" for p in ds.problems))
+    print(f"repaired or guessed by the readers: {len(ds.repairs)}" + "".join(f"\n  {r}" for r in ds.repairs))
 
 
 def cmd_train(args) -> None:

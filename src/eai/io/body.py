@@ -66,12 +66,12 @@ def detect_unit_scale(positions: np.ndarray, path: str) -> tuple[float, str]:
 
 
 def unit_scale(units: str | float, positions: np.ndarray, path: str) -> tuple[float, str | None]:
-    """Metres per file unit and, when it was told from the body, a note saying so."""
+    """Metres per file unit and, when it was told from the body, a line saying so (for meta['units'])."""
     given = parse_units(units)
     if given is not None:
         return given, None
     scale, name = detect_unit_scale(positions, path)
-    return scale, f"length unit {name}, told from the body's size (override with --units)"
+    return scale, f"{name}, told from the body's size (override with --units)"
 
 
 def _up_vector(m: Motion) -> np.ndarray | None:

@@ -163,8 +163,7 @@ def _finish(p: _Parsed, pos: np.ndarray, units: str | float, up: str) -> Motion:
     scale, guessed = unit_scale(units, pos, p.path)
     m = Motion(positions=(pos * scale).astype(np.float32), joints=list(p.h.names), parents=list(p.h.parents),
                fps=1.0 / p.frame_time, source=p.path, meta={"unit_scale": scale, "format": "bvh"})
-    if guessed:
-        m.note(guessed)
+    m.meta["units"] = guessed or f"{scale:g} m per file unit, given with --units"
     if len(pos) > p.n_frames:
         extra = f"{len(pos) - p.n_frames} more frame line(s) than the {p.n_frames} 'Frames:' declares; read them all"
         m.note(extra)
