@@ -21,39 +21,13 @@ def _motion(args, path: str):
     return read_motion(path, units=args.units, trust_pickle=args.trust_pickle, up=args.up)
 
 
-def _motion_for_info(args):
-    """The clip as `info` shows it: a length unit or up axis that cannot be told is reported, not fatal."""
-    from eai.errors import UnitError
-    from eai.io import read_motion
-    from eai.io.body import UpError
-
-    units, up, untold = args.units, args.up, []
-    while True:
-        try:
-            m = read_motion(args.file, units=units, trust_pickle=args.trust_pickle, up=up)
-            break
-        except UnitError as e:
-            if units == 1.0:
-                raise
-            units = 1.0
-            untold.append(f"shown in file units: {e.message}")
-        except UpError as e:
-            if up == "y":
-                raise
-            up = "y"
-            untold.append(f"shown as in the file: {e.message}")
-    m.meta["notes"] = untold + m.meta.get("notes", [])
-    if units == 1.0 and args.units != 1.0:
-        m.meta["units"] = "unknown (see the note): shown in file units"
-    return m
-
-
 def cmd_info(args) -> None:
     from eai.errors import LayoutError
+    from eai.io import read_motion_to_show
     from eai.skeleton.registry import normalise_name, registry
     from eai.skeleton.unify import to_canonical
 
-    m = _motion_for_info(args)
+    m = read_motion_to_show(args.file, args.units, args.trust_pickle, args.up)
     can = registry().canonical
     try:
         _, mask, layout = to_canonical(m)

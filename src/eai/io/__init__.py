@@ -39,6 +39,34 @@ def read_motion(path: str | Path, units: str | float = "auto", trust_pickle: boo
     return settle_up(m, up)
 
 
+def read_motion_to_show(path: str | Path, units: str | float = "auto", trust_pickle: bool = False,
+                        up: str = "auto") -> Motion:
+    """`read_motion` for `eai info`: a length unit or up axis that cannot be told is said in the notes (the
+    clip shown in file units, or as the file has it), not fatal, so the user sees what to pass."""
+    from eai.errors import UnitError
+    from eai.io.body import UpError
+
+    untold: list[str] = []
+    while True:
+        try:
+            m = read_motion(path, units=units, trust_pickle=trust_pickle, up=up)
+            break
+        except UnitError as e:
+            if units == 1.0:
+                raise
+            units = 1.0
+            untold.append(f"shown in file units: {e.message}")
+        except UpError as e:
+            if up == "y":
+                raise
+            up = "y"
+            untold.append(f"shown as in the file: {e.message}")
+    m.meta["notes"] = untold + m.meta.get("notes", [])
+    if any(n.startswith("shown in file units") for n in untold):
+        m.meta["units"] = "unknown (see the note): shown in file units"
+    return m
+
+
 def write_motion(motion: Motion, path: str | Path) -> None:
     """Write by extension: .npz, .bvh (positions only), .csv (Kinect v2 layout only). Atomic."""
     from eai.io.bvh import write_bvh

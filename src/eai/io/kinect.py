@@ -42,6 +42,12 @@ def kinect_joints() -> tuple[list[str], list[int]]:
     return list(layout.joints), list(layout.parents)
 
 
+def _parents(joints: list[str]) -> list[int]:
+    """Parents within the joints present (one whose parent is absent hangs on the nearest present one)."""
+    layout = registry().get("kinect25")
+    return layout.parents_of([joints.index(j) if j in joints else -1 for j in layout.joints], len(joints))
+
+
 def _separator(lines: list[str]) -> str | None:
     """The field separator of the file (None: runs of spaces), from its first lines."""
     head = "\n".join(lines[:3])
@@ -203,19 +209,6 @@ def _rate(m: Motion, data: np.ndarray, time_col: int | None, path: str) -> float
     m.meta["time_unit"] = name
     m.note(f"timestamps in {name}, told from their spacing: {fps:.3g} fps")
     return fps
-
-
-def _parents(joints: list[str]) -> list[int]:
-    """Parents within the joints present (a joint whose parent is absent hangs on the nearest present one)."""
-    names, parents = kinect_joints()
-    where = {j: i for i, j in enumerate(joints)}
-    out = []
-    for j in joints:
-        p = parents[names.index(j)]
-        while p >= 0 and names[p] not in where:
-            p = parents[p]
-        out.append(where[names[p]] if p >= 0 else -1)
-    return out
 
 
 def write_kinect_csv(motion: Motion, path: str | Path) -> None:

@@ -53,7 +53,7 @@ def read_npz(path: str | Path) -> Motion:
         from eai.skeleton.registry import registry
 
         layout, index = registry().detect(joints, path)
-        parents = _parents_from_layout(layout, index, joints)
+        parents = layout.parents_of(index, len(joints))
     elif len(parents) != len(joints) or any(p < -1 or p >= len(joints) for p in parents):
         raise FormatError("parents must give one index in -1..J-1 per joint", path)
     m = Motion(positions=pos.astype(np.float32), joints=joints, parents=parents, fps=fps, label=label,
@@ -64,19 +64,6 @@ def read_npz(path: str | Path) -> Motion:
 def _text(x) -> str:
     """A name as text: h5py/SLEAP exports store names as bytes (dtype S), which numpy keeps as bytes."""
     return x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
-
-
-def _parents_from_layout(layout, index: list[int], joints: list[str]) -> list[int]:
-    """Parents for a file that names its joints but not their tree, from the matched layout."""
-    owner = {i: j for j, i in enumerate(index) if i >= 0}  # file joint -> layout joint
-    parents = []
-    for i in range(len(joints)):
-        lj = owner.get(i)
-        p = layout.parents[lj] if lj is not None else -1
-        while p >= 0 and index[p] < 0:  # skip layout joints this file lacks
-            p = layout.parents[p]
-        parents.append(index[p] if p >= 0 else -1)
-    return parents
 
 
 def write_npz(motion: Motion, path: str | Path) -> None:
