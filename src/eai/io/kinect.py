@@ -170,8 +170,9 @@ def read_kinect_csv(path: str | Path, fps: float | None = None) -> Motion:
     need, state_cols = used[-1] + 1, set(states or ())
     data = np.zeros((len(rows), need))
     for r, (line, parts) in enumerate(rows):
-        if len(parts) != width and (len(parts) < need or not headers):
-            raise FormatError(f"row has {len(parts)} values, expected {width}", path, line)
+        if len(parts) < need or (len(parts) != width and not headers):
+            expected = f"the header's columns need {need}" if headers else f"expected {width}"
+            raise FormatError(f"row has {len(parts)} values, {expected}", path, line)
         try:
             data[r] = _row(parts, used, state_cols, decimal_comma)
         except ValueError:

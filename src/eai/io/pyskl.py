@@ -8,6 +8,7 @@ line naming it; joints at exactly (0, 0, 0) (no body seen) are missing data (`ea
 from __future__ import annotations
 
 import pickle
+import pickletools
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ def read_pyskl(path: str | Path, trust: bool = False, fps: float = 30.0) -> list
         raise FormatError("reading a pickle runs code stored in it; pass --trust-pickle if you trust "
                           "this file's source", path)
     raw = read_bytes(path)
+    _check_opcodes(raw, path)
     try:
         data = pickle.loads(raw)  # noqa: S301 - the user vouched for this file with --trust-pickle
     except Exception as e:
@@ -37,6 +39,22 @@ def read_pyskl(path: str | Path, trust: bool = False, fps: float = 30.0) -> list
     if not isinstance(annotations, list) or not annotations:
         raise FormatError("expected a PYSKL annotation pickle: {'annotations': [{'keypoint': ...}, ...]}", path)
     return [_clip(ann, n, names, path, fps) for n, ann in enumerate(annotations)]
+
+
+MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+def _check_opcodes(raw: bytes, path: str) -> None:
+    """Walk the pickle's opcodes without running them: a corrupt file is refused before the unpickler can
+    hang on it (a memo index of 10^9 in a damaged file makes it allocate gigabytes for half a minute)."""
+    n = 0
+    try:
+        for op, arg, pos in pickletools.genops(raw):
+            n += 1
+            if op.name in MEMO_OPS and int(arg) > n:
+                raise FormatError(f"not a readable pickle (memo index {arg} at byte {pos} of a damaged file)", path)
+    except ValueError as e:
+        raise FormatError(f"not a readable pickle ({str(e)[:80]})", path) from None
 
 
 def _clip(ann, n: int, names, path: str, fps: float) -> Motion:
