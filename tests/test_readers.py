@@ -40,7 +40,7 @@ def test_kinect_headerless_75_and_76_columns(tmp_path, with_time):
 
 
 @pytest.mark.parametrize("text,match", [
-    ("x,y,z\n1,2\n", "header lacks"),
+    ("x,y,z\n1,2\n", "names no Kinect v2 joint"),
     ("1,2,3\n", "75"),
     (",".join(["1"] * 75) + "\n" + ",".join(["1"] * 74) + "\n", "expected 75"),
     (",".join(["1"] * 74 + ["nan"]) + "\n", "not finite"),
@@ -84,7 +84,7 @@ def test_npz_bad_input(tmp_path):
 
 
 def test_pyskl_needs_trust(tmp_path):
-    kp = np.random.default_rng(0).normal(size=(1, 30, 25, 3)).astype(np.float32)
+    kp = kinect_motion(30).positions[None]
     p = tmp_path / "a.pkl"
     p.write_bytes(pickle.dumps({"annotations": [{"keypoint": kp, "label": 1, "frame_dir": "c1"}],
                                 "label_names": ["sad", "happy"]}))

@@ -1,6 +1,7 @@
 """Errors a user can cause. The CLI turns each into one line, `eai: error: ...`, and exit code 2."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 
@@ -14,11 +15,13 @@ class EaiError(Exception):
         super().__init__(self.format())
 
     def format(self) -> str:
-        where = ""
-        if self.path is not None:
-            where = self.path if self.line is None else f"{self.path}:{self.line}"
-            where += ": "
-        return where + self.message
+        return _where(self.path, self.line) + self.message
+
+
+def _where(path: str | Path | None, line: int | None) -> str:
+    if path is None:
+        return ""
+    return (f"{path}" if line is None else f"{path}:{line}") + ": "
 
 
 class FormatError(EaiError):
@@ -31,3 +34,16 @@ class LayoutError(EaiError):
 
 class DatasetError(EaiError):
     """A dataset folder or manifest that cannot be used."""
+
+
+class UnitError(FormatError):
+    """A body size from which the length unit cannot be told (the user gives --units)."""
+
+
+class EaiWarning(UserWarning):
+    """Something a reader repaired in the user's data; the CLI prints it as `eai: warning: ...`."""
+
+
+def warn(message: str, path: str | Path | None = None, line: int | None = None) -> None:
+    """Tell the user (on stderr, through the CLI) what was repaired, with the file and line."""
+    warnings.warn(EaiWarning(_where(path, line) + message), stacklevel=2)

@@ -13,6 +13,9 @@ class Motion:
     positions: (T, J, 3) float32, metres, y up.
     joints: J joint names; parents: J parent indices (-1 for a root).
     fps: frames per second. layout: registry name once detected ("" if unknown).
+    meta: what the reader found, e.g. format, unit_scale, up (the file's up axis), filled_frames, and
+    notes: one line per thing it repaired or guessed (units, up axis, gaps, timestamps), shown by
+    `eai info` and listed by `eai data`.
     """
 
     positions: np.ndarray
@@ -30,6 +33,10 @@ class Motion:
             raise ValueError(f"positions must be (T, J, 3), got {self.positions.shape}")
         if self.positions.shape[1] != len(self.joints) or len(self.parents) != len(self.joints):
             raise ValueError("positions, joints and parents disagree on the joint count")
+
+    def note(self, text: str) -> None:
+        """Record something the reader repaired or guessed (shown by `eai info`, listed by `eai data`)."""
+        self.meta.setdefault("notes", []).append(text)
 
     @property
     def n_frames(self) -> int:

@@ -11,32 +11,51 @@ from eai.errors import EaiError
 def _motion(args, path: str):
     from eai.io import read_motion
 
-    return read_motion(path, units=args.units, trust_pickle=args.trust_pickle)
+    return read_motion(path, units=args.units, trust_pickle=args.trust_pickle, up=args.up)
 
 
 def cmd_info(args) -> None:
-    from eai.skeleton.registry import registry
+    from eai.errors import LayoutError
+    from eai.io import read_motion_to_show
+    from eai.skeleton.registry import normalise_name, registry
     from eai.skeleton.unify import to_canonical
 
-    m = _motion(args, args.file)
-    _, mask, layout = to_canonical(m)
+    m = read_motion_to_show(args.file, args.units, args.trust_pickle, args.up)
     can = registry().canonical
+    try:
+        _, mask, layout = to_canonical(m)
+        name, description, problem = layout.name, layout.description, None
+        known = set(layout.keys)
+    except LayoutError as e:
+        mask, name, description, problem, known = [False] * can.n, "unknown", "", e.message, set()
     info = {
-        "file": args.file, "layout": layout.name, "layout_description": layout.description,
+        "file": args.file, "layout": name, "layout_description": description,
         "joints": len(m.joints), "frames": m.n_frames, "fps": round(m.fps, 4),
         "duration_s": round(m.duration, 3),
         "canonical_present": [n for n, k in zip(can.names, mask) if k],
         "canonical_missing": [n for n, k in zip(can.names, mask) if not k],
-        "unmatched_joints": [j for j in m.joints if j not in layout.joints and
-                             j not in layout.aliases],
+        # the same normalised names detection uses ("mixamorig:Hips" matches Hips)
+        "unmatched_joints": [j for j in m.joints if normalise_name(j) not in known],
+        "unit_scale": m.meta.get("unit_scale"), "units": m.meta.get("units"), "up": m.meta.get("up"),
+        "filled_frames": m.meta.get("filled_frames", 0), "notes": m.meta.get("notes", []),
     }
+    if problem:
+        info["layout_problem"] = problem
     if args.json:
         print(json.dumps(info, indent=2))
         return
-    print(f"{info['file']}\n  layout    {layout.name} ({layout.description})\n"
-          f"  joints    {info['joints']}\n  frames    {info['frames']} at {info['fps']:g} fps "
+    print(f"{info['file']}\n  layout    {name}" + (f" ({description})" if description else f": {problem}") +
+          f"\n  joints    {info['joints']}\n  frames    {info['frames']} at {info['fps']:g} fps "
           f"({info['duration_s']:.2f} s)\n  canonical {len(info['canonical_present'])}/{can.n} present; "
           f"missing: {', '.join(info['canonical_missing']) or 'none'}")
+    # what the reader told or repaired: units, up axis, gaps, timestamps
+    if info["unit_scale"] is not None:
+        print(f"  units     {info['unit_scale']:g} m per file unit: {m.meta.get('units', '')}")
+    print(f"  up axis   {info['up'] or 'y'} in the file" + (" (turned to y up)" if info["up"] in
+                                                             ("-y", "z", "-z", "x", "-x") else ""))
+    print(f"  filled    {info['filled_frames']} untracked frame(s)")
+    for note in info["notes"]:
+        print(f"  note      {note}")
 
 
 def cmd_convert(args) -> None:
@@ -80,7 +99,7 @@ def cmd_data(args) -> None:
     out = {"dataset": ds.name, "kind": ds.kind, "task": ds.task,
            "labels": {k: {"word": ds.word(k), "clips": n_clips[k], "windows": n_win[k]} for k in sorted(n_clips)},
            "layouts": dict(layouts), "clips": len(clips), "windows": sum(n_win.values()),
-           "problems": ds.problems}
+           "problems": ds.problems, "repairs": ds.repairs}
     if args.json:
         print(json.dumps(out, indent=2))
         return
@@ -90,6 +109,7 @@ def cmd_data(args) -> None:
                 ["label", "its word", "clips", "windows"]))
     print("layouts: " + ", ".join(f"{k} ({v})" for k, v in layouts.items()))
     print(f"problems: {len(ds.problems)}" + "".join(f"\n  {p}" for p in ds.problems))
+    print(f"repaired or guessed by the readers: {len(ds.repairs)}" + "".join(f"\n  {r}" for r in ds.repairs))
 
 
 def cmd_synth(args) -> None:

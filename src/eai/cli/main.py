@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 from eai.cli.commands import (
     cmd_convert,
@@ -21,7 +22,7 @@ from eai.cli.run_commands import (
     cmd_explain,
     cmd_train,
 )
-from eai.errors import EaiError
+from eai.errors import EaiError, EaiWarning
 
 INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU: about twice as fast, "
              "slightly different numbers")
@@ -32,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "recognise the emotion and explain it.")
     p.add_argument("--layout-file", metavar="FILE", action="append", default=[],
                    help="register skeleton layouts from a YAML/JSON file (repeatable; or EAI_LAYOUTS=FILE)")
-    p.add_argument("--units", default="auto", help="BVH length unit: auto, m, cm, mm, in (default auto)")
+    p.add_argument("--units", default="auto", help="BVH length unit: auto (told from the body's size; default), "
+                   "m, cm, mm, in, or a number of metres per file unit (CMU conversions: 0.05644)")
+    p.add_argument("--up", default="auto", help="the file's up axis: auto (told from the body: head above feet; "
+                   "default), y, -y, z, -z, x or -x; the clip is turned to y up")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow reading PYSKL .pkl files (unpickling runs code from the file)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,6 +170,14 @@ def _protocol_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Readers' warnings (what they repaired) as one line each, `eai: warning: ...`."""
+    if issubclass(category, EaiWarning):
+        print(f"eai: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -173,7 +185,14 @@ def main(argv: list[str] | None = None) -> int:
 
         for f in args.layout_file:
             registry().register_file(f)
-        args.fn(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", EaiWarning)
+            warnings.showwarning = _show_warning
+            args.fn(args)
+            sys.stdout.flush()
+    except BrokenPipeError:  # the reader of our output went away (`eai info F | head -1`): end quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except EaiError as e:
         print(f"eai: error: {e.format()}", file=sys.stderr)
         return 2

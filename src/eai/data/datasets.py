@@ -53,6 +53,8 @@ class Dataset:
     task: str
     clips: list[ClipRef]
     problems: list[str] = field(default_factory=list)
+    # what the readers repaired or guessed in clips that were read (up axis, gaps, timestamps), per clip
+    repairs: list[str] = field(default_factory=list)
     # labelled clips outside the task (Bandai's character styles for the emotion task): they may serve
     # pre-training, and are never test clips of the task
     auxiliary: list[ClipRef] = field(default_factory=list)
@@ -198,4 +200,5 @@ def _add(out: list, ds: Dataset, ref: ClipRef, m, fps: float) -> None:
         ds.problems.append(e.format())
         return
     u.label, u.source, u.group = ref.label, str(ref.path), ref.group
+    ds.repairs.extend(f"{ref.path}: {n}" for n in m.meta.get("notes", []))
     out.append(u)

@@ -1,7 +1,8 @@
-"""BVH: hierarchy parsing, frame parsing and forward kinematics vectorised over frames.
+"""BVH: frame parsing, forward kinematics vectorised over frames, length unit and up axis, writing.
 
-Any ROOT/JOINT/End Site hierarchy with any rotation channel order is read; position channels may sit on
-any joint and replace that joint's OFFSET component. End Sites are not returned as joints.
+Any ROOT/JOINT/End Site hierarchy (`eai.io.hierarchy`; joint names may hold spaces) with any rotation
+channel order is read; position channels may sit on any joint and replace that joint's OFFSET component.
+End Sites are not returned as joints. More frame lines than 'Frames:' declares are read, with a warning.
 """
 from __future__ import annotations
 
@@ -15,135 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from eai.errors import FormatError
+from eai.errors import FormatError, warn
+from eai.io.body import settle_up, unit_scale
 from eai.io.files import atomic_path, decode_text, is_number, read_bytes
-from eai.io.fk import CHANNEL_NAMES, forward_kinematics
+from eai.io.fk import forward_kinematics
+from eai.io.hierarchy import Hierarchy, parse_hierarchy
 from eai.motion import Motion
-
-UNIT_SCALE = {"m": 1.0, "cm": 0.01, "mm": 0.001, "in": 0.0254}
-
-
-@dataclass
-class Hierarchy:
-    names: list[str]
-    parents: list[int]
-    offsets: np.ndarray  # (J, 3) file units
-    channels: list[list[str]]  # per joint, e.g. ["Xposition", ..., "Zrotation"]
-
-    @property
-    def n_channels(self) -> int:
-        return sum(len(c) for c in self.channels)
-
-
-def _tokens(lines: list[str]):
-    for no, line in enumerate(lines, 1):
-        for tok in line.replace("{", " { ").replace("}", " } ").split():
-            yield tok, no
-
-
-def parse_hierarchy(lines: list[str], path: str) -> tuple[Hierarchy, int]:
-    """Parse the HIERARCHY section; return it and the 0-based index of the MOTION line."""
-    names: list[str] = []
-    parents: list[int] = []
-    offsets: list[list[float]] = []
-    channels: list[list[str]] = []
-    stack: list[int | None] = []  # joint index per open brace (None for an End Site)
-    pending: int | None | str = "start"  # joint awaiting its "{", None for End Site
-    toks = _tokens(lines)
-    last_line = 1
-
-    def need(n: int, what: str, line: int) -> list[str]:
-        out = []
-        for _ in range(n):
-            t = next(toks, None)
-            if t is None:
-                raise FormatError(f"the file ends inside the hierarchy, while reading {what}", path, line)
-            out.append(t[0])
-        return out
-
-    def number(tok: str, line: int, what: str) -> float:
-        try:
-            v = float(tok)
-        except ValueError:
-            raise FormatError(f"{what} value {tok!r} is not a number", path, line) from None
-        if not math.isfinite(v):
-            raise FormatError(f"{what} value {tok!r} is not finite", path, line)
-        return v
-
-    first = next(toks, None)
-    if first is None or first[0].upper() != "HIERARCHY":
-        raise FormatError("not a BVH file: it must start with HIERARCHY", path, first[1] if first else 1)
-    seen_root = False
-    for tok, line in toks:
-        last_line = line
-        key = tok.upper()
-        if key == "MOTION":
-            if stack:
-                raise FormatError("MOTION starts before the hierarchy's braces are closed", path, line)
-            if not names:
-                raise FormatError("the hierarchy has no joints", path, line)
-            return Hierarchy(names, parents, np.asarray(offsets, np.float64), channels), line - 1
-        if key in ("ROOT", "JOINT"):
-            if key == "ROOT":
-                if seen_root:
-                    raise FormatError("several ROOTs: eai reads one skeleton per BVH file; "
-                                      "split the file into one file per skeleton", path, line)
-                if stack:
-                    raise FormatError("ROOT inside another joint", path, line)
-                seen_root = True
-            elif not stack or stack[-1] is None:
-                raise FormatError("JOINT outside a joint's braces", path, line)
-            (name,) = need(1, "a joint name", line)
-            names.append(name)
-            parents.append(stack[-1] if stack else -1)
-            offsets.append([0.0, 0.0, 0.0])
-            channels.append([])
-            pending = len(names) - 1
-        elif key == "END":
-            site = need(1, "End Site", line)[0]
-            if site.upper() != "SITE":
-                raise FormatError(f"expected 'End Site', found 'End {site}'", path, line)
-            if not stack or stack[-1] is None:
-                raise FormatError("End Site outside a joint", path, line)
-            pending = None
-        elif tok == "{":
-            if pending == "start":
-                raise FormatError("'{' without a ROOT, JOINT or End Site before it", path, line)
-            stack.append(pending)  # type: ignore[arg-type]
-            pending = "start"
-        elif tok == "}":
-            if not stack:
-                raise FormatError("unbalanced '}'", path, line)
-            stack.pop()
-        elif key == "OFFSET":
-            vals = [number(t, line, "OFFSET") for t in need(3, "OFFSET", line)]
-            if not stack:
-                raise FormatError("OFFSET outside a joint", path, line)
-            if stack[-1] is not None:
-                offsets[stack[-1]] = vals
-        elif key == "CHANNELS":
-            if not stack or stack[-1] is None:
-                raise FormatError("CHANNELS outside a joint", path, line)
-            (count,) = need(1, "the channel count", line)
-            if not count.isdigit():
-                raise FormatError(f"channel count {count!r} is not a whole number", path, line)
-            # the declared count must equal the names that follow on this line
-            rest = lines[line - 1].split()
-            declared = int(count)
-            listed = rest[rest.index(count) + 1:] if count in rest else []
-            if len(listed) != declared:
-                raise FormatError(f"CHANNELS says {declared} but lists {len(listed)} channel names; "
-                                  "fix the count or the names", path, line)
-            chans = need(declared, "channel names", line)
-            for c in chans:
-                if c not in CHANNEL_NAMES:
-                    raise FormatError(f"unknown channel {c!r}; expected one of "
-                                      f"{', '.join(sorted(CHANNEL_NAMES))}", path, line)
-            channels[stack[-1]] = chans
-        else:
-            raise FormatError(f"unexpected word {tok!r} in the hierarchy", path, line)
-    raise FormatError("no MOTION section after the hierarchy (is the file truncated?)", path, last_line)
-
 
 @functools.lru_cache(maxsize=64)
 def _frame_schema(n_cols: int, trailing_space: bool):
@@ -177,15 +55,17 @@ def _parse_frames_fast(body: bytes, n_cols: int) -> np.ndarray | None:
 
 
 def _parse_frames_careful(lines: list[str], line0: int, n_frames: int, n_cols: int, path: str) -> np.ndarray:
-    """Frames line by line, naming the first bad line (`line0`: file line number of lines[0], minus one)."""
-    out = np.empty((n_frames, n_cols), np.float64)
-    row = 0
-    for i in range(len(lines)):
-        text = lines[i].strip()
-        if not text:
-            continue
-        if row == n_frames:
-            raise FormatError(f"more frame lines than the {n_frames} the header declares", path, line0 + i + 1)
+    """Frames line by line, naming the first bad line (`line0`: file line number of lines[0], minus one).
+
+    More frame lines than the header declares are all read (Rokoko writes one extra), with a warning;
+    fewer are an error.
+    """
+    rows = [(i, t) for i, t in ((i, ln.strip()) for i, ln in enumerate(lines)) if t]
+    if len(rows) < n_frames:
+        raise FormatError(f"the header declares {n_frames} frames but only {len(rows)} are present "
+                          "(is the file truncated?)", path, line0 + len(lines))
+    out = np.empty((len(rows), n_cols), np.float64)
+    for row, (i, text) in enumerate(rows):
         parts = text.split()
         if len(parts) != n_cols:
             raise FormatError(f"frame has {len(parts)} values, the hierarchy declares {n_cols} channels",
@@ -198,10 +78,6 @@ def _parse_frames_careful(lines: list[str], line0: int, n_frames: int, n_cols: i
         if not np.isfinite(out[row]).all():
             bad = next(p for p in parts if not math.isfinite(float(p)))
             raise FormatError(f"value {bad!r} is not finite (NaN/inf); repair or drop this frame", path, line0 + i + 1)
-        row += 1
-    if row < n_frames:
-        raise FormatError(f"the header declares {n_frames} frames but only {row} are present "
-                          "(is the file truncated?)", path, line0 + len(lines))
     return out
 
 
@@ -237,31 +113,6 @@ def _motion_header(after: bytes, line0: int, path: str) -> tuple[int, float, int
     if not (math.isfinite(frame_time) and frame_time > 0):
         raise FormatError(f"'Frame Time: {fields['frame time']}' must be a positive number of seconds", path, line)
     return n_frames, frame_time, min(pos, len(after)), line
-
-
-def detect_unit_scale(positions: np.ndarray, path: str) -> float:
-    """Metres per file unit, from the body's extent in the first frame."""
-    # a ground-projected root (Bandai's joint_Root) can lie metres from the body: leave the root out
-    body = positions[0, 1:] if positions.shape[1] > 3 else positions[0]
-    extent = float(np.ptp(body, axis=0).max())
-    if 0.3 <= extent <= 3.0:
-        return 1.0
-    if 30 <= extent <= 300:
-        return 0.01
-    if 300 < extent <= 3000:
-        return 0.001
-    raise FormatError(f"cannot tell the length unit from a body extent of {extent:g}; "
-                      "give it with --units m|cm|mm|in", path)
-
-
-def unit_scale(units: str | float, positions: np.ndarray, path: str) -> float:
-    if isinstance(units, (int, float)):
-        return float(units)
-    if units == "auto":
-        return detect_unit_scale(positions, path)
-    if units not in UNIT_SCALE:
-        raise FormatError(f"unknown unit {units!r}; use auto, m, cm, mm or in", path)
-    return UNIT_SCALE[units]
 
 
 _HIERARCHY_CACHE: dict[str, tuple[Hierarchy, int]] = {}
@@ -308,10 +159,16 @@ def _prepare(path: str) -> _Parsed:
     return _Parsed(path, h, n_frames, frame_time, data[split + offset:], line0)
 
 
-def _finish(p: _Parsed, pos: np.ndarray, units: str | float) -> Motion:
-    scale = unit_scale(units, pos, p.path)
-    return Motion(positions=(pos * scale).astype(np.float32), joints=list(p.h.names), parents=list(p.h.parents),
-                  fps=1.0 / p.frame_time, source=p.path, meta={"unit_scale": scale, "format": "bvh"})
+def _finish(p: _Parsed, pos: np.ndarray, units: str | float, up: str) -> Motion:
+    scale, guessed = unit_scale(units, pos, p.path)
+    m = Motion(positions=(pos * scale).astype(np.float32), joints=list(p.h.names), parents=list(p.h.parents),
+               fps=1.0 / p.frame_time, source=p.path, meta={"unit_scale": scale, "format": "bvh"})
+    m.meta["units"] = guessed or f"{scale:g} m per file unit, given with --units"
+    if len(pos) > p.n_frames:
+        extra = f"{len(pos) - p.n_frames} more frame line(s) than the {p.n_frames} 'Frames:' declares; read them all"
+        m.note(extra)
+        warn(extra, p.path)
+    return settle_up(m, up)
 
 
 def _fast_frames(body: bytes, n_frames: int, n_cols: int) -> np.ndarray | None:
@@ -323,16 +180,21 @@ def _fast_frames(body: bytes, n_frames: int, n_cols: int) -> np.ndarray | None:
     return frames
 
 
-def read_bvh(path: str | Path, units: str | float = "auto") -> Motion:
-    """Read a BVH file into a `Motion` (positions (T, J, 3) metres, y up)."""
+def read_bvh(path: str | Path, units: str | float = "auto", up: str = "auto") -> Motion:
+    """Read a BVH file into a `Motion` (positions (T, J, 3) metres, y up).
+
+    units: metres per file unit, a unit name, or auto (told from the body's size); up: the file's up axis
+    (y, z, -y, ...) or auto (told from the body). What was told or repaired is in the motion's notes.
+    """
     p = _prepare(str(path))
     frames = _fast_frames(p.body, p.n_frames, p.h.n_channels) if p.n_frames > 64 else None
     if frames is None:
         frames = p.careful_frames()
-    return _finish(p, forward_kinematics(p.h, frames), units)
+    return _finish(p, forward_kinematics(p.h, frames), units, up)
 
 
-def read_bvh_many(paths: list[str | Path], units: str | float = "auto") -> list[Motion | FormatError]:
+def read_bvh_many(paths: list[str | Path], units: str | float = "auto", up: str = "auto"
+                  ) -> list[Motion | FormatError]:
     """Read many BVH files, each result a Motion or the FormatError that file raised.
 
     Files that share a skeleton structure (joint tree and channels; offsets may differ) are parsed in one
@@ -360,7 +222,7 @@ def read_bvh_many(paths: list[str | Path], units: str | float = "auto") -> list[
         if frames is None:  # something is irregular: read each file alone to find and name it
             for i, p in members:
                 try:
-                    out[i] = read_bvh(p.path, units)
+                    out[i] = read_bvh(p.path, units, up)
                 except FormatError as e:
                     out[i] = e
             continue
@@ -369,7 +231,7 @@ def read_bvh_many(paths: list[str | Path], units: str | float = "auto") -> list[
         ends = np.cumsum(counts)
         for (i, p), stop, n in zip(members, ends, counts):
             try:
-                out[i] = _finish(p, pos[stop - n:stop], units)
+                out[i] = _finish(p, pos[stop - n:stop], units, up)
             except FormatError as e:
                 out[i] = e
     return out  # type: ignore[return-value]

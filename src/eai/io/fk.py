@@ -1,14 +1,9 @@
 """Forward kinematics for BVH hierarchies, vectorised over frames and over the joints of one tree depth."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    from eai.io.bvh import Hierarchy
-
-CHANNEL_NAMES = {f"{a}{k}": (a, k) for a in "XYZ" for k in ("position", "rotation")}
+from eai.io.hierarchy import CHANNEL_NAMES, Hierarchy
 
 
 def _qmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -45,7 +40,7 @@ def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
 
 
-def forward_kinematics(h: "Hierarchy", frames: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
+def forward_kinematics(h: Hierarchy, frames: np.ndarray, offsets: np.ndarray | None = None) -> np.ndarray:
     """World joint positions (T, J, 3) in file units from channel values (T, C) in degrees.
 
     Rotation channels compose in their listed order (R = R1 R2 R3), and the local transform of a joint is

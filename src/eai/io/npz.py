@@ -1,4 +1,5 @@
-"""NPZ motion files: `positions` (T, J, 3) metres, `joints` (names), `fps`; optional `parents`, `label`."""
+"""NPZ motion files: `positions` (T, J, 3) metres, `joints` (names, str or bytes), `fps`; optional
+`parents`, `label`. Frames where every joint is exactly (0, 0, 0) are missing data (`eai.io.gaps`)."""
 from __future__ import annotations
 
 import zipfile
@@ -8,6 +9,7 @@ import numpy as np
 
 from eai.errors import FormatError
 from eai.io.files import atomic_path, read_bytes
+from eai.io.gaps import repair_untracked, zero_samples
 from eai.motion import Motion
 
 
@@ -27,13 +29,14 @@ def read_npz(path: str | Path) -> Motion:
             raise FormatError(f"NPZ lacks {', '.join(sorted(missing))}; it needs positions (T, J, 3) metres, "
                               "joints (J names) and fps", path)
         pos = np.asarray(z["positions"], dtype=np.float64)
-        joints = [str(j) for j in z["joints"].reshape(-1)]
+        joints = [_text(j) for j in z["joints"].reshape(-1)]
         fps = float(np.asarray(z["fps"]).reshape(-1)[0])
         parents = [int(p) for p in z["parents"].reshape(-1)] if "parents" in keys else None
-        label = str(np.asarray(z["label"]).reshape(-1)[0]) if "label" in keys else None
+        label = _text(np.asarray(z["label"]).reshape(-1)[0]) if "label" in keys else None
     except FormatError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, IndexError, TypeError) as e:
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
+            UnicodeDecodeError) as e:
         raise FormatError(f"not a readable NPZ motion file ({type(e).__name__}: {str(e)[:80]})", path) from None
     if pos.ndim != 3 or pos.shape[2] != 3:
         raise FormatError(f"positions must be (T, J, 3), found {pos.shape}", path)
@@ -50,24 +53,17 @@ def read_npz(path: str | Path) -> Motion:
         from eai.skeleton.registry import registry
 
         layout, index = registry().detect(joints, path)
-        parents = _parents_from_layout(layout, index, joints)
+        parents = layout.parents_of(index, len(joints))
     elif len(parents) != len(joints) or any(p < -1 or p >= len(joints) for p in parents):
         raise FormatError("parents must give one index in -1..J-1 per joint", path)
-    return Motion(positions=pos.astype(np.float32), joints=joints, parents=parents, fps=fps, label=label,
-                  source=path, meta={"format": "npz"})
+    m = Motion(positions=pos.astype(np.float32), joints=joints, parents=parents, fps=fps, label=label,
+               source=path, meta={"format": "npz"})
+    return repair_untracked(m, zero_samples(m.positions, per_joint=False))
 
 
-def _parents_from_layout(layout, index: list[int], joints: list[str]) -> list[int]:
-    """Parents for a file that names its joints but not their tree, from the matched layout."""
-    owner = {i: j for j, i in enumerate(index) if i >= 0}  # file joint -> layout joint
-    parents = []
-    for i in range(len(joints)):
-        lj = owner.get(i)
-        p = layout.parents[lj] if lj is not None else -1
-        while p >= 0 and index[p] < 0:  # skip layout joints this file lacks
-            p = layout.parents[p]
-        parents.append(index[p] if p >= 0 else -1)
-    return parents
+def _text(x) -> str:
+    """A name as text: h5py/SLEAP exports store names as bytes (dtype S), which numpy keeps as bytes."""
+    return x.decode("utf-8", errors="replace") if isinstance(x, bytes) else str(x)
 
 
 def write_npz(motion: Motion, path: str | Path) -> None:

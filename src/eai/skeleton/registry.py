@@ -85,6 +85,20 @@ class Layout:
             k[normalise_name(alias)] = self.joints.index(target)
         return k
 
+    def parents_of(self, index: list[int], n: int) -> list[int]:
+        """Parents of a file's n joints, from this layout's tree; index: each layout joint's place among
+        the file's joints (-1 if the file lacks it). A joint whose parent is absent hangs on the nearest
+        present ancestor; a file joint the layout does not know is a root."""
+        owner = {i: j for j, i in enumerate(index) if i >= 0}  # file joint -> layout joint
+        parents = []
+        for i in range(n):
+            lj = owner.get(i)
+            p = self.parents[lj] if lj is not None else -1
+            while p >= 0 and index[p] < 0:  # skip layout joints this file lacks
+                p = self.parents[p]
+            parents.append(index[p] if p >= 0 else -1)
+        return parents
+
     @property
     def required(self) -> list[str]:
         """The joints that carry a canonical mapping or a derivation: detection needs all of them."""

@@ -41,6 +41,8 @@ class UnifiedMotion:
 def to_canonical(motion: Motion, layout: Layout | None = None) -> tuple[np.ndarray, np.ndarray, Layout]:
     """Map a motion's joints onto the canonical skeleton: (T, K, 3) metres, presence mask (K,), layout."""
     reg = registry()
+    if layout is None and motion.layout in reg.layouts:  # the reader knows it (a Kinect file with some joints)
+        layout = reg.layouts[motion.layout]
     if layout is None:
         layout, index = reg.detect(motion.joints, motion.source or None)
     else:
@@ -147,15 +149,26 @@ def resample(x: np.ndarray, fps_in: float, fps_out: float) -> np.ndarray:
     return ((1 - w) * x[i0] + w * x[i1]).astype(x.dtype)
 
 
+def _first_pose(x: np.ndarray, mask: np.ndarray) -> int:
+    """Index of the first frame whose present joints are not all at one point: an all-zero frame is a
+    recorder's 'no body seen', never a pose to centre or face the clip on."""
+    if not mask.any():
+        return 0
+    spread = np.ptp(x[:, mask], axis=1).max(axis=-1)  # (T,)
+    found = np.flatnonzero(spread > 0)
+    return int(found[0]) if found.size else 0
+
+
 def unify(motion: Motion, fps: float = 30.0, layout: Layout | None = None) -> UnifiedMotion:
     """Canonical joints + mask, root-centred, facing +z at the first frame, scaled by body height, at `fps`."""
     x, mask, layout = to_canonical(motion, layout)
     x = resample(x, motion.fps, fps)
     pelvis = registry().canonical.index("pelvis")
-    origin = x[0, pelvis].copy()
+    ref = _first_pose(x, mask)
+    origin = x[ref, pelvis].copy()
     origin[1] = 0.0  # keep heights above the floor: bounce and crouch stay visible
     x = x - origin
-    yaw = facing_angle(x[0], mask)
+    yaw = facing_angle(x[ref], mask)
     if yaw is not None:
         x = rotate_y(x, -yaw)
     height = body_height(x, mask) or 1.0
