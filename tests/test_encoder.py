@@ -120,7 +120,7 @@ def test_short_training_beats_chance_on_held_out_clips(synth_clips):
 
 
 def _tiny_train(clips, labels, checkpoint=None, log=None, epochs=3):
-    ws = window_set(clips, labels, 60, 30, True)
+    ws = window_set(clips, labels, 60, 30, descriptors=True)
     cfg = dataclasses.replace(ENCODER_SCHEDULES["smoke"], epochs=epochs, warmup=1, milestones=[2], batch=16)
     return ws, train_encoder(ws, len(labels), cfg, TINY, checkpoint=checkpoint, progress=False, log=log)
 

@@ -125,7 +125,7 @@ def test_mixed_layout_batch_goes_through_tokenizer_and_llm_with_the_right_masks(
     assert ws.mask[0].sum() == 16 and ws.mask[1].sum() > 16
     torch.manual_seed(0)
     feats = torch.from_numpy(encoder_features(SkeletonEncoder(EncoderConfig()).eval(), ws.raw, ws.mask))
-    mask, frac = torch.from_numpy(ws.mask), torch.from_numpy(ws.frac)
+    mask, frac = torch.from_numpy(ws.mask), torch.from_numpy(ws.real_fraction)
     lm, tok = load_backbone(TINY)
     llm = EmotionLLM(lm, tok, SkeletonTokenizer(SkeletonTokenizerConfig(hidden=lm.config.hidden_size)))
     cfg = llm.skeleton_tokenizer.cfg

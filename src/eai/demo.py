@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eai.benchmarks.recognition import recognition_table, run_recognition
+from eai.benchmarks.recognition import recognition_table, bench_recognition
 from eai.data.datasets import load_clips, open_dataset
 from eai.features import DESCRIPTOR_BY_NAME, describe
 from eai.report import plot_confusion, plot_grid_bars, table, write_json
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plot_grid_bars({f"{n} ({DESCRIPTOR_BY_NAME[n].unit})": {lab: summary[lab][n] for lab in summary} for n in SHOWN},
                    out / "descriptors.png", "kinematic descriptors per label (clip means)")
-    result = run_recognition(str(data), None, n_folds=5, n_seeds=1, models=("baseline",))
+    result = bench_recognition(str(data), None, n_folds=5, n_seeds=1, models=("baseline",))
     print("\n" + recognition_table(result))
     plot_confusion(result["models"]["baseline"]["confusion"], result["labels"], out / "confusion-baseline.png",
                    f"{result['dataset']}: descriptor forest")

@@ -107,7 +107,7 @@ class Interpreter:
 
     def windows(self, clips: list[UnifiedMotion], dataset: RunDataset) -> WindowSet:
         """The protocol's windows of clips, labelled in the dataset's labels, with descriptors (for z-scores)."""
-        return window_set(clips, dataset.labels, self.run.manifest.train.window, STRIDE, True)
+        return window_set(clips, dataset.labels, self.run.manifest.train.window, STRIDE, descriptors=True)
 
     def encoder_proba(self, ws, dataset: RunDataset) -> np.ndarray:
         """The encoder head's probabilities over the dataset's labels only."""
@@ -122,7 +122,7 @@ class Interpreter:
         z = self.reference(dataset).z(ws.model_desc)  # descriptors do not change under mirroring
         p = 0
         for raw, mask in [(ws.raw, ws.mask), mirror(ws.raw, ws.mask)]:
-            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z, ws.frac, dataset)
+            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z, ws.real_fraction, dataset)
         out = {}
         for name, pr in (("llm", p / 2), ("encoder", self.encoder_proba(ws, dataset))):
             m = metrics(ws.y, pr, ws.clip, dataset.labels)
@@ -143,7 +143,7 @@ class Interpreter:
         """Windows, their encoder features, and each clip's label probabilities (mean over its windows)."""
         ws = self.windows(clips, dataset)
         feats = encoder_features(self.run.encoder, ws.raw, ws.mask)
-        pw = self.window_proba(feats, ws.mask, self.reference(dataset).z(ws.model_desc), ws.frac, dataset)
+        pw = self.window_proba(feats, ws.mask, self.reference(dataset).z(ws.model_desc), ws.real_fraction, dataset)
         return ws, feats, [pw[ws.clip == i].mean(0) for i in range(len(clips))]
 
     def recognise(self, clips: list[UnifiedMotion], dataset: str | None = None) -> list[dict]:
@@ -179,7 +179,7 @@ class Interpreter:
             starts.append(ev.label_text(word))
             cf.append(feats[sel].mean(0))
             cm.append(ws.mask[sel][0])
-            cfrac.append(ws.frac[sel].max())
+            cfrac.append(ws.real_fraction[sel].max())
             rows.append({"emotion": word, "dataset": dataset.name,
                          "probabilities": {w: round(float(q), 4) for w, q in zip(dataset.words, p)}})
         zc = torch.from_numpy(np.stack([z for z, _ in zs]).astype(np.float32))

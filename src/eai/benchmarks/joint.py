@@ -25,7 +25,7 @@ from eai.schedules import default_encoder_schedule, encoder_schedule
 from eai.train.encoder import train_encoder
 
 
-def run_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_seeds: int = 1,
+def bench_joint(datas: list[str], task: str | None = None, n_folds: int = 5, n_seeds: int = 1,
               schedule_name: str | None = None, epochs: int | None = None, mix: str = "equal",
               progress: bool = True) -> dict:
     """`eai bench joint`: per dataset, the encoder trained on that dataset alone beside one trained on all of

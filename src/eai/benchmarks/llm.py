@@ -29,7 +29,7 @@ from eai.train.encoder_run import PRETRAIN_WEIGHTS
 from eai.train.llm_run import train_run
 
 
-def run_explain(model: str, data: str, task: str | None = None, progress: bool = True, repeats: int = 5,
+def bench_explain(model: str, data: str, task: str | None = None, progress: bool = True, repeats: int = 5,
                 int8: bool = False) -> dict:
     """`eai bench explain`: on the run's held-out clips (all clips of another dataset) the LLM's recognition
     beside the encoder's, explanation scores, and latency with the model loaded (median of `repeats`); with
@@ -58,7 +58,7 @@ def clip_nearest(clips: list, seconds: float):
     return min(clips, key=lambda u: abs(u.n_frames / u.fps - seconds))
 
 
-def run_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool = True) -> dict:
+def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool = True) -> dict:
     """The whole method under the benchmark protocol: for each fold of each seed, one run folder
     (cfg.out/seed-S-fold-I: `cfg` with that seed and fold, a 1 / n_folds holdout, stage 'all') holding that
     fold out; the LLM (label likelihood) and the encoder's own head scored on the same held-out windows, and

@@ -22,7 +22,7 @@ from eai.train.encoder_run import pretrain, pretrain_windows
 FUSION = "encoder+baseline"  # the late fusion bench recognition adds when it runs both
 
 
-def run_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int = 1,
+def bench_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int = 1,
                     models: tuple[str, ...] = ("encoder", "baseline"), progress: bool = True,
                     schedule_name: str | None = None, epochs: int | None = None, use_pretrain: bool = True) -> dict:
     """Cross-validated recognition: {"dataset", "task", "folds", "seeds", "labels", "models": {name: ...}}.

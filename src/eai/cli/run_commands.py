@@ -88,19 +88,19 @@ def _one(data: list[str], what: str) -> str:
 
 
 def cmd_bench(args) -> None:
-    from eai.benchmarks.recognition import recognition_table, run_recognition
+    from eai.benchmarks.recognition import recognition_table, bench_recognition
 
     if args.what == "joint":
-        from eai.benchmarks.joint import joint_table, plot_joint, run_joint
+        from eai.benchmarks.joint import joint_table, plot_joint, bench_joint
 
-        result = run_joint(args.data, args.task, args.folds, args.seeds, args.schedule, args.epochs, args.mix,
+        result = bench_joint(args.data, args.task, args.folds, args.seeds, args.schedule, args.epochs, args.mix,
                            not args.quiet)
         print(joint_table(result))
         _write_results(args, result, plot_joint)
         return
     args.data = _one(args.data, f"bench {args.what}")
     if args.what == "llm":
-        from eai.benchmarks.llm import llm_table, run_llm
+        from eai.benchmarks.llm import llm_table, bench_llm
         from eai.llm.backbone import BUNDLED
         from eai.run import RunConfig
         from eai.schedules import default_encoder_schedule
@@ -112,16 +112,16 @@ def cmd_bench(args) -> None:
                         llm_schedule=args.llm_schedule, description_steps=args.description_steps,
                         recognition_steps=args.recognition_steps, backbone=args.backbone or BUNDLED,
                         pretrain=not args.no_pretrain)
-        result = run_llm(cfg, args.folds, args.seeds, not args.quiet)
+        result = bench_llm(cfg, args.folds, args.seeds, not args.quiet)
         print(llm_table(result))
         _write_results(args, result)
         return
     if args.what == "explain":
-        from eai.benchmarks.llm import run_explain
+        from eai.benchmarks.llm import bench_explain
 
         if not args.model:
             raise EaiError("bench explain needs --model RUN")
-        result = run_explain(args.model, args.data, args.task, progress=not args.quiet, int8=args.int8)
+        result = bench_explain(args.model, args.data, args.task, progress=not args.quiet, int8=args.int8)
         rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
         print(f"{result['dataset']} ({result['scope']}: {result['clips']} clips, {rec['windows']} windows)")
         print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"]]
@@ -134,17 +134,17 @@ def cmd_bench(args) -> None:
         if args.json:
             write_json(result, Path(args.json))
         return
-    result = run_recognition(args.data, args.task, args.folds, args.seeds, progress=not args.quiet,
+    result = bench_recognition(args.data, args.task, args.folds, args.seeds, progress=not args.quiet,
                              schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain)
     print(recognition_table(result))
     _write_results(args, result)
 
 
 def cmd_baseline(args) -> None:
-    from eai.benchmarks.recognition import recognition_table, run_recognition
+    from eai.benchmarks.recognition import recognition_table, bench_recognition
 
     args.data = _one(args.data, "baseline")
-    result = run_recognition(args.data, args.task, args.folds, args.seeds, models=("baseline",),
+    result = bench_recognition(args.data, args.task, args.folds, args.seeds, models=("baseline",),
                              progress=not args.quiet)
     print(recognition_table(result))
     _write_results(args, result)

@@ -76,7 +76,7 @@ class WindowSet:
         return len(self.y)
 
     @property
-    def frac(self) -> np.ndarray:
+    def real_fraction(self) -> np.ndarray:
         """(N,) float32: the real share of each window's frames."""
         return (self.frames / self.raw.shape[1]).astype(np.float32)
 

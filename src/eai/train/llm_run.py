@@ -55,7 +55,8 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     for d, r in zip(datasets, m.datasets):  # the encoder stage's held-out clips stay held out
         out_groups = set(r.held_out_groups)
         train_clips = [u for u in d.clips if u.group not in out_groups]
-        ws = window_set(train_clips, m.labels, m.train.window, m.train.train_stride, True, progress=progress)
+        ws = window_set(train_clips, m.labels, m.train.window, m.train.train_stride, descriptors=True,
+                        progress=progress)
         cdesc = clip_descriptors(train_clips)
         ref = ev.Reference.fit(cdesc, [c.label for c in train_clips])
         fsets.append(feature_set(run.encoder, ws, cdesc, ref, mirror=True, progress=progress))

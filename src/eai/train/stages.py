@@ -70,7 +70,7 @@ def feature_set(encoder, ws: WindowSet, clip_desc: np.ndarray, ref: ev.Reference
     feats = np.concatenate([encoder_features(encoder, r, m) for r, m in
                             tqdm(views, desc="encoder features", disable=not progress, leave=False)])
     rep = len(views)
-    mask, y, clip, frac = (np.concatenate([a] * rep) for a in (ws.mask, ws.y, ws.clip, ws.frac))
+    mask, y, clip, frac = (np.concatenate([a] * rep) for a in (ws.mask, ws.y, ws.clip, ws.real_fraction))
     z = np.concatenate([ref.z(ws.model_desc)] * rep)
     ids = np.unique(ws.clip)
     cf = np.stack([feats[clip == c].mean(0) for c in ids])
