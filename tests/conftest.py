@@ -22,3 +22,15 @@ def synth_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     write_dataset(out, ["bandai22", "kinect25", "gait16"], clips_per_label=6, seconds=5.0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_dir, tmp_path_factory):
+    """A run of every stage on the tiny test backbone (smoke schedules), shared by the LLM and viewer tests."""
+    from eai.llm.backbone import TINY
+    from eai.llm.pipeline import train_all_run
+
+    out = tmp_path_factory.mktemp("llmrun") / "run"
+    train_all_run(str(synth_dir), str(out), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
+                  progress=False)
+    return out

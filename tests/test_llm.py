@@ -163,16 +163,6 @@ def test_bleu_and_rouge_known_values():
     assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(synth_dir, tmp_path_factory):
-    from eai.llm.pipeline import train_all_run
-
-    out = tmp_path_factory.mktemp("llmrun") / "run"
-    train_all_run(str(synth_dir), str(out), schedule_name="smoke", llm_schedule="smoke", backbone=TINY,
-                  progress=False)
-    return out
-
-
 def test_stage_all_writes_a_run_that_reloads_to_identical_probabilities(tiny_run, synth_dir):
     from eai.data import load_clips, open_dataset
     from eai.llm.pipeline import Interpreter
