@@ -357,6 +357,7 @@ def test_served_page_after_an_upload_in_chromium(tiny_run, synth_dir, tmp_path, 
         page.on("pageerror", lambda e: errors.append(str(e)))
         _offline(page, blocked)
         page.goto(base + "/")
+        page.wait_for_function("document.querySelector('#upload .model').textContent.includes('labels')")
         page.set_input_files("#upload input[type=file]", str(f))
         page.wait_for_function("window.EAI && EAI.players.length == 1", timeout=120000)
         _check_player(page, 0, r.json(), tmp_path / "served.png")

@@ -49,7 +49,7 @@ def app_page(max_upload_mb: float, title: str = "eai serve") -> str:
     """The page of `eai serve`: an upload form (drop or choose a file), then a tab per explained file."""
     form = (f'<form id="upload" onsubmit="return false"><p>Drop a motion file here (BVH, Kinect CSV, NPZ; up to '
             f'{max_upload_mb:g} MB) or <input type="file" name="file" accept=".bvh,.csv,.txt,.npz"></p>'
-            f'<div class="msg"></div></form>\n')
+            f'<p class="model"></p><div class="msg"></div></form>\n')
     return _page(title, form, None)
 
 

@@ -329,13 +329,17 @@
   }
   function upload(form) {
     const msg = form.querySelector(".msg"), input = form.querySelector("input[type=file]");
+    const token = new URLSearchParams(location.search).get("token");
+    const auth = token ? { "X-EAI-Token": token } : {};
+    fetch("api/health", { headers: auth }).then((r) => r.json()).then((h) => {
+      form.querySelector(".model").textContent = `run ${h.model}; labels: ${h.labels.join(", ")}`;
+    }).catch(() => {});
     const send = async (file) => {
       msg.textContent = "explaining " + file.name + " ...";
       const body = new FormData();
       body.append("file", file);
-      const token = new URLSearchParams(location.search).get("token");
       try {
-        const r = await fetch("api/explain?view=true", { method: "POST", body, headers: token ? { "X-EAI-Token": token } : {} });
+        const r = await fetch("api/explain?view=true", { method: "POST", body, headers: auth });
         const j = await r.json();
         if (!r.ok) { msg.textContent = `${r.status}: ${j.detail || JSON.stringify(j)}`; return; }
         msg.textContent = "";
