@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-joint clean
+.PHONY: demo test bench bench-joint clean browser
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,10 +17,17 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Debian's chromium for the viewer's browser tests and ../shared/acceptance/viewer.sh, installed when missing
+# (as root, as CI runs; else say how)
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } || \
+	  { echo "chromium is missing: install Debian's chromium package (apt-get install chromium)"; exit 1; }
+
+demo: $(STAMP) browser
 	$(BIN)/python -m eai.demo --data $(DATA)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check --quiet src tests bench
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -rs --durations=12

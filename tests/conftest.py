@@ -67,3 +67,29 @@ def _full_batch(llm, prompts, answers):
 def full_batch():
     """full_batch(llm, prompts, answers): EmotionLLM's training rows without prefix sharing (_full_batch)."""
     return _full_batch
+
+
+def _smoke_run(data, out, **kw):
+    """The RunConfig of a run of every stage on the smoke schedules and the tiny test backbone."""
+    from eai.llm.backbone import TINY
+    from eai.run import RunConfig
+
+    data = [str(d) for d in data] if isinstance(data, (list, tuple)) else [str(data)]
+    return RunConfig(data=data, out=str(out), stage="all", schedule="smoke", llm_schedule="smoke",
+                     backbone=kw.pop("backbone", TINY), **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_dir, tmp_path_factory):
+    """A run of every stage on the tiny test backbone (smoke schedules), shared by the LLM and viewer tests."""
+    from eai.train.llm_run import train_run
+
+    out = tmp_path_factory.mktemp("llmrun") / "run"
+    train_run(_smoke_run(synth_dir, out), progress=False)
+    return out
+
+
+@pytest.fixture
+def smoke_run():
+    """smoke_run(data, out, **overrides): the RunConfig of a smoke run of every stage (_smoke_run)."""
+    return _smoke_run

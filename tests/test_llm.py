@@ -169,21 +169,6 @@ def test_bleu_and_rouge_known_values():
     assert rouge_l("a b c d", "a c d e") == pytest.approx(0.75)
 
 
-def smoke(data, out, **kw) -> RunConfig:
-    """The smoke schedules of a run of every stage on the tiny backbone."""
-    return RunConfig(data=[str(data)], out=str(out), stage="all", schedule="smoke", llm_schedule="smoke",
-                     backbone=kw.pop("backbone", TINY), **kw)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(synth_dir, tmp_path_factory):
-    from eai.train.llm_run import train_run
-
-    out = tmp_path_factory.mktemp("llmrun") / "run"
-    train_run(smoke(synth_dir, out), progress=False)
-    return out
-
-
 def test_stage_all_writes_a_run_that_reloads_to_identical_probabilities(tiny_run, synth_dir):
     from eai.data.datasets import load_clips, open_dataset
     from eai.interpret import Interpreter
@@ -235,7 +220,7 @@ def test_a_saved_run_is_rebuilt_from_its_manifest_alone(tiny_run, synth_dir, mon
     assert [r["explanation"] for r in after] == [r["explanation"] for r in before]
 
 
-def test_llm_stages_resume_on_a_moved_copy_of_the_dataset(tiny_run, synth_dir, tmp_path):
+def test_llm_stages_resume_on_a_moved_copy_of_the_dataset(tiny_run, synth_dir, tmp_path, smoke_run):
     import shutil
 
     from eai.errors import EaiError
@@ -247,7 +232,7 @@ def test_llm_stages_resume_on_a_moved_copy_of_the_dataset(tiny_run, synth_dir, t
     m = json.loads((run / "manifest.json").read_text())
     m.update(llm=None, llm_training=None, held_out_llm={}, stage="encoder")  # the encoder stage only
     (run / "manifest.json").write_text(json.dumps(m))
-    train_run(smoke(data, run), progress=False)
+    train_run(smoke_run(data, run), progress=False)
     done = json.loads((run / "manifest.json").read_text())
     assert done["llm_training"]["done"] == ["description", "recognition"]
     assert done["held_out_llm"] == json.loads((tiny_run / "manifest.json").read_text())["held_out_llm"]
@@ -258,7 +243,7 @@ def test_llm_stages_resume_on_a_moved_copy_of_the_dataset(tiny_run, synth_dir, t
         f.unlink()
     (run / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(EaiError, match="other datasets"):
-        train_run(smoke(other, run), progress=False)
+        train_run(smoke_run(other, run), progress=False)
 
 
 def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
@@ -354,7 +339,7 @@ def test_cpu_interpreter_answers_as_the_plain_linear_layers_do(tiny_run, synth_d
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
 
 
-def test_finished_stages_are_not_retrained(tiny_run, synth_dir, tmp_path):
+def test_finished_stages_are_not_retrained(tiny_run, synth_dir, tmp_path, smoke_run):
     import shutil
 
     from eai.errors import EaiError
@@ -366,12 +351,12 @@ def test_finished_stages_are_not_retrained(tiny_run, synth_dir, tmp_path):
     m.update(stage="encoder", held_out_llm={})  # killed after both stages, before the held-out scores
     (run / "manifest.json").write_text(json.dumps(m))
     before = (run / "skeleton_tokenizer.safetensors").stat().st_mtime_ns
-    train_run(smoke(synth_dir, run), progress=False)
+    train_run(smoke_run(synth_dir, run), progress=False)
     assert (run / "skeleton_tokenizer.safetensors").stat().st_mtime_ns == before
     assert json.loads((run / "manifest.json").read_text())["held_out_llm"] == \
         json.loads((tiny_run / "manifest.json").read_text())["held_out_llm"]
     with pytest.raises(EaiError, match="finished run"):  # a finished run is never trained over
-        train_run(smoke(synth_dir, run), progress=False)
+        train_run(smoke_run(synth_dir, run), progress=False)
 
 
 def test_cli_explain_json_and_bad_input(tiny_run, synth_dir, tmp_path, capsys):
@@ -389,13 +374,13 @@ def test_cli_explain_json_and_bad_input(tiny_run, synth_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_bundled_model_trains_a_few_steps_and_explains(synth_dir, tmp_path):
+def test_bundled_model_trains_a_few_steps_and_explains(synth_dir, tmp_path, smoke_run):
     from eai.data.datasets import load_clips, open_dataset
     from eai.interpret import Interpreter
     from eai.llm.backbone import BUNDLED
     from eai.train.llm_run import train_run
 
-    run = train_run(smoke(synth_dir, tmp_path / "run", backbone=BUNDLED, description_steps=2, recognition_steps=2),
+    run = train_run(smoke_run(synth_dir, tmp_path / "run", backbone=BUNDLED, description_steps=2, recognition_steps=2),
                     progress=False)
     it = Interpreter.load(run)
     assert it.llm.lm.config.hidden_size == 576
@@ -547,7 +532,7 @@ def test_kinematic_token_needs_and_uses_descriptors():
     assert torch.allclose(tokens[0, :-1], tokens[1, :-1])
 
 
-def test_stage_all_with_the_kinematic_token(tiny_run, synth_dir, tmp_path):
+def test_stage_all_with_the_kinematic_token(tiny_run, synth_dir, tmp_path, smoke_run):
     import shutil
 
     from eai.data.datasets import load_clips, open_dataset
@@ -559,7 +544,7 @@ def test_stage_all_with_the_kinematic_token(tiny_run, synth_dir, tmp_path):
     m = json.loads((run / "manifest.json").read_text())
     m.update(llm=None, llm_training=None, held_out_llm={}, stage="encoder")  # the encoder stage only
     (run / "manifest.json").write_text(json.dumps(m))
-    train_run(smoke(synth_dir, run, kinematic_token=True), progress=False)
+    train_run(smoke_run(synth_dir, run, kinematic_token=True), progress=False)
     it = Interpreter.load(run)
     assert it.llm.skeleton_tokenizer.cfg.n_descriptors == len(ev.NAMES)
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:2]

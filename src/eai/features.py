@@ -192,3 +192,47 @@ def clip_descriptors(clips: list) -> np.ndarray:
     """(M, D) descriptors of whole unified clips (eai.skeleton.unify.UnifiedMotion), in metres, NAMES order,
     NaN where missing."""
     return np.stack([descriptor_vector(u.metres(), u.mask, u.fps) for u in clips])
+
+
+# --- descriptors along a clip (the viewer's timelines) ---------------------------------------------------
+SERIES_WINDOW_S = 1.0
+# descriptors of a gait cycle need about two steps in view to be measured at all (symmetry: both sides)
+SERIES_WINDOW_S_BY_NAME = {"step_frequency": 2.0, "stride_length": 2.0, "arm_swing": 2.0, "vertical_bounce": 2.0,
+                           "symmetry": 2.0}
+
+
+def descriptor_series(x: np.ndarray, mask: np.ndarray, fps: float, name: str, window_s: float | None = None,
+                      step_s: float = 0.1) -> tuple[np.ndarray, np.ndarray, float]:
+    """One descriptor measured along a clip, by the same definition as `describe`, on sliding windows.
+
+    x (T, K, 3) canonical positions in metres, mask (K,), fps. Windows of `window_s` seconds (default 1 s, 2 s
+    for the gait descriptors of SERIES_WINDOW_S_BY_NAME; the whole clip when it is shorter) start every
+    `step_s` seconds. Returns (starts (N,) seconds, values (N,) in the descriptor's unit, NaN where a window
+    cannot be measured, the window length in seconds). A descriptor that needs an absent joint gives an
+    all-NaN series.
+    """
+    fn = dict((d.name, f) for d, f in DESCRIPTORS)[name]
+    d = DESCRIPTOR_BY_NAME[name]
+    x = np.asarray(x, np.float64)
+    mask = np.asarray(mask, bool)
+    T = x.shape[0]
+    w = min(T, max(3, int(round((window_s or SERIES_WINDOW_S_BY_NAME.get(name, SERIES_WINDOW_S)) * fps))))
+    step = max(1, int(round(step_s * fps)))
+    starts = np.arange(0, max(T - w, 0) + 1, step)
+    values = np.full(len(starts), np.nan)
+    probe = Clip(x[:min(T, 3)], mask, fps)
+    if T >= 3 and all(probe.has(n) for n in d.needs):
+        for i, s in enumerate(starts):
+            v = fn(Clip(x[s:s + w], mask, fps))
+            values[i] = np.nan if v is None or not np.isfinite(v) else v
+    return starts / fps, values, w / fps
+
+
+def extreme_span(starts: np.ndarray, values: np.ndarray, window_s: float, direction: int) -> tuple[float, float] | None:
+    """(start, end) seconds of the window where a series is most extreme in `direction` (+1 highest, -1
+    lowest), or None when nothing was measured or the direction is 0."""
+    v = direction * np.asarray(values, np.float64)
+    if direction == 0 or not np.isfinite(v).any():
+        return None
+    i = int(np.nanargmax(v))
+    return float(starts[i]), float(starts[i] + window_s)

@@ -26,11 +26,25 @@ from eai.llm.decode import ExplanationDecoder
 from eai.llm.model import EmotionLLM
 from eai.llm.prompts import description_prompt, recognition_prompt
 from eai.llm.scores import explanation_scores
+from eai.motion import Motion
 from eai.metrics import HEADLINE, expected_calibration_error, metrics, pick
 from eai.run import Run, load_run
 from eai.skeleton.unify import UnifiedMotion
 
 DRAFT_ROWS = 8  # explanations decoded with claim drafts up to this many clips at once on the CPU
+
+
+def read_clip(path: str | Path, **read_options) -> tuple[Motion, UnifiedMotion]:
+    """A motion file as read (eai.io.read_motion with `read_options`: units, up, trust_pickle) and unified;
+    EaiError when it is too short to read (fewer than 2 frames). What `eai explain` and `eai serve` read."""
+    from eai.io import read_motion
+    from eai.skeleton.unify import unify
+
+    m = read_motion(path, **read_options)
+    u = unify(m)
+    if u.n_frames < 2:
+        raise EaiError("too short to read (fewer than 2 frames)", path)
+    return m, u
 
 
 @dataclass

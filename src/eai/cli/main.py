@@ -20,6 +20,7 @@ from eai.cli.run_commands import (
     cmd_bench,
     cmd_evaluate,
     cmd_explain,
+    cmd_serve,
     cmd_train,
 )
 from eai.errors import EaiError, EaiWarning
@@ -92,7 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", help="a run trained on several datasets: which one's labels to answer in "
                    "(default: the one with the clip's skeleton)")
     s.add_argument("--int8", action="store_true", help=INT8_HELP)
+    s.add_argument("--html", metavar="OUT", help="also write a self-contained page: the moving skeleton, the "
+                   "probabilities and each claim's evidence (several files: one tab each)")
     s.set_defaults(fn=cmd_explain)
+
+    s = sub.add_parser("serve", help="a local web app: drop a motion file, see the skeleton, the emotion and "
+                       "the evidence; JSON API at /api/explain, docs at /docs")
+    s.add_argument("--model", required=True, help="run folder trained with --stage all")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; another needs --token)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--token", help="every request must carry it (default: EAI_TOKEN)")
+    s.add_argument("--max-upload-mb", type=float, default=50, help="larger uploads get 413 (default 50)")
+    s.add_argument("--timeout", type=float, default=120, help="seconds a request may take (default 120)")
+    s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
+    s.add_argument("--int8", action="store_true", help=INT8_HELP)
+    s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrix of a run on a dataset")
     s.add_argument("run")

@@ -3,6 +3,8 @@ as tables for people and, with --json, as JSON for machines."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 from eai.errors import EaiError
@@ -37,16 +39,12 @@ def cmd_train(args) -> None:
 
 
 def cmd_explain(args) -> None:
-    from eai.cli.commands import _motion
-    from eai.interpret import Interpreter
-    from eai.skeleton.unify import unify
+    from eai.interpret import Interpreter, read_clip
 
+    read = [read_clip(f, units=args.units, up=args.up, trust_pickle=args.trust_pickle) for f in args.files]
+    motions, clips = [m for m, _ in read], [u for _, u in read]
     it = Interpreter.load(args.model, args.int8)
-    clips = [unify(_motion(args, f)) for f in args.files]
     rows = []
-    for f, u in zip(args.files, clips):
-        if u.n_frames < 2:
-            raise EaiError("too short to read (fewer than 2 frames)", f)
     for f, r in zip(args.files, it.explain(clips, args.max_tokens, args.dataset)):
         r = {"file": f, **r}
         rows.append(r)
@@ -60,6 +58,18 @@ def cmd_explain(args) -> None:
                 print(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val})")
     if args.json:
         print(json.dumps(rows, indent=2))
+    if args.html:  # the viewer page (eai.viewer)
+        from eai.viewer.page import write_page
+
+        size = write_page(args.html, rows, motions, clips)
+        print(f"wrote {args.html} ({size / 2**20:.1f} MB)", file=sys.stderr if args.json else sys.stdout)
+
+
+def cmd_serve(args) -> None:
+    from eai.viewer.serve import serve
+
+    serve(args.model, args.host, args.port, args.token or os.environ.get("EAI_TOKEN") or None, args.max_upload_mb,
+          args.timeout, args.int8, args.max_tokens, {"units": args.units, "up": args.up})
 
 
 def cmd_evaluate(args) -> None:
