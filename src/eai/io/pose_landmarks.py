@@ -81,15 +81,16 @@ def _fill(v: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 
 def metres_per_pixel(lm: Landmarks) -> np.ndarray:
-    """(T,) metres per pixel at the body: trunk, thighs and shins, world length on the image plane over image
-    length; frames without a person interpolated; smoothed over SCALE_SMOOTH_S."""
+    """(T,) metres per pixel at the body: trunk, thighs and shins (those whose ends are seen), world length on
+    the image plane over image length; frames without a person interpolated; smoothed over SCALE_SMOOTH_S."""
     def segs(p: np.ndarray) -> list[np.ndarray]:
         mid = lambda ij: p[:, list(ij)].mean(axis=1)  # noqa: E731
-        out = [mid(_SHOULDERS) - mid(_HIPS)]
-        return out + [p[:, b] - p[:, a] for a, b in _LIMBS]
+        return [mid(_SHOULDERS) - mid(_HIPS)] + [p[:, b] - p[:, a] for a, b in _LIMBS]
 
-    world = sum(np.linalg.norm(s[:, :2], axis=-1) for s in segs(lm.world))
-    image = sum(np.linalg.norm(s, axis=-1) for s in segs(lm.image))
+    seen = lm.visibility >= VISIBILITY_MIN  # a barely seen joint is placed badly: its segments are left out
+    used = [seen[:, list(_SHOULDERS + _HIPS)].all(axis=1)] + [seen[:, a] & seen[:, b] for a, b in _LIMBS]
+    world = sum(np.where(u, np.linalg.norm(s[:, :2], axis=-1), 0) for u, s in zip(used, segs(lm.world)))
+    image = sum(np.where(u, np.linalg.norm(s, axis=-1), 0) for u, s in zip(used, segs(lm.image)))
     ok = lm.found & (image > 1.0)
     s = np.where(ok, world / np.where(ok, image, 1.0), np.nan)
     return _smooth(_fill(s, ok), lm.fps, SCALE_SMOOTH_S, 1)
