@@ -3,6 +3,7 @@ head of the pose-estimator layouts, the missing extra, and the handed real clip 
 `eai explain` (needs the extra 'video'; `make test` installs it and sets EAI_REQUIRE_VIDEO=1, so there a
 missing extra fails instead of skipping)."""
 import builtins
+import json
 import os
 
 import numpy as np
@@ -210,6 +211,9 @@ def test_eai_pose_and_explain_on_the_handed_clip(handed, tiny_run, tmp_path, cap
     assert main(["explain", str(CLIP), "--model", str(tiny_run)]) == 0
     text = capsys.readouterr().out
     assert "emotion" in text and "explanation" in text
-    probs = text.split("emotion", 1)[1].split("(", 1)[1].split(")", 1)[0]
-    assert abs(sum(float(p.split()[-1]) for p in probs.split(",")) - 1) < 0.02
-    assert "[ok ]" in text or "[NOT]" in text or "explanation" in text
+    assert main(["explain", str(CLIP), "--model", str(tiny_run), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["emotion"] in row["probabilities"] and abs(sum(row["probabilities"].values()) - 1) < 1e-3
+    assert row["emotion"] == max(row["probabilities"], key=row["probabilities"].get)
+    assert row["explanation"].strip() and all(isinstance(e["verified"], bool) for e in row["evidence"])
+    assert row["label_consistent"] in (True, False)
