@@ -217,3 +217,30 @@ def test_eai_pose_and_explain_on_the_handed_clip(handed, tiny_run, tmp_path, cap
     assert row["emotion"] == max(row["probabilities"], key=row["probabilities"].get)
     assert row["explanation"].strip() and all(isinstance(e["verified"], bool) for e in row["evidence"])
     assert row["label_consistent"] in (True, False)
+
+
+def test_several_people_follow_the_largest_and_say_so(handed, tmp_path):
+    """The handed clip beside a smaller mirrored copy of itself: two people; the larger one is followed all along
+    (its hips never jump to the other's place, 0.75 of the frame away) and the notes and a warning say so."""
+    import cv2
+
+    from eai.io.video import read_video
+
+    cap, frames = cv2.VideoCapture(str(CLIP)), []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    two = tmp_path / "two.mp4"
+    w = cv2.VideoWriter(str(two), cv2.VideoWriter_fourcc(*"mp4v"), 20, (1200, 600))
+    for f in frames:
+        small = np.full_like(f, 255)
+        small[150:, 75:525] = cv2.resize(f[:, ::-1], (450, 450))  # the copy at three quarters of the size
+        w.write(np.concatenate([f, small], axis=1))
+    w.release()
+    with pytest.warns(UserWarning, match="several people"):
+        m = read_video(two, progress=False)
+    note = [n for n in m.meta["notes"] if n.startswith("several people")]
+    assert note and "up to 2 in a frame" in note[0] and "largest" in note[0]
+    j = list(m.joints)
+    hips = m.positions[:, [j.index("left_hip"), j.index("right_hip")]].mean(axis=1)
+    alone = handed.positions[:, [j.index("left_hip"), j.index("right_hip")]].mean(axis=1)
+    assert np.ptp(hips[:, 0]) < np.ptp(alone[:, 0]) + 0.3  # the same travel as alone: never the other person
