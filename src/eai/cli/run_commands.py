@@ -19,7 +19,7 @@ def run_config(args):
                      epochs=args.epochs, llm_schedule=args.llm_schedule, description_steps=args.description_steps,
                      recognition_steps=args.recognition_steps, backbone=args.backbone, holdout=args.holdout,
                      seed=args.seed, pretrain=not args.no_pretrain, kinematic_token=args.kinematic_token,
-                     mix=args.mix)
+                     posterior_token=not args.no_posterior_token, mix=args.mix)
 
 
 def cmd_train(args) -> None:

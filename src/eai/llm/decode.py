@@ -22,7 +22,7 @@ class ExplanationDecoder:
     @torch.no_grad()
     def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40,
                  constrained: bool = True, z=None, real_fraction=None, jump: bool = True,
-                 drafts: list[list[str]] | None = None) -> list[str]:
+                 drafts: list[list[str]] | None = None, posterior=None) -> list[str]:
         """Greedy continuation of each answer start (returned with it), stopping at the end of turn; with
         `constrained`, in the grammar of grounded descriptions (ClaimDecoder), else free text. In the grammar,
         a token that is the only one allowed is taken without asking the model (the rest of a claim once its
@@ -52,7 +52,7 @@ class ExplanationDecoder:
         first = [self._lead_draft(grammar, s, e)[:max_new_tokens] for s, e in zip(starts, expect)]
         K = max(map(len, first)) + 1
         step, cache, att2, nxt_pos = llm._forward([r + d for r, d in zip(rows, first)], feats, mask, z=z,
-                                                   real_fraction=real_fraction, keep=K)
+                                                   real_fraction=real_fraction, keep=K, posterior=posterior)
         last = []
         for i, d in enumerate(first):
             base = K - 1 - len(d)  # the column of the answer start's last token
