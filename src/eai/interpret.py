@@ -31,6 +31,8 @@ from eai.metrics import HEADLINE, expected_calibration_error, metrics, pick
 from eai.run import Run, load_run
 from eai.skeleton.unify import UnifiedMotion
 
+UNKNOWN_SUPPORT = ("the run stores no class means (trained before they were): claims are checked against the clip, "
+                   "not against the emotion; retrain to judge support")
 DRAFT_ROWS = 8  # explanations decoded with claim drafts up to this many clips at once on the CPU
 
 
@@ -184,12 +186,16 @@ class Interpreter:
         ws, feats, probs = self._clip_proba(clips, dataset)
         desc = clip_descriptors(clips)
         rows, prompts, starts, cf, cm, cfrac, zs = [], [], [], [], [], [], []
+        grounds, said = [], []
         for i, (d, p) in enumerate(zip(desc, probs)):
             sel = ws.clip == i
             word = dataset.words[int(p.argmax())]
             z = ref.z(d)
             zs.append((z, d))
-            prompts.append(description_prompt(n, dataset.tag, word, ev.evidence_line(z)))
+            # the evidence stated is what is true of the clip, applies to its movement and supports the answer
+            grounds.append(ref.grounds(dataset.labels[int(p.argmax())], d))
+            said.append(ev.claim_phrases(z, grounds=grounds[-1]))
+            prompts.append(description_prompt(n, dataset.tag, word, ev.evidence_line(z, said[-1])))
             starts.append(ev.label_text(word))
             cf.append(feats[sel].mean(0))
             cm.append(ws.mask[sel][0])
@@ -199,23 +205,25 @@ class Interpreter:
         zc = torch.from_numpy(np.stack([z for z, _ in zs]).astype(np.float32))
         # the evidence line's claims, in its order, drafted (EmotionLLM.generate) where a decoding pass costs
         # about the same for one token as for twenty: a few rows on the CPU, any batch on a GPU
-        drafts = ([[p for p, _ in ev.claim_phrases(z)] for z, _ in zs]
+        drafts = ([[p for p, _ in c] for c in said]
                   if len(clips) <= DRAFT_ROWS or self.llm.device.type == "cuda" else None)
         texts = self.decoder.generate(torch.from_numpy(np.stack(cf)), torch.from_numpy(np.stack(cm)), prompts, starts,
                                       max_new_tokens, z=zc, real_fraction=torch.tensor(cfrac, dtype=torch.float32),
                                       drafts=drafts)
-        for r, t, (z, d) in zip(rows, texts, zs):
+        for r, t, (z, d), g in zip(rows, texts, zs, grounds):
             r["explanation"] = t
             r["evidence"] = []
-            for c in ev.check(t, z):
+            for c in ev.check(t, z, g):
                 e = c.to_dict()
-                if c.descriptor != ev.NEUTRAL:
+                if c.kind == "movement":
                     k = ev.NAMES.index(c.descriptor)
                     e.update(value=None if not np.isfinite(d[k]) else round(float(d[k]), 4),
                              neutral=round(float(ref.mean[k]), 4), unit=DESCRIPTOR_BY_NAME[c.descriptor].unit)
                 r["evidence"].append(e)
             r["label_consistent"] = ev.names_label(t, r["emotion"], dataset.words)
-            r["reference"] = ev.description(r["emotion"], z)
+            r["reference"] = ev.description(r["emotion"], z, grounds=g)
+            if g.toward is None:
+                r["support_unknown"] = UNKNOWN_SUPPORT
         return rows
 
     def assess(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False) -> tuple[dict, list[dict]]:
