@@ -2,6 +2,7 @@
 answer's emotion differs from neutral in the training data; the no-support sentence; the support rate; runs
 stored before class means were."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -180,3 +181,32 @@ def test_a_run_stores_class_means_and_one_without_them_still_explains(tiny_run, 
     for r in rows:
         assert r["support_unknown"] and all(e["supports"] is None for e in r["evidence"])
     assert explanation_scores(rows, similarity=False)["support_rate"] is None
+
+
+def test_training_descriptions_claim_only_what_supports_their_label(reference):
+    from eai.data.joint import RunDataset
+    from eai.train.stages import FeatureSet, Sampler
+
+    ref, _ = reference
+    labels = ["neutral", "proud", "sad"]
+    rng = np.random.default_rng(4)
+    n, m = 24, 6
+    z = rng.normal(0, 1.5, (n + m, len(NAMES)))
+    z[:, HEAD] = 3.0  # every window and clip holds its head lowered
+    y = np.arange(n + m) % 3
+    f = np.zeros((n, 8, 2, 23), np.float32)
+    zeros, ones = (lambda k: np.zeros(k, np.int64)), (lambda k: np.ones(k, np.float32))
+    fs = FeatureSet(f, np.ones((n, 23), bool), y[:n], z[:n], np.arange(n) % m, zeros(n), ones(n), f[:m],
+                    np.ones((m, 23), bool), y[n:], z[n:], zeros(m), ones(m))
+    dataset = RunDataset("t", "", "folders", "bandai22", labels, labels, "t", reference=ref.to_dict())
+    batch = Sampler(fs, labels, [dataset], 4, 0).description(200)
+    said = {"proud": set(), "sad": set(), "neutral": set()}
+    for zz, prompt, answer in zip(batch.z, batch.prompts, batch.answers):
+        label = re.match(r"[a-z]+", answer.lower()).group()
+        g = ref.grounds(label, ref.values(zz))
+        claims = ev.check(answer, zz, g)
+        assert claims and all(c.verified and (c.supports or c.kind == "no_support") for c in claims), answer
+        assert all(c.phrase in prompt for c in claims)  # the prompt states what the answer says
+        said[label] |= {c.descriptor for c in claims}
+    assert "head_pitch" not in said["proud"] and "head_pitch" in said["sad"]
+    assert said["neutral"] <= {ev.NEUTRAL, ev.NO_SUPPORT_KEY}
