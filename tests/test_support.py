@@ -210,3 +210,21 @@ def test_training_descriptions_claim_only_what_supports_their_label(reference):
         said[label] |= {c.descriptor for c in claims}
     assert "head_pitch" not in said["proud"] and "head_pitch" in said["sad"]
     assert said["neutral"] <= {ev.NEUTRAL, ev.NO_SUPPORT_KEY}
+
+
+def test_evaluate_bench_explain_and_explain_report_support(tiny_run, synth_dir, tmp_path, capsys):
+    from eai.cli import main
+
+    f = sorted(synth_dir.rglob("*.bvh"))[0]
+    assert main(["explain", str(f), "--model", str(tiny_run), "--max-tokens", "12"]) == 0
+    out = capsys.readouterr()
+    assert "support" in out.out or "though no measured movement" in out.out
+    assert main(["evaluate", str(tiny_run), "--data", str(synth_dir), "--out", str(tmp_path / "ev")]) == 0
+    assert "support rate" in capsys.readouterr().out
+    ex = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["llm"]["explanations"]
+    assert ex["claims_support_known"] == ex["claims"] - ex["explanations_no_support"]
+    assert ex["support_rate"] is None or 0 <= ex["support_rate"] <= 1
+    assert main(["bench", "explain", "--model", str(tiny_run), "--data", str(synth_dir), "--json",
+                 str(tmp_path / "b.json")]) == 0
+    assert "support rate" in capsys.readouterr().out
+    assert "support_rate" in json.loads((tmp_path / "b.json").read_text())["explanations"]
