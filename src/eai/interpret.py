@@ -3,7 +3,9 @@
 A clip is cut into the protocol's windows; the encoder's features of each go through the skeleton tokenizer
 into the LLM, which scores every label word of the clip's dataset as the answer (the clip's probabilities
 are the mean over its windows); the explanation is then decoded after the recognised label, in the grammar
-of grounded descriptions, and each movement claim it makes is checked against the clip's descriptors.
+of grounded descriptions, and each movement claim it makes is checked against the clip's descriptors (does it
+hold, does the descriptor apply to the movement) and against the answer (does it point the way the answer's
+emotion differs from neutral in the run's training data: eai.llm.evidence).
 """
 from __future__ import annotations
 
@@ -173,8 +175,10 @@ class Interpreter:
         return rows
 
     def explain(self, clips: list[UnifiedMotion], max_new_tokens: int = 40, dataset: str | None = None) -> list[dict]:
-        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence, in
-        the words of the clip's dataset (the run's dataset named `dataset`, or found by the clip's layout)."""
+        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence (each
+        claim: holds, applies, supports the emotion; eai.llm.evidence.Claim.to_dict), in the words of the clip's
+        dataset (the run's dataset named `dataset`, or found by the clip's layout). A run without class means
+        (trained before they were stored) adds `support_unknown` to every row and leaves `supports` None."""
         rows: list[dict] = [{} for _ in clips]
         for v, idx in self._by_dataset(clips, dataset):
             for i, r in zip(idx, self._explain([clips[i] for i in idx], v, max_new_tokens)):
