@@ -117,8 +117,9 @@ def explain_held_out(out: Path, data: Path, n: int) -> list[dict]:
         print(f"- {Path(u.source).name} (true: {read_as.word(u.label)}) -> {r['emotion']} ({r['probabilities'][r['emotion']]:.2f})\n"
               f"  {r['explanation']}")
         for e in r["evidence"]:
+            sup = {True: ", supports it", False: ", does not support it", None: ""}[e.get("supports")]
             print(f"    [{'ok' if e['verified'] else 'NOT ok'}] {e['phrase']}: {e['descriptor'] or 'overall'}, "
-                  f"z {e['z']}")
+                  f"z {e['z']}{sup}")
     return [{"clip": u.source, "label": read_as.word(u.label), **r} for u, r in zip(picked, rows)]
 
 

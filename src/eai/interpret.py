@@ -3,7 +3,9 @@
 A clip is cut into the protocol's windows; the encoder's features of each go through the skeleton tokenizer
 into the LLM, which scores every label word of the clip's dataset as the answer (the clip's probabilities
 are the mean over its windows); the explanation is then decoded after the recognised label, in the grammar
-of grounded descriptions, and each movement claim it makes is checked against the clip's descriptors.
+of grounded descriptions, and each movement claim it makes is checked against the clip's descriptors (does it
+hold, does the descriptor apply to the movement) and against the answer (does it point the way the answer's
+emotion differs from neutral in the run's training data: eai.llm.evidence).
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from eai.metrics import HEADLINE, expected_calibration_error, metrics, pick, rel
 from eai.run import Run, load_run
 from eai.skeleton.unify import UnifiedMotion
 
+UNKNOWN_SUPPORT = ("the run stores no class means (trained before they were): claims are checked against the clip, "
+                   "not against the emotion; retrain to judge support")
 DRAFT_ROWS = 8  # explanations decoded with claim drafts up to this many clips at once on the CPU
 CLOSE = 0.1  # two leading labels whose probabilities differ by less than this are both named
 
@@ -214,8 +218,10 @@ class Interpreter:
         return rows
 
     def explain(self, clips: list[UnifiedMotion], max_new_tokens: int = 40, dataset: str | None = None) -> list[dict]:
-        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence, in
-        the words of the clip's dataset (the run's dataset named `dataset`, or found by the clip's layout)."""
+        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence (each
+        claim: holds, applies, supports the emotion; eai.llm.evidence.Claim.to_dict), in the words of the clip's
+        dataset (the run's dataset named `dataset`, or found by the clip's layout). A run without class means
+        (trained before they were stored) adds `support_unknown` to every row and leaves `supports` None."""
         rows: list[dict] = [{} for _ in clips]
         for v, idx in self._by_dataset(clips, dataset):
             for i, r in zip(idx, self._explain([clips[i] for i in idx], v, max_new_tokens)):
@@ -227,12 +233,16 @@ class Interpreter:
         ws, feats, post, probs = self._clip_proba(clips, dataset)
         desc = clip_descriptors(clips)
         rows, prompts, starts, cf, cm, cfrac, zs = [], [], [], [], [], [], []
+        grounds, said = [], []
         for i, (d, p) in enumerate(zip(desc, probs)):
             sel = ws.clip == i
             word = dataset.words[int(p.argmax())]
             z = ref.z(d)
             zs.append((z, d))
-            prompts.append(description_prompt(n, dataset.tag, word, ev.evidence_line(z)))
+            # the evidence stated is what is true of the clip, applies to its movement and supports the answer
+            grounds.append(ref.grounds(dataset.labels[int(p.argmax())], d))
+            said.append(ev.claim_phrases(z, grounds=grounds[-1]))
+            prompts.append(description_prompt(n, dataset.tag, word, ev.evidence_line(z, said[-1])))
             starts.append(ev.label_text(word))
             cf.append(feats[sel].mean(0))
             cm.append(ws.mask[sel][0])
@@ -245,25 +255,27 @@ class Interpreter:
         zc = torch.from_numpy(np.stack([z for z, _ in zs]).astype(np.float32))
         # the evidence line's claims, in its order, drafted (EmotionLLM.generate) where a decoding pass costs
         # about the same for one token as for twenty: a few rows on the CPU, any batch on a GPU
-        drafts = ([[p for p, _ in ev.claim_phrases(z)] for z, _ in zs]
+        drafts = ([[p for p, _ in c] for c in said]
                   if len(clips) <= DRAFT_ROWS or self.llm.device.type == "cuda" else None)
         texts = self.decoder.generate(torch.from_numpy(np.stack(cf)), torch.from_numpy(np.stack(cm)), prompts, starts,
                                       max_new_tokens, z=zc, real_fraction=torch.tensor(cfrac, dtype=torch.float32),
                                       drafts=drafts,
                                       posterior=None if post is None else torch.from_numpy(
                                           np.stack([post[ws.clip == i].mean(0) for i in range(len(clips))])))
-        for r, t, (z, d) in zip(rows, texts, zs):
+        for r, t, (z, d), g in zip(rows, texts, zs, grounds):
             r["explanation"] = t + (runner_up_sentence(r) if r["runner_up"] else "")
             r["evidence"] = []
-            for c in ev.check(t, z):
+            for c in ev.check(t, z, g):
                 e = c.to_dict()
-                if c.descriptor != ev.NEUTRAL:
+                if c.kind == "movement":
                     k = ev.NAMES.index(c.descriptor)
                     e.update(value=None if not np.isfinite(d[k]) else round(float(d[k]), 4),
                              neutral=round(float(ref.mean[k]), 4), unit=DESCRIPTOR_BY_NAME[c.descriptor].unit)
                 r["evidence"].append(e)
             r["label_consistent"] = ev.names_label(t, r["emotion"], dataset.words)
-            r["reference"] = ev.description(r["emotion"], z)
+            r["reference"] = ev.description(r["emotion"], z, grounds=g)
+            if g.toward is None:
+                r["support_unknown"] = UNKNOWN_SUPPORT
         return rows
 
     def assess(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False) -> tuple[dict, list[dict]]:

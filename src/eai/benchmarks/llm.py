@@ -98,7 +98,8 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
             if progress:  # a protocol run across sessions: each fold's figures as soon as it is done
                 tqdm.write(f"seed {seed} fold {i}: window accuracy LLM {h['llm']['window_accuracy']:.3f} / encoder "
                            f"{h['encoder']['window_accuracy']:.3f}, macro-F1 {h['llm']['macro_f1']:.3f} / "
-                           f"{h['encoder']['macro_f1']:.3f}; faithfulness {ex['faithfulness']}  ({run})")
+                           f"{h['encoder']['macro_f1']:.3f}; faithfulness {ex['faithfulness']}, support rate "
+                           f"{ex.get('support_rate')}  ({run})")
     models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v]))} for k, v in per.items()}
     return {"dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
@@ -124,7 +125,8 @@ def _held_out_explanations(run, clips: list) -> dict:
     kept = run / EXPLANATIONS
     if kept.is_file():
         old = json.loads(kept.read_text())
-        if old.get("llm_weights_sha256") == digest and len(old["rows"]) == len(clips):
+        if (old.get("llm_weights_sha256") == digest and len(old["rows"]) == len(clips)
+                and "support_rate" in old["scores"]):  # scored before support was: explained anew
             return old["scores"]
     it = Interpreter.load(run)
     rows = it.explanations(clips, it.datasets[0])  # the run's one dataset
@@ -138,9 +140,10 @@ def _held_out_explanations(run, clips: list) -> dict:
 def llm_table(result: dict) -> str:
     """The recognition table of both models, then the explanations pooled over every fold."""
     ex = result["explanations"]
-    t = table([[ex["explanations"], ex["label_consistency"], ex["faithfulness"], ex["claims"], ex["bleu4"],
-                ex["rouge_l"], ex.get("minilm_similarity")]],
-              ["explanations", "label consistency", "faithfulness", "claims", "BLEU-4", "ROUGE-L", "MiniLM sim."])
+    t = table([[ex["explanations"], ex["label_consistency"], ex["faithfulness"], ex.get("support_rate"), ex["claims"],
+                ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
+              ["explanations", "label consistency", "faithfulness", "support rate", "claims", "BLEU-4", "ROUGE-L",
+               "MiniLM sim."])
     n = len(result["per_fold"])
     return (f"{recognition_table(result)}\n\nLLM ECE {result['models']['llm']['ece']:.3f}, encoder ECE "
             f"{result['models']['encoder']['ece']:.3f}; LLM window accuracy >= the encoder's in "

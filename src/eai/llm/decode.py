@@ -7,6 +7,7 @@ from collections import Counter
 
 import torch
 
+from eai.llm.evidence import NO_SUPPORT
 from eai.llm.grammar import ClaimDecoder, GrammarState
 from eai.llm.model import EmotionLLM
 
@@ -124,8 +125,11 @@ class ExplanationDecoder:
 
     def _lead_draft(self, grammar: "ClaimDecoder | None", start: str, claims: list[str] | None) -> list[int]:
         """The draft of a row's first pass: the lead most often chosen after `start` so far (none before the
-        first), then the expected claims; [] without claims to draft."""
+        first), then the expected claims; [] without claims to draft; the no-support sentence when that is
+        what is expected (`claims` == [NO_SUPPORT])."""
         seen = self.leads_chosen.get(start)
+        if claims is not None and claims == [NO_SUPPORT]:  # the no-support sentence: no lead to guess
+            return list(grammar.no_support) + list(grammar.end)
         if claims is None or not seen:
             return []
         lead = seen.most_common(1)[0][0]

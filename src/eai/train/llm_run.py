@@ -2,8 +2,9 @@
 
 The encoder stage is reused when the folder holds a finished one; each LLM stage resumes from its checkpoint.
 The LLM reads cached encoder features of the training clips (and their mirror images); each dataset's
-neutral reference (its descriptors' baseline, for grounded explanations) is fitted on its training clips
-only. A finished run is scored on its held-out clips: the LLM by label likelihood beside the encoder's head.
+reference (its descriptors' neutral baseline and the mean of each label's clips, for grounded explanations that
+support their answer: eai.llm.evidence.Reference) is fitted on its training clips only and stored in the
+manifest with the dataset. A finished run is scored on its held-out clips: the LLM by label likelihood beside the encoder's head.
 """
 from __future__ import annotations
 

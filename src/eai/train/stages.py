@@ -116,6 +116,8 @@ class Sampler:
         share = mix_weights(d, len(datasets), mix) * np.bincount(d, minlength=len(datasets))[d]
         w = share / (per_dataset[d] * counts[key])
         self.p = w / w.sum()
+        # each dataset's reference, to judge which measured claims support a label (None: not fitted)
+        self.refs = [None if x.reference is None else ev.Reference.from_dict(x.reference) for x in datasets]
 
     def _word(self, d: int, y: int) -> str:
         return self.datasets[d].word(self.labels[y])
@@ -128,7 +130,10 @@ class Sampler:
                      [self._word(d, y) for d, y in zip(fs.dataset_idx[i], fs.y[i])])
 
     def description(self, k: int) -> Batch:
-        """Half windows (window descriptors), half whole clips (clip-mean features, clip descriptors)."""
+        """Half windows (window descriptors), half whole clips (clip-mean features, clip descriptors). Each
+        description claims only what is true of its window or clip, applies to its movement and supports its
+        label (eai.llm.evidence.claim_phrases with the dataset reference's grounds), else says that nothing
+        measured supports it."""
         fs = self.fs
         n_clip = int(self.rng.binomial(k, 0.5))
         i = self.rng.choice(len(fs.y), k - n_clip, p=self.p)
@@ -136,7 +141,10 @@ class Sampler:
         both = lambda a, b: np.concatenate([a[i], b[j]])  # noqa: E731
         ys, ds, zs = both(fs.y, fs.clip_y), both(fs.dataset_idx, fs.clip_dataset_idx), both(fs.z, fs.clip_z)
         words = [self._word(d, y) for d, y in zip(ds, ys)]
-        phrases = [ev.claim_phrases(z, self.rng) for z in zs]  # varied wordings, the same in prompt and answer
+        grounds = [None if self.refs[d] is None else self.refs[d].grounds(self.labels[y], self.refs[d].values(z))
+                   for d, y, z in zip(ds, ys, zs)]
+        # varied wordings, the same in prompt and answer
+        phrases = [ev.claim_phrases(z, self.rng, g) for z, g in zip(zs, grounds)]
         prompts = [description_prompt(self.n, self.datasets[d].tag, w, ev.evidence_line(z, p))
                    for d, w, z, p in zip(ds, words, zs, phrases)]
         answers = [ev.description(w, z, self.rng, p) for w, z, p in zip(words, zs, phrases)]
