@@ -16,10 +16,6 @@ import numpy as np
 LOG_T = (-3.0, 3.0)  # T searched in [e^-3, e^3]
 
 
-def _log(p: np.ndarray) -> np.ndarray:
-    return np.log(np.clip(np.asarray(p, np.float64), 1e-12, None))
-
-
 def scale(logp: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(logp / T) of log-probabilities or logits (N, C): (N, C) float64 probabilities."""
     x = np.asarray(logp, np.float64) / temperature
@@ -30,7 +26,9 @@ def scale(logp: np.ndarray, temperature: float) -> np.ndarray:
 
 def scale_proba(proba: np.ndarray, temperature: float) -> np.ndarray:
     """Probabilities (N, C) recalibrated by T (their logs divided by T, renormalised); zeros stay zero."""
-    return scale(_log(proba), temperature) * (np.asarray(proba) > 0)
+    p = np.asarray(proba, np.float64)
+    with np.errstate(divide="ignore"):
+        return scale(np.where(p > 0, np.log(p), -np.inf), temperature)
 
 
 def fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:

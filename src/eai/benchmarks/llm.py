@@ -92,7 +92,8 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
             for k in per:
                 per[k].append(h[k])
             folds_out.append({"seed": seed, "fold": i, "run": str(run), "clips": h["clips"], "windows": h["windows"],
-                              **{k: {a: h[k][a] for a in HEADLINE + ("ece",)} for k in per},
+                              **{k: {a: h[k].get(a) for a in HEADLINE + ("ece", "ece_uncalibrated", "temperature")}
+                                 for k in per},
                               "explanations": ex, "llm_seconds": m.llm_training.seconds,
                               "encoder_seconds": m.train_seconds})
             if progress:  # a protocol run across sessions: each fold's figures as soon as it is done
@@ -100,7 +101,9 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
                            f"{h['encoder']['window_accuracy']:.3f}, macro-F1 {h['llm']['macro_f1']:.3f} / "
                            f"{h['encoder']['macro_f1']:.3f}; faithfulness {ex['faithfulness']}, support rate "
                            f"{ex.get('support_rate')}  ({run})")
-    models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v]))} for k, v in per.items()}
+    models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v])),
+                  "ece_uncalibrated": float(np.mean([r.get("ece_uncalibrated", r["ece"]) for r in v]))}
+              for k, v in per.items()}
     return {"dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
             "windows": sum(f["windows"] for f in folds_out) // n_seeds,
@@ -145,8 +148,10 @@ def llm_table(result: dict) -> str:
               ["explanations", "label consistency", "faithfulness", "support rate", "claims", "BLEU-4", "ROUGE-L",
                "MiniLM sim."])
     n = len(result["per_fold"])
-    return (f"{recognition_table(result)}\n\nLLM ECE {result['models']['llm']['ece']:.3f}, encoder ECE "
-            f"{result['models']['encoder']['ece']:.3f}; LLM window accuracy >= the encoder's in "
+    mo = result["models"]
+    return (f"{recognition_table(result)}\n\nECE after temperature scaling (before): LLM {mo['llm']['ece']:.3f} "
+            f"({mo['llm']['ece_uncalibrated']:.3f}), encoder {mo['encoder']['ece']:.3f} "
+            f"({mo['encoder']['ece_uncalibrated']:.3f}); LLM window accuracy >= the encoder's in "
             f"{result['llm_at_least_encoder_folds']} of {n} folds\nheld-out explanations, all folds:\n{t}")
 
 

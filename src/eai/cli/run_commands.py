@@ -90,8 +90,8 @@ def cmd_evaluate(args) -> None:
     if "llm" in r:
         rec, ex = r["llm"]["recognition"]["llm"], r["llm"]["explanations"]
         print("LLM (label likelihood, mirror-averaged):")
-        print(table([[rec["window_accuracy"], rec["clip_accuracy"], rec["macro_f1"], rec["ece"]]],
-                    ["window acc", "clip acc", "macro-F1", "ECE"]))
+        print(table([[rec["window_accuracy"], rec["clip_accuracy"], rec["macro_f1"], rec["ece"], rec["ece_uncalibrated"]]],
+                    ["window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
         print(table([[ex["label_consistency"], ex["faithfulness"], ex["support_rate"], ex["bleu4"], ex["rouge_l"],
                       ex.get("minilm_similarity")]],
                     ["label consistency", "faithfulness", "support rate", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
@@ -153,8 +153,9 @@ def cmd_bench(args) -> None:
         result = bench_explain(args.model, args.data, args.task, progress=not args.quiet, int8=args.int8)
         rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
         print(f"{result['dataset']} ({result['scope']}: {result['clips']} clips, {rec['windows']} windows)")
-        print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"]]
-                     for k in ("llm", "encoder")], ["model", "window acc", "clip acc", "macro-F1", "ECE"]))
+        print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"],
+                      rec[k]["ece_uncalibrated"]] for k in ("llm", "encoder")],
+                    ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
         print(table([[ex["label_consistency"], ex["faithfulness"], ex["support_rate"], ex["claims_per_explanation"],
                       ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
                     ["label consistency", "faithfulness", "support rate", "claims/expl.", "BLEU-4", "ROUGE-L",
