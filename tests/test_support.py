@@ -197,7 +197,8 @@ def test_training_descriptions_claim_only_what_supports_their_label(reference):
     f = np.zeros((n, 8, 2, 23), np.float32)
     zeros, ones = (lambda k: np.zeros(k, np.int64)), (lambda k: np.ones(k, np.float32))
     fs = FeatureSet(f, np.ones((n, 23), bool), y[:n], z[:n], np.arange(n) % m, zeros(n), ones(n), f[:m],
-                    np.ones((m, 23), bool), y[n:], z[n:], zeros(m), ones(m))
+                    np.ones((m, 23), bool), y[n:], z[n:], zeros(m), ones(m), np.eye(3, dtype=np.float32)[y[:n]],
+                    np.eye(3, dtype=np.float32)[y[n:]])
     dataset = RunDataset("t", "", "folders", "bandai22", labels, labels, "t", reference=ref.to_dict())
     batch = Sampler(fs, labels, [dataset], 4, 0).description(200)
     said = {"proud": set(), "sad": set(), "neutral": set()}
