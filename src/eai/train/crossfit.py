@@ -1,11 +1,11 @@
 """Out-of-fold encoder posteriors of a run's training windows (cross-fitting, as in stacking: Wolpert 1992).
 
-The run's encoder has seen every training window, so its posterior there is overconfident: an LLM taught to
-read it would learn to trust it more than it deserves on new clips, and a temperature fitted on it would
-be too low. Here `k` encoders, each trained with the run's own schedule on the other folds' clips (grouped
-by clip, stratified by label), give every training window a posterior from a model that never saw its clip.
-The posterior token is trained on these, and the encoder's temperature is fitted on them
-(eai.calibration); they are cached in the run folder (`CROSSFIT`) so a resumed run does not redo them.
+The run's encoder has seen every training window, so its posterior there is overconfident: a temperature
+fitted on it would be too low. Here `k` encoders, each trained with the run's own schedule on the other
+folds' clips (grouped by clip, stratified by label), give every training window a posterior from a model
+that never saw its clip, as a new clip's would be. Both temperatures are fitted on them (eai.calibration):
+the encoder's on these posteriors, the LLM's with them as its posterior token. They are cached in the run
+folder (`CROSSFIT`) so a resumed run does not redo them.
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from eai.calibration import Calibration, fit_temperature, scale
 
 from eai.data.joint import label_mask, open_datasets
 from eai.data.windows import WindowSet, window_set
+from eai.encoder.model import predict_proba
 from eai.errors import EaiError
 from eai.features import clip_descriptors
 from eai.llm import evidence as ev
@@ -77,8 +78,12 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed,
                                 load_file(str(pre)) if pre.is_file() else None, seed=cfg.seed,
                                 cache=run_dir / CROSSFIT, progress=progress)
-    fsets = [feature_set(run.encoder, ws, cdesc, ref, oof[every.dataset_idx == i], mirror=True, progress=progress)
-             for i, (ws, (cdesc, ref)) in enumerate(zip(wsets, refs))]
+    # the posterior token learns from the run's own encoder on the training windows (as at inference): so taught,
+    # the LLM reads it as the strong evidence it is; taught on the weaker out-of-fold posteriors it leaned on the
+    # motion tokens, which the encoder fits more closely on its training clips than on new ones (demo: held-out
+    # LLM 0.44 against 0.70 so taught; bench/RESULTS.md)
+    fsets = [feature_set(run.encoder, ws, cdesc, ref, predict_proba(run.encoder, ws.of_dataset(i), allowed=allowed),
+                         mirror=True, progress=progress) for i, (ws, (cdesc, ref)) in enumerate(zip(wsets, refs))]
     if m.llm is None:
         schedule = cfg.llm_schedule or default_llm_schedule(cfg.schedule)
         m.llm = LLMConfig(cfg.backbone, cfg.seed, LoraSettings(), SkeletonTokenizerConfig(
@@ -114,7 +119,8 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
 
     interp = Interpreter(Run(run.path, m, run.encoder), llm.eval())
     if m.calibration is None:
-        m.calibration = fit_calibration(interp, fsets, [len(w.y) for w in wsets], oof, every.y, m.llm.seed)
+        m.calibration = fit_calibration(interp, fsets, [oof[every.dataset_idx == i] for i in range(len(wsets))], oof,
+                                        every.y, m.llm.seed)
         m.save(run_dir)
     if any(held) and not m.held_out_llm:
         m.held_out_llm = {r.name: interp.recognition_metrics(h, r, progress) for r, h in zip(m.datasets, held) if h}
@@ -127,12 +133,13 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     return run_dir
 
 
-def fit_calibration(interp, fsets: list[FeatureSet], n_windows: list[int], oof: np.ndarray, oof_y: np.ndarray,
-                    seed: int, n: int = 160) -> Calibration:
+def fit_calibration(interp, fsets: list[FeatureSet], oof_by_dataset: list[np.ndarray], oof: np.ndarray,
+                    oof_y: np.ndarray, seed: int, n: int = 160) -> Calibration:
     """The run's temperatures (eai.calibration), never from held-out clips: the encoder's on the out-of-fold
     posteriors `oof` (N, n_labels) of all training windows (true run-label indices `oof_y`); the LLM's on up to
-    `n` training windows of each dataset (fsets[d] holds `n_windows[d]` windows, then their mirror images),
-    scored with their out-of-fold posterior tokens and mirror-averaged."""
+    `n` training windows of each dataset (fsets[d] holds its windows, then their mirror images), scored with
+    their out-of-fold posteriors `oof_by_dataset[d]` as the posterior token (as a new clip's would read: from an
+    encoder that never saw it) and mirror-averaged."""
     from eai.data.joint import local_index
 
     rng = np.random.default_rng(seed)
@@ -140,10 +147,11 @@ def fit_calibration(interp, fsets: list[FeatureSet], n_windows: list[int], oof: 
     rows, ys = [], []
     width = max(len(d.labels) for d in m.datasets)
     reads = interp.llm.skeleton_tokenizer.cfg.n_labels
-    for d, fs, k in zip(m.datasets, fsets, n_windows):
+    for d, fs, post in zip(m.datasets, fsets, oof_by_dataset):
+        k = len(post)
         i = np.sort(rng.choice(k, min(n, k), replace=False))
         p = sum(interp.window_proba(fs.feats[j], fs.mask[j], fs.z[j], fs.real_fraction[j], d,
-                                    fs.posterior[j] if reads else None, calibrated=False)
+                                    post[i] if reads else None, calibrated=False)
                 for j in (i, i + k)) / 2  # mirror-averaged, as the held-out figures are
         rows.append(np.pad(np.log(np.clip(p, 1e-12, None)), ((0, 0), (0, width - p.shape[1])),
                            constant_values=-np.inf))
