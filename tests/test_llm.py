@@ -258,7 +258,8 @@ def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
     zeros, ones = (lambda k: np.zeros(k, np.int64)), (lambda k: np.ones(k, np.float32))
     fs = FeatureSet(f, np.ones((n, 23), bool), np.arange(n) % 4, rng.standard_normal((n, len(ev.NAMES))),
                     np.arange(n) % m, zeros(n), ones(n), f[:m], np.ones((m, 23), bool), np.arange(m) % 4,
-                    rng.standard_normal((m, len(ev.NAMES))), zeros(m), ones(m))
+                    rng.standard_normal((m, len(ev.NAMES))), zeros(m), ones(m),
+                    rng.dirichlet(np.ones(4), n).astype(np.float32), rng.dirichlet(np.ones(4), m).astype(np.float32))
     cfg = StageConfig(24, 2, 1e-3, 1e-3, 2, mix=0.5, contrastive=0.0)  # a checkpoint every 20 steps
     dataset = RunDataset("t", "", "folders", "gait16", LABELS, LABELS, "t")
 
@@ -266,7 +267,7 @@ def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
         pass
 
     def train(ckpt, kill_at=None):
-        llm = build_llm(LLMConfig(TINY, tokenizer=SkeletonTokenizerConfig(feature_dim=32, hidden=64)))
+        llm = build_llm(LLMConfig(TINY, tokenizer=SkeletonTokenizerConfig(feature_dim=32, hidden=64, n_labels=4)))
         sampler = Sampler(fs, LABELS, [dataset], llm.skeleton_tokenizer.cfg.n_tokens, 0)
 
         def log(rec):

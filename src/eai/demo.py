@@ -88,13 +88,14 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
         print(f"trained in {time.time() - t0:.0f} s")
         m = Manifest.load(out)
     h = m.held_out_llm[m.datasets[0].name]
-    rows = [[name, h[name]["window_accuracy"], h[name]["clip_accuracy"], h[name]["macro_f1"], h[name]["ece"]]
-            for name in ("encoder", "llm")]
-    print(f"held-out clips ({h['clips']} clips, {h['windows']} windows):")
-    print(table(rows, ["model", "window acc", "clip acc", "macro-F1", "ECE"]))
+    rows = [[name, h[name]["window_accuracy"], h[name]["clip_accuracy"], h[name]["macro_f1"], h[name]["ece"],
+             h[name]["ece_uncalibrated"]] for name in ("encoder", "llm")]
+    print(f"held-out clips ({h['clips']} clips, {h['windows']} windows; ECE after temperature scaling fitted on "
+          f"training windows, and before):")
+    print(table(rows, ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
     if h["llm"]["macro_f1"] < h["encoder"]["macro_f1"]:
-        print("the LLM reads the skeleton tokens worse than the encoder's own head: the cpu schedules are too short "
-              "for it (see README); train with --schedule gpu --llm-schedule gpu for the method's figures")
+        print("the LLM reads the skeleton worse than the encoder's own head on these clips (see README, 'Posterior "
+              "token'); train with --schedule gpu --llm-schedule gpu for the method's figures")
     return {"run": str(out), "held_out": h, "encoder_seconds": m.train_seconds,
             "llm_seconds": m.llm_training.seconds, "peak_memory_mb": m.llm_training.peak_memory_mb}
 
@@ -117,8 +118,9 @@ def explain_held_out(out: Path, data: Path, n: int) -> list[dict]:
         print(f"- {Path(u.source).name} (true: {read_as.word(u.label)}) -> {r['emotion']} ({r['probabilities'][r['emotion']]:.2f})\n"
               f"  {r['explanation']}")
         for e in r["evidence"]:
+            sup = {True: ", supports it", False: ", does not support it", None: ""}[e.get("supports")]
             print(f"    [{'ok' if e['verified'] else 'NOT ok'}] {e['phrase']}: {e['descriptor'] or 'overall'}, "
-                  f"z {e['z']}")
+                  f"z {e['z']}{sup}")
     return [{"clip": u.source, "label": read_as.word(u.label), **r} for u, r in zip(picked, rows)]
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from eai.calibration import Calibration, scale_proba
 from eai.data.datasets import load_clips, open_dataset
 from eai.data.joint import dataset_for_clip, label_mask
 from eai.data.windows import STRIDE, window_set
 from eai.encoder.model import predict_dataset_proba
 from eai.errors import EaiError
 from eai.metrics import metrics
-from eai.report import plot_confusion, write_json
+from eai.report import plot_confusion, plot_reliability, write_json
 from eai.run import Run, load_run
 
 
@@ -52,8 +53,9 @@ def evaluate_run(run_dir: str, data: str, task: str | None = None, all_clips: bo
     d = run.datasets.index(read_as)
     labels = read_as.labels
     ws = window_set(clips, labels, run.manifest.train.window, STRIDE, bool(run.encoder.cfg.n_descriptors))
-    m = metrics(ws.y, predict_dataset_proba(run.encoder, ws, label_mask(run.datasets, run.labels), d), ws.clip,
-                labels)
+    cal = run.manifest.calibration or Calibration()  # the encoder's temperature (eai.calibration)
+    m = metrics(ws.y, scale_proba(predict_dataset_proba(run.encoder, ws, label_mask(run.datasets, run.labels), d),
+                                  cal.encoder), ws.clip, labels)
     result = {"run": str(run.path), "dataset": source.name, "read_as": read_as.name, "scope": scope,
               "clips": len(clips), "windows": len(ws.y), "labels": labels, "words": read_as.words, **m}
     if run.manifest.llm_done:
@@ -67,4 +69,9 @@ def evaluate_run(run_dir: str, data: str, task: str | None = None, all_clips: bo
     write_json(result, dest / "evaluation.json")
     plot_confusion(m["confusion"], labels, dest / "confusion.png", f"{source.name} ({scope})")
     result["written"] = [str(dest / "evaluation.json"), str(dest / "confusion.png")]
+    if "llm" in result:
+        rec = result["llm"]["recognition"]
+        plot_reliability({k: rec[k] for k in ("llm", "encoder")}, dest / "reliability.png",
+                         f"{source.name} ({scope}): before and after temperature scaling")
+        result["written"].append(str(dest / "reliability.png"))
     return result

@@ -157,6 +157,34 @@ DESCRIPTORS: list[tuple[Descriptor, Callable[[Clip], float | None]]] = [
 NAMES = [d.name for d, _ in DESCRIPTORS]
 DESCRIPTOR_BY_NAME = {d.name: d for d, _ in DESCRIPTORS}
 
+# The gait descriptors describe walking (or running): of a clip that does not walk they measure nothing of
+# interest (a standing wave has stride 0.0 m), so they are neither claimed of it nor part of a gait baseline.
+GAIT = ("travel_speed", "step_frequency", "stride_length", "vertical_bounce")
+# A clip walks when its pelvis travels at >= 0.3 m/s with >= 0.8 steps/s. On Bandai's emotion clips the walks,
+# runs and dashes measure >= 0.39 m/s and >= 1.0 steps/s, the bows, waves and guiding gestures <= 0.14 m/s
+# and 0 steps/s (kicks and punches, 0.3-0.45 m/s at 0.6-0.75 steps/s, step about without walking); the slowest
+# human walking is about 0.4 m/s at about 1 step/s, so the bounds sit below it.
+WALK_MIN_SPEED = 0.3
+WALK_MIN_STEP_RATE = 0.8
+
+
+def walks(values: np.ndarray) -> np.ndarray:
+    """Whether clips walk, from their own measurement: values (..., D) descriptors in NAMES order (NaN where
+    missing) -> (...) bool, travel_speed >= WALK_MIN_SPEED m/s and step_frequency >= WALK_MIN_STEP_RATE
+    steps/s (False where either is missing)."""
+    v = np.asarray(values, np.float64)
+    with np.errstate(invalid="ignore"):
+        return (v[..., NAMES.index("travel_speed")] >= WALK_MIN_SPEED) & \
+            (v[..., NAMES.index("step_frequency")] >= WALK_MIN_STEP_RATE)
+
+
+def applicable(values: np.ndarray) -> np.ndarray:
+    """Which descriptors apply to the movement: values (..., D) in NAMES order -> (..., D) bool; every
+    descriptor but the GAIT ones always, those only where the clip walks (`walks`)."""
+    v = np.asarray(values, np.float64)
+    gait = np.isin(NAMES, GAIT)
+    return ~gait | walks(v)[..., None]
+
 
 def describe(x: np.ndarray, mask: np.ndarray, fps: float) -> dict[str, dict]:
     """Descriptors of one clip or window: x (T, K, 3) canonical positions in metres, mask (K,), fps.

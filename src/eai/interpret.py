@@ -3,7 +3,9 @@
 A clip is cut into the protocol's windows; the encoder's features of each go through the skeleton tokenizer
 into the LLM, which scores every label word of the clip's dataset as the answer (the clip's probabilities
 are the mean over its windows); the explanation is then decoded after the recognised label, in the grammar
-of grounded descriptions, and each movement claim it makes is checked against the clip's descriptors.
+of grounded descriptions, and each movement claim it makes is checked against the clip's descriptors (does it
+hold, does the descriptor apply to the movement) and against the answer (does it point the way the answer's
+emotion differs from neutral in the run's training data: eai.llm.evidence).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eai.calibration import Calibration, scale_proba
 from eai.data.joint import RunDataset, dataset_for_clip, label_mask
 from eai.data.windows import STRIDE, WindowSet, window_set
 from eai.encoder.model import encoder_features, predict_dataset_proba
@@ -27,11 +30,22 @@ from eai.llm.model import EmotionLLM
 from eai.llm.prompts import description_prompt, recognition_prompt
 from eai.llm.scores import explanation_scores
 from eai.motion import Motion
-from eai.metrics import HEADLINE, expected_calibration_error, metrics, pick
+from eai.metrics import HEADLINE, expected_calibration_error, metrics, pick, reliability
 from eai.run import Run, load_run
 from eai.skeleton.unify import UnifiedMotion
 
+UNKNOWN_SUPPORT = ("the run stores no class means (trained before they were): claims are checked against the clip, "
+                   "not against the emotion; retrain to judge support")
 DRAFT_ROWS = 8  # explanations decoded with claim drafts up to this many clips at once on the CPU
+CLOSE = 0.1  # two leading labels whose probabilities differ by less than this are both named
+
+
+def runner_up_sentence(row: dict) -> str:
+    """The sentence an explanation ends with when its runner-up is within `CLOSE` of its answer (an
+    explain row with 'emotion', 'probabilities', 'runner_up'): ' Proud is almost as likely (0.31 against 0.35).'"""
+    p = row["probabilities"]
+    return (f" {ev.label_text(row['runner_up'])} is almost as likely ({p[row['runner_up']]:.2f} against "
+            f"{p[row['emotion']]:.2f}).")
 
 
 def read_clip(path: str | Path, **read_options) -> tuple[Motion, UnifiedMotion]:
@@ -106,42 +120,72 @@ class Interpreter:
         """The run's dataset named, else the only one with the clip's layout (eai.data.joint.dataset_for_clip)."""
         return dataset_for_clip(self.datasets, layout, name)
 
+    @property
+    def calibration(self) -> Calibration:
+        """The run's temperatures (eai.calibration; 1.0 each for a run that has none)."""
+        return self.run.manifest.calibration or Calibration()
+
     def window_proba(self, feats: np.ndarray, mask: np.ndarray, z: np.ndarray, real_fraction: np.ndarray,
-                     dataset: RunDataset, batch: int = 32) -> np.ndarray:
-        """(N, len(dataset.labels)) probabilities of the dataset's labels, by their likelihood as answers:
-        feats (N, C', T', K), mask (N, K), z (N, D) descriptor z-scores, real_fraction (N,) (EmotionLLM)."""
+                     dataset: RunDataset, posterior: np.ndarray | None = None, batch: int = 32,
+                     calibrated: bool = True) -> np.ndarray:
+        """(N, len(dataset.labels)) probabilities of the dataset's labels, by their likelihood as answers
+        (scaled by the run's LLM temperature when `calibrated`): feats (N, C', T', K), mask (N, K), z (N, D)
+        descriptor z-scores, real_fraction (N,), posterior (N, n_labels) the encoder's (`posterior`; runs
+        with a posterior token) (EmotionLLM)."""
+        temperature = self.calibration.llm if calibrated else 1.0
         prompt = recognition_prompt(self.llm.skeleton_tokenizer.cfg.n_tokens, dataset.tag, dataset.words)
+        t = lambda a, b: None if a is None else torch.from_numpy(np.ascontiguousarray(a[b:b + batch]))  # noqa: E731
         out = []
         for b in range(0, len(feats), batch):
             f = torch.from_numpy(feats[b:b + batch])
-            out.append(self.llm.label_proba(f, torch.from_numpy(mask[b:b + batch]), [prompt] * len(f), dataset.words,
-                                            torch.from_numpy(z[b:b + batch].astype(np.float32)),
-                                            torch.from_numpy(real_fraction[b:b + batch])))
+            out.append(self.llm.label_proba(f, t(mask, b), [prompt] * len(f), dataset.words,
+                                            t(z.astype(np.float32), b), t(real_fraction, b), t(posterior, b),
+                                            temperature))
         return np.concatenate(out) if out else np.zeros((0, len(dataset.labels)))
+
+    def posterior(self, ws: WindowSet, dataset: RunDataset) -> np.ndarray | None:
+        """(N, n_labels) float32 the encoder head's posterior of each window over the run's labels (0 outside
+        the dataset's), what a posterior token reads; None for a run without one."""
+        if not self.llm.skeleton_tokenizer.cfg.n_labels:
+            return None
+        out = np.zeros((len(ws.y), len(self.labels)), np.float32)
+        out[:, label_mask(self.datasets, self.labels)[self.datasets.index(dataset)]] = self.encoder_proba(
+            ws, dataset, calibrated=False)
+        return out
 
     def windows(self, clips: list[UnifiedMotion], dataset: RunDataset) -> WindowSet:
         """The protocol's windows of clips, labelled in the dataset's labels, with descriptors (for z-scores)."""
         return window_set(clips, dataset.labels, self.run.manifest.train.window, STRIDE, descriptors=True)
 
-    def encoder_proba(self, ws, dataset: RunDataset) -> np.ndarray:
-        """The encoder head's probabilities over the dataset's labels only."""
-        return predict_dataset_proba(self.run.encoder, ws, label_mask(self.datasets, self.labels),
-                                     self.datasets.index(dataset))
+    def encoder_proba(self, ws, dataset: RunDataset, calibrated: bool = True) -> np.ndarray:
+        """The encoder head's probabilities over the dataset's labels only (scaled by the run's encoder
+        temperature when `calibrated`)."""
+        p = predict_dataset_proba(self.run.encoder, ws, label_mask(self.datasets, self.labels),
+                                  self.datasets.index(dataset))
+        return scale_proba(p, self.calibration.encoder) if calibrated else p
 
     def recognition_metrics(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False) -> dict:
         """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
         from eai.skeleton.unify import mirror
 
         ws = self.windows(clips, dataset)
-        z = self.reference(dataset).z(ws.model_desc)  # descriptors do not change under mirroring
-        p = 0
+        z = self.reference(dataset).z(ws.model_desc)  # descriptors and the posterior do not change under mirroring
+        post = self.posterior(ws, dataset)
+        p = 0  # the LLM's probabilities, mirror-averaged
         for raw, mask in [(ws.raw, ws.mask), mirror(ws.raw, ws.mask)]:
-            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z, ws.real_fraction, dataset)
+            p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z, ws.real_fraction,
+                                      dataset, post, calibrated=False) / 2
+        cal = self.calibration
         out = {}
-        for name, pr in (("llm", p / 2), ("encoder", self.encoder_proba(ws, dataset))):
+        for name, raw_p, temperature in (("llm", p, cal.llm),
+                                         ("encoder", self.encoder_proba(ws, dataset, calibrated=False), cal.encoder)):
+            pr = scale_proba(raw_p, temperature)
             m = metrics(ws.y, pr, ws.clip, dataset.labels)
             out[name] = pick(m, HEADLINE + ("per_class_recall", "confusion"))
             out[name]["ece"] = expected_calibration_error(pr, ws.y)
+            out[name]["ece_uncalibrated"] = expected_calibration_error(raw_p, ws.y)
+            out[name]["temperature"] = temperature
+            out[name]["reliability"] = {"uncalibrated": reliability(raw_p, ws.y), "calibrated": reliability(pr, ws.y)}
         out["windows"], out["clips"] = int(len(ws.y)), len(clips)
         return out
 
@@ -154,25 +198,30 @@ class Interpreter:
         return list(groups.values())
 
     def _clip_proba(self, clips: list[UnifiedMotion], dataset: RunDataset):
-        """Windows, their encoder features, and each clip's label probabilities (mean over its windows)."""
+        """Windows, their encoder features, the encoder's posterior of each window (None without a posterior
+        token), and each clip's label probabilities (mean over its windows)."""
         ws = self.windows(clips, dataset)
         feats = encoder_features(self.run.encoder, ws.raw, ws.mask)
-        pw = self.window_proba(feats, ws.mask, self.reference(dataset).z(ws.model_desc), ws.real_fraction, dataset)
-        return ws, feats, [pw[ws.clip == i].mean(0) for i in range(len(clips))]
+        post = self.posterior(ws, dataset)
+        pw = self.window_proba(feats, ws.mask, self.reference(dataset).z(ws.model_desc), ws.real_fraction, dataset,
+                               post)
+        return ws, feats, post, [pw[ws.clip == i].mean(0) for i in range(len(clips))]
 
     def recognise(self, clips: list[UnifiedMotion], dataset: str | None = None) -> list[dict]:
         """Per clip: emotion and probabilities by label likelihood (in its dataset's words), no explanation."""
         rows: list[dict] = [{} for _ in clips]
         for v, idx in self._by_dataset(clips, dataset):
-            _, _, probs = self._clip_proba([clips[i] for i in idx], v)
+            _, _, _, probs = self._clip_proba([clips[i] for i in idx], v)
             for i, p in zip(idx, probs):
                 rows[i] = {"emotion": v.words[int(p.argmax())], "dataset": v.name,
                            "probabilities": {w: float(q) for w, q in zip(v.words, p)}}
         return rows
 
     def explain(self, clips: list[UnifiedMotion], max_new_tokens: int = 40, dataset: str | None = None) -> list[dict]:
-        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence, in
-        the words of the clip's dataset (the run's dataset named `dataset`, or found by the clip's layout)."""
+        """Per clip: emotion, probabilities (mean over its windows), explanation and the checked evidence (each
+        claim: holds, applies, supports the emotion; eai.llm.evidence.Claim.to_dict), in the words of the clip's
+        dataset (the run's dataset named `dataset`, or found by the clip's layout). A run without class means
+        (trained before they were stored) adds `support_unknown` to every row and leaves `supports` None."""
         rows: list[dict] = [{} for _ in clips]
         for v, idx in self._by_dataset(clips, dataset):
             for i, r in zip(idx, self._explain([clips[i] for i in idx], v, max_new_tokens)):
@@ -181,41 +230,52 @@ class Interpreter:
 
     def _explain(self, clips: list[UnifiedMotion], dataset: RunDataset, max_new_tokens: int) -> list[dict]:
         ref, n = self.reference(dataset), self.llm.skeleton_tokenizer.cfg.n_tokens
-        ws, feats, probs = self._clip_proba(clips, dataset)
+        ws, feats, post, probs = self._clip_proba(clips, dataset)
         desc = clip_descriptors(clips)
         rows, prompts, starts, cf, cm, cfrac, zs = [], [], [], [], [], [], []
+        grounds, said = [], []
         for i, (d, p) in enumerate(zip(desc, probs)):
             sel = ws.clip == i
             word = dataset.words[int(p.argmax())]
             z = ref.z(d)
             zs.append((z, d))
-            prompts.append(description_prompt(n, dataset.tag, word, ev.evidence_line(z)))
+            # the evidence stated is what is true of the clip, applies to its movement and supports the answer
+            grounds.append(ref.grounds(dataset.labels[int(p.argmax())], d))
+            said.append(ev.claim_phrases(z, grounds=grounds[-1]))
+            prompts.append(description_prompt(n, dataset.tag, word, ev.evidence_line(z, said[-1])))
             starts.append(ev.label_text(word))
             cf.append(feats[sel].mean(0))
             cm.append(ws.mask[sel][0])
             cfrac.append(ws.real_fraction[sel].max())
+            second = int(np.argsort(-p)[1]) if len(p) > 1 else None
+            close = second is not None and p.max() - p[second] < CLOSE
             rows.append({"emotion": word, "dataset": dataset.name,
-                         "probabilities": {w: round(float(q), 4) for w, q in zip(dataset.words, p)}})
+                         "probabilities": {w: round(float(q), 4) for w, q in zip(dataset.words, p)},
+                         "runner_up": dataset.words[second] if close else None})
         zc = torch.from_numpy(np.stack([z for z, _ in zs]).astype(np.float32))
         # the evidence line's claims, in its order, drafted (EmotionLLM.generate) where a decoding pass costs
         # about the same for one token as for twenty: a few rows on the CPU, any batch on a GPU
-        drafts = ([[p for p, _ in ev.claim_phrases(z)] for z, _ in zs]
+        drafts = ([[p for p, _ in c] for c in said]
                   if len(clips) <= DRAFT_ROWS or self.llm.device.type == "cuda" else None)
         texts = self.decoder.generate(torch.from_numpy(np.stack(cf)), torch.from_numpy(np.stack(cm)), prompts, starts,
                                       max_new_tokens, z=zc, real_fraction=torch.tensor(cfrac, dtype=torch.float32),
-                                      drafts=drafts)
-        for r, t, (z, d) in zip(rows, texts, zs):
-            r["explanation"] = t
+                                      drafts=drafts,
+                                      posterior=None if post is None else torch.from_numpy(
+                                          np.stack([post[ws.clip == i].mean(0) for i in range(len(clips))])))
+        for r, t, (z, d), g in zip(rows, texts, zs, grounds):
+            r["explanation"] = t + (runner_up_sentence(r) if r["runner_up"] else "")
             r["evidence"] = []
-            for c in ev.check(t, z):
+            for c in ev.check(t, z, g):
                 e = c.to_dict()
-                if c.descriptor != ev.NEUTRAL:
+                if c.kind == "movement":
                     k = ev.NAMES.index(c.descriptor)
                     e.update(value=None if not np.isfinite(d[k]) else round(float(d[k]), 4),
                              neutral=round(float(ref.mean[k]), 4), unit=DESCRIPTOR_BY_NAME[c.descriptor].unit)
                 r["evidence"].append(e)
             r["label_consistent"] = ev.names_label(t, r["emotion"], dataset.words)
-            r["reference"] = ev.description(r["emotion"], z)
+            r["reference"] = ev.description(r["emotion"], z, grounds=g)
+            if g.toward is None:
+                r["support_unknown"] = UNKNOWN_SUPPORT
         return rows
 
     def assess(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False) -> tuple[dict, list[dict]]:

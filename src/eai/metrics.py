@@ -47,6 +47,21 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(e)
 
 
+def reliability(proba: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, list]:
+    """A reliability diagram's data (Guo et al. 2017): over `bins` equal-width bins of the top probability of
+    proba (N, C), each bin's mean confidence, accuracy and window count (empty bins left out)."""
+    conf, hit = proba.max(1), proba.argmax(1) == y
+    idx = np.minimum((conf * bins).astype(int), bins - 1)
+    out: dict[str, list] = {"confidence": [], "accuracy": [], "count": []}
+    for b in range(bins):
+        sel = idx == b
+        if sel.any():
+            out["confidence"].append(round(float(conf[sel].mean()), 4))
+            out["accuracy"].append(round(float(hit[sel].mean()), 4))
+            out["count"].append(int(sel.sum()))
+    return out
+
+
 def pick(m: dict, keys=HEADLINE + ("per_class_recall",)) -> dict:
     """The named entries of a metrics dict (what run manifests and benchmark JSON keep of each evaluation)."""
     return {k: m[k] for k in keys}

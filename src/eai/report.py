@@ -135,3 +135,23 @@ def plot_grid_bars(panels: dict[str, dict[str, float]], path: Path, title: str =
         ax.axis("off")
     fig.suptitle(title)
     save_figure(fig, path)
+
+
+def plot_reliability(panels: dict[str, dict], path: str | Path, title: str = "") -> None:
+    """Reliability diagrams, one panel per model: accuracy against confidence per bin before and after
+    calibration (eai.metrics.reliability's dicts under 'uncalibrated' and 'calibrated', with 'ece' and
+    'ece_uncalibrated' beside them); the diagonal is perfect calibration, marker area the bin's windows."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
+    for ax, (name, p) in zip(axes[0], panels.items()):
+        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        for key, colour, ece in (("uncalibrated", "tab:orange", p["ece_uncalibrated"]),
+                                 ("calibrated", "tab:blue", p["ece"])):
+            r = p["reliability"][key]
+            ax.plot(r["confidence"], r["accuracy"], "-o", color=colour, lw=1,
+                    markersize=3, label=f"{key} (ECE {ece:.3f})")
+            ax.scatter(r["confidence"], r["accuracy"], s=np.asarray(r["count"]) * 2, color=colour, alpha=0.3)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy", title=name)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=9)
+    save_figure(fig, Path(path).with_suffix(".png"))

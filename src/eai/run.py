@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from eai.calibration import Calibration
 from eai.data.joint import RunDataset
 from eai.encoder.model import EncoderConfig, SkeletonEncoder
 from eai.errors import EaiError
@@ -55,6 +56,7 @@ class RunConfig:
     seed: int = 0
     pretrain: bool = True  # pre-train the encoder on the datasets' auxiliary clips
     kinematic_token: bool = False  # a skeleton token of the window's descriptor z-scores
+    posterior_token: bool = True  # a skeleton token of the encoder's class posterior (eai.llm.tokenizer)
     mix: str = "equal"  # several datasets: each one's share of an epoch (eai.data.joint.MIXES)
 
     def __post_init__(self):
@@ -96,6 +98,7 @@ class Manifest:
     llm: LLMConfig | None = None
     llm_training: LLMTraining | None = None
     held_out_llm: dict[str, dict] = field(default_factory=dict)
+    calibration: Calibration | None = None  # temperatures of the encoder and the LLM (eai.calibration)
     versions: dict = field(default_factory=dict)
 
     @property

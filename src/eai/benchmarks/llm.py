@@ -92,14 +92,18 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
             for k in per:
                 per[k].append(h[k])
             folds_out.append({"seed": seed, "fold": i, "run": str(run), "clips": h["clips"], "windows": h["windows"],
-                              **{k: {a: h[k][a] for a in HEADLINE + ("ece",)} for k in per},
+                              **{k: {a: h[k].get(a) for a in HEADLINE + ("ece", "ece_uncalibrated", "temperature")}
+                                 for k in per},
                               "explanations": ex, "llm_seconds": m.llm_training.seconds,
                               "encoder_seconds": m.train_seconds})
             if progress:  # a protocol run across sessions: each fold's figures as soon as it is done
                 tqdm.write(f"seed {seed} fold {i}: window accuracy LLM {h['llm']['window_accuracy']:.3f} / encoder "
                            f"{h['encoder']['window_accuracy']:.3f}, macro-F1 {h['llm']['macro_f1']:.3f} / "
-                           f"{h['encoder']['macro_f1']:.3f}; faithfulness {ex['faithfulness']}  ({run})")
-    models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v]))} for k, v in per.items()}
+                           f"{h['encoder']['macro_f1']:.3f}; faithfulness {ex['faithfulness']}, support rate "
+                           f"{ex.get('support_rate')}  ({run})")
+    models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v])),
+                  "ece_uncalibrated": float(np.mean([r.get("ece_uncalibrated", r["ece"]) for r in v]))}
+              for k, v in per.items()}
     return {"dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
             "windows": sum(f["windows"] for f in folds_out) // n_seeds,
@@ -124,7 +128,8 @@ def _held_out_explanations(run, clips: list) -> dict:
     kept = run / EXPLANATIONS
     if kept.is_file():
         old = json.loads(kept.read_text())
-        if old.get("llm_weights_sha256") == digest and len(old["rows"]) == len(clips):
+        if (old.get("llm_weights_sha256") == digest and len(old["rows"]) == len(clips)
+                and "support_rate" in old["scores"]):  # scored before support was: explained anew
             return old["scores"]
     it = Interpreter.load(run)
     rows = it.explanations(clips, it.datasets[0])  # the run's one dataset
@@ -138,12 +143,15 @@ def _held_out_explanations(run, clips: list) -> dict:
 def llm_table(result: dict) -> str:
     """The recognition table of both models, then the explanations pooled over every fold."""
     ex = result["explanations"]
-    t = table([[ex["explanations"], ex["label_consistency"], ex["faithfulness"], ex["claims"], ex["bleu4"],
-                ex["rouge_l"], ex.get("minilm_similarity")]],
-              ["explanations", "label consistency", "faithfulness", "claims", "BLEU-4", "ROUGE-L", "MiniLM sim."])
+    t = table([[ex["explanations"], ex["label_consistency"], ex["faithfulness"], ex.get("support_rate"), ex["claims"],
+                ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
+              ["explanations", "label consistency", "faithfulness", "support rate", "claims", "BLEU-4", "ROUGE-L",
+               "MiniLM sim."])
     n = len(result["per_fold"])
-    return (f"{recognition_table(result)}\n\nLLM ECE {result['models']['llm']['ece']:.3f}, encoder ECE "
-            f"{result['models']['encoder']['ece']:.3f}; LLM window accuracy >= the encoder's in "
+    mo = result["models"]
+    return (f"{recognition_table(result)}\n\nECE after temperature scaling (before): LLM {mo['llm']['ece']:.3f} "
+            f"({mo['llm']['ece_uncalibrated']:.3f}), encoder {mo['encoder']['ece']:.3f} "
+            f"({mo['encoder']['ece_uncalibrated']:.3f}); LLM window accuracy >= the encoder's in "
             f"{result['llm_at_least_encoder_folds']} of {n} folds\nheld-out explanations, all folds:\n{t}")
 
 

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recognition-steps", type=int, help="override the recognition stage's steps")
     s.add_argument("--kinematic-token", action="store_true",
                    help="add a token of the window's descriptor z-scores to the skeleton tokens")
+    s.add_argument("--no-posterior-token", action="store_true",
+                   help="leave out the token of the encoder's class posterior (the LLM then reads the motion "
+                        "tokens alone; on the cpu schedules it stays near chance)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_train)
 

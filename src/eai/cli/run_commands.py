@@ -19,7 +19,7 @@ def run_config(args):
                      epochs=args.epochs, llm_schedule=args.llm_schedule, description_steps=args.description_steps,
                      recognition_steps=args.recognition_steps, backbone=args.backbone, holdout=args.holdout,
                      seed=args.seed, pretrain=not args.no_pretrain, kinematic_token=args.kinematic_token,
-                     mix=args.mix)
+                     posterior_token=not args.no_posterior_token, mix=args.mix)
 
 
 def cmd_train(args) -> None:
@@ -55,7 +55,14 @@ def cmd_explain(args) -> None:
             for e in r["evidence"]:
                 mark = "ok " if e["verified"] else "NOT"
                 val = "" if e.get("value") is None else f": {e['value']:g} {e['unit']} vs neutral {e['neutral']:g}"
-                print(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val})")
+                sup = {True: "; supports it", False: "; does not support it", None: ""}[e["supports"]]
+                if e["kind"] == "no_support":
+                    print(f"  [{mark}] {e['phrase']}")
+                else:
+                    print(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val}{sup})")
+    unknown = {r["support_unknown"] for r in rows if "support_unknown" in r}
+    if unknown:
+        print(f"eai: note: {unknown.pop()}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
     if args.html:  # the viewer page (eai.viewer)
@@ -83,12 +90,24 @@ def cmd_evaluate(args) -> None:
     if "llm" in r:
         rec, ex = r["llm"]["recognition"]["llm"], r["llm"]["explanations"]
         print("LLM (label likelihood, mirror-averaged):")
-        print(table([[rec["window_accuracy"], rec["clip_accuracy"], rec["macro_f1"], rec["ece"]]],
-                    ["window acc", "clip acc", "macro-F1", "ECE"]))
-        print(table([[ex["label_consistency"], ex["faithfulness"], ex["bleu4"], ex["rouge_l"],
+        print(table([[rec["window_accuracy"], rec["clip_accuracy"], rec["macro_f1"], rec["ece"], rec["ece_uncalibrated"]]],
+                    ["window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
+        print(table([[ex["label_consistency"], ex["faithfulness"], ex["support_rate"], ex["bleu4"], ex["rouge_l"],
                       ex.get("minilm_similarity")]],
-                    ["label consistency", "faithfulness", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
+                    ["label consistency", "faithfulness", "support rate", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
+        _support_note(r["llm"]["explanations"])
     print("wrote " + ", ".join(r["written"]))
+
+
+def _support_note(ex: dict) -> None:
+    """Say why the support rate is missing, when the run cannot judge support."""
+    if ex["support_rate"] is None and ex["claims"]:
+        from eai.interpret import UNKNOWN_SUPPORT
+
+        print(f"support rate unknown: {UNKNOWN_SUPPORT}")
+    elif ex.get("explanations_no_support"):
+        print(f"{ex['explanations_no_support']} of {ex['explanations']} explanations say that no measured movement "
+              "clearly points to their emotion")
 
 
 def _one(data: list[str], what: str) -> str:
@@ -134,11 +153,14 @@ def cmd_bench(args) -> None:
         result = bench_explain(args.model, args.data, args.task, progress=not args.quiet, int8=args.int8)
         rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
         print(f"{result['dataset']} ({result['scope']}: {result['clips']} clips, {rec['windows']} windows)")
-        print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"]]
-                     for k in ("llm", "encoder")], ["model", "window acc", "clip acc", "macro-F1", "ECE"]))
-        print(table([[ex["label_consistency"], ex["faithfulness"], ex["claims_per_explanation"], ex["bleu4"],
-                      ex["rouge_l"], ex.get("minilm_similarity")]],
-                    ["label consistency", "faithfulness", "claims/expl.", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
+        print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"],
+                      rec[k]["ece_uncalibrated"]] for k in ("llm", "encoder")],
+                    ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
+        print(table([[ex["label_consistency"], ex["faithfulness"], ex["support_rate"], ex["claims_per_explanation"],
+                      ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
+                    ["label consistency", "faithfulness", "support rate", "claims/expl.", "BLEU-4", "ROUGE-L",
+                     "MiniLM sim."]))
+        _support_note(ex)
         print(f"latency ({lat['clip_seconds']} s clip, model loaded, median of {lat['repeats']}): explain "
               f"{lat['explain_s_median']:.3f} s, label scoring alone {lat['label_scoring_s_median']:.3f} s")
         if args.json:

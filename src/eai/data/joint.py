@@ -27,8 +27,8 @@ class RunDataset:
     name (unique within the run), path (resolved), kind (bandai, folders, manifest), layout (its clips' most
     common source skeleton), labels (unified names, sorted; a subset of the run's), words (the dataset's own
     word for each), tag (what the prompt says of the dataset and its skeleton), n_clips, n_train_clips,
-    held_out_groups (clip groups kept out of training), reference (its neutral baseline,
-    eai.llm.evidence.Reference.to_dict; set by the LLM stage). `clips` and `source` (the unified clips and the
+    held_out_groups (clip groups kept out of training), reference (its neutral baseline and
+    the mean of each label's clips, eai.llm.evidence.Reference.to_dict; set by the LLM stage). `clips` and `source` (the unified clips and the
     dataset on disk) are there only while it is read, and are not saved.
     """
 

@@ -89,6 +89,10 @@ class WindowSet:
         fields = {k: getattr(self, k)[keep] for k in self.__dataclass_fields__}
         return WindowSet(**{**fields, **replace})
 
+    def take(self, index: np.ndarray) -> "WindowSet":
+        """The windows at `index` (integer indices or a boolean mask)."""
+        return self._take(np.asarray(index))
+
     def subset(self, clips) -> "WindowSet":
         """The windows of the given clip indices."""
         return self._take(np.isin(self.clip, np.asarray(list(clips))))

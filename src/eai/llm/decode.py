@@ -7,6 +7,7 @@ from collections import Counter
 
 import torch
 
+from eai.llm.evidence import NO_SUPPORT
 from eai.llm.grammar import ClaimDecoder, GrammarState
 from eai.llm.model import EmotionLLM
 
@@ -22,7 +23,7 @@ class ExplanationDecoder:
     @torch.no_grad()
     def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40,
                  constrained: bool = True, z=None, real_fraction=None, jump: bool = True,
-                 drafts: list[list[str]] | None = None) -> list[str]:
+                 drafts: list[list[str]] | None = None, posterior=None) -> list[str]:
         """Greedy continuation of each answer start (returned with it), stopping at the end of turn; with
         `constrained`, in the grammar of grounded descriptions (ClaimDecoder), else free text. In the grammar,
         a token that is the only one allowed is taken without asking the model (the rest of a claim once its
@@ -52,7 +53,7 @@ class ExplanationDecoder:
         first = [self._lead_draft(grammar, s, e)[:max_new_tokens] for s, e in zip(starts, expect)]
         K = max(map(len, first)) + 1
         step, cache, att2, nxt_pos = llm._forward([r + d for r, d in zip(rows, first)], feats, mask, z=z,
-                                                   real_fraction=real_fraction, keep=K)
+                                                   real_fraction=real_fraction, keep=K, posterior=posterior)
         last = []
         for i, d in enumerate(first):
             base = K - 1 - len(d)  # the column of the answer start's last token
@@ -124,8 +125,11 @@ class ExplanationDecoder:
 
     def _lead_draft(self, grammar: "ClaimDecoder | None", start: str, claims: list[str] | None) -> list[int]:
         """The draft of a row's first pass: the lead most often chosen after `start` so far (none before the
-        first), then the expected claims; [] without claims to draft."""
+        first), then the expected claims; [] without claims to draft; the no-support sentence when that is
+        what is expected (`claims` == [NO_SUPPORT])."""
         seen = self.leads_chosen.get(start)
+        if claims is not None and claims == [NO_SUPPORT]:  # the no-support sentence: no lead to guess
+            return list(grammar.no_support) + list(grammar.end)
         if claims is None or not seen:
             return []
         lead = seen.most_common(1)[0][0]

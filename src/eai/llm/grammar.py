@@ -1,5 +1,6 @@
 """The grammar of grounded explanations, for constrained decoding: LEAD claim ("," claim | " and" claim)* "."
-with claims from the checker's lexicon (eai.llm.evidence), one per descriptor, at most `max_claims`."""
+with claims from the checker's lexicon (eai.llm.evidence), one per descriptor, at most `max_claims`; or the
+no-support sentence, ", though no measured movement clearly points to it." (evidence.NO_SUPPORT)."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,15 +22,18 @@ class GrammarState:
 
 class ClaimDecoder:
     """Decoding constrained to the grounded-description grammar: LEAD claim ("," claim | " and" claim)* "."
-    with claims from the checker's lexicon, one per descriptor, at most `max_claims`. The model still chooses
-    every token among those the grammar allows, so which claims it makes is its own (and checked)."""
+    with claims from the checker's lexicon, one per descriptor, at most `max_claims`, or the no-support
+    sentence (NO_SUPPORT_LEAD NO_SUPPORT "."), taken as one piece in place of the lead and its claims. The
+    model still chooses every token among those the grammar allows, so which claims it makes is its own (and
+    checked)."""
 
     def __init__(self, tok, eos: int, max_claims: int = 3):
         from eai.llm import evidence as ev
 
         self._ids = ids = lambda t: tuple(tok(t, add_special_tokens=False)["input_ids"])
         self.leads = [ids(x) for x in ev.LEADS]
-        self.claims = {ids(" " + p): d for p, d, _ in ev.LEXICON}
+        self.no_support = ids(f"{ev.NO_SUPPORT_LEAD} {ev.NO_SUPPORT}")
+        self.claims = {ids(" " + p): d for p, d, _ in ev.LEXICON if d != ev.NO_SUPPORT_KEY}
         self.seps = [ids(","), ids(" and")]
         self.end = ids(".")
         self.eos, self.max_claims = eos, max_claims
@@ -66,7 +70,7 @@ class ClaimDecoder:
     def _pieces(self, st: GrammarState) -> list[tuple[int, ...]]:
         ph = st.phase
         if ph == "lead":
-            return self.leads
+            return self.leads + [self.no_support]
         if ph == "claim":
             return [c for c, d in self.claims.items() if d not in st.used]
         if ph == "after":
@@ -74,7 +78,9 @@ class ClaimDecoder:
         return []
 
     def _next_phase(self, st: GrammarState, piece: tuple[int, ...]) -> None:
-        if st.phase == "lead" or (st.phase == "after" and piece in self.seps):
+        if st.phase == "lead" and piece == self.no_support:  # the whole sentence but its full stop
+            st.phase, st.n = "after", self.max_claims
+        elif st.phase == "lead" or (st.phase == "after" and piece in self.seps):
             st.phase = "claim"
         elif st.phase == "claim":
             st.used.add(self.claims[piece])

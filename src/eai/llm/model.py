@@ -10,7 +10,8 @@ batched pass that shares the prompt's key/value cache; explanations are decoded 
 The skeleton inputs of every method, on any device (they are moved to the model's):
 feats (N, C', T', K) float encoder features; mask (N, K) bool joint presence; z (N, D) float64/32 descriptor
 z-scores against neutral (NaN: missing; read by a kinematic token only); real_fraction (N,) float the real
-share of each window's frames (the rest is padding of a short clip; None: all real).
+share of each window's frames (the rest is padding of a short clip; None: all real); posterior (N, n_labels)
+float the skeleton encoder's class posterior over the run's labels (read by a posterior token only).
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ class EmotionLLM(nn.Module):
         return [None if x is None else x.to(self.device) for x in xs]
 
     # ---- text -> ids
+    @torch.no_grad()
+    def word_embeddings(self, words: list[str]) -> torch.Tensor:
+        """(len(words), hidden): the mean input embedding of each word's tokens (as it follows a space)."""
+        emb = self.lm.get_input_embeddings().weight
+        return torch.stack([emb[torch.tensor(self._ids(" " + w), device=emb.device)].mean(0) for w in words])
+
     def _prompt_ids(self, prompt: str) -> list[int]:
         msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
         text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
@@ -81,22 +88,24 @@ class EmotionLLM(nn.Module):
         att = attention.masked_scatter(is_sk, tmask.to(attention.dtype))
         return emb, att, pos
 
-    def loss(self, feats, mask, prompts: list[str], answers: list[str], z=None, real_fraction=None):
+    def loss(self, feats, mask, prompts: list[str], answers: list[str], z=None, real_fraction=None,
+             posterior=None):
         """Mean cross-entropy over the answers' tokens (a scalar), and the semantic embeddings (N, text_dim)
         for the contrastive loss; answers are the assistant turn after each prompt."""
         rows, labs = self._rows(prompts, answers)
-        logits, lab, sem = self._forward(rows, feats, mask, labs, z=z, real_fraction=real_fraction)
+        logits, lab, sem = self._forward(rows, feats, mask, labs, z=z, real_fraction=real_fraction,
+                                         posterior=posterior)
         logits = logits[:, :-1].float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1),
                                ignore_index=IGNORE), sem
 
     def _forward(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
-                 real_fraction=None, keep: int = 1):
+                 real_fraction=None, keep: int = 1, posterior=None):
         """Run token rows holding placeholders through the LM (`_inputs`).
         Training: returns (logits of the rest, right-padded labels of the rest, semantic embeddings).
         Inference (labels None, left padding): (logits of the last `keep` columns (N, keep, V), cache, attention
         mask, next positions)."""
-        emb, full, pos, cache, lab, sem = self._inputs(rows, feats, mask, labels, z, real_fraction)
+        emb, full, pos, cache, lab, sem = self._inputs(rows, feats, mask, labels, z, real_fraction, posterior)
         # logits only where they are used: from the column before the first answer token (training), the
         # last column (inference); the vocabulary projection of every prompt position is skipped
         L = emb.shape[1]
@@ -109,7 +118,7 @@ class EmotionLLM(nn.Module):
         return out.logits, out.past_key_values, full, pos[:, -1] + 1
 
     def _inputs(self, rows: list[list[int]], feats, mask, labels: list[list[int]] | None = None, z=None,
-                real_fraction=None):
+                real_fraction=None, posterior=None):
         """The LM's inputs for token rows holding placeholders. The longest prefix the rows share before their
         first placeholder (the system prompt and question: all of it for recognition) runs once and its
         key/value cache is repeated for every row, in training too (its gradient sums over the rows); a single
@@ -118,9 +127,9 @@ class EmotionLLM(nn.Module):
         cache, labels of the rest (right padding in training, left padding and all IGNORE at inference),
         semantic embeddings)."""
         dev = self.device
-        feats, mask, z, real_fraction = self._to_device(feats, mask, z, real_fraction)
+        feats, mask, z, real_fraction, posterior = self._to_device(feats, mask, z, real_fraction, posterior)
         N = len(rows)
-        tokens, tmask, sem = self.skeleton_tokenizer(feats, mask, z, real_fraction)
+        tokens, tmask, sem = self.skeleton_tokenizer(feats, mask, z, real_fraction, posterior)
         first = min(r.index(self.sk_id) if self.sk_id in r else len(r) for r in rows)
         pre = 0
         while pre < first and all(r[pre] == rows[0][pre] for r in rows):
@@ -188,14 +197,14 @@ class EmotionLLM(nn.Module):
     # ---- recognition by label likelihood
     @torch.no_grad()
     def label_logprobs(self, feats, mask, prompts: list[str], candidates: list[str], z=None,
-                       real_fraction=None) -> torch.Tensor:
+                       real_fraction=None, posterior=None) -> torch.Tensor:
         """(N, candidates) log-likelihood of each candidate answer (its tokens and the end of turn), one LM pass:
         the prompt, then the candidates' tokens as one token tree (each token sees the prompt and its own
         candidate's earlier tokens; candidates sharing a beginning share its tokens), so no cache is copied
         per candidate and the weights stream once."""
         dev = self.device
         emb, full, pos, cache, _, _ = self._inputs([self._prompt_ids(p) for p in prompts], feats, mask, z=z,
-                                                   real_fraction=real_fraction)
+                                                   real_fraction=real_fraction, posterior=posterior)
         cands = [tuple(self._ids(c) + [self.eos]) for c in candidates]
         # the tree: one input token per distinct candidate prefix that predicts a further token
         nodes = sorted({c[:k] for c in cands for k in range(1, len(c))}, key=lambda t: (len(t), t))
@@ -224,6 +233,9 @@ class EmotionLLM(nn.Module):
         return score
 
     @torch.no_grad()
-    def label_proba(self, feats, mask, prompts, candidates, z=None, real_fraction=None) -> np.ndarray:
-        """(N, candidates) float32 probabilities: the softmax of `label_logprobs` over the candidates."""
-        return torch.softmax(self.label_logprobs(feats, mask, prompts, candidates, z, real_fraction), 1).cpu().numpy()
+    def label_proba(self, feats, mask, prompts, candidates, z=None, real_fraction=None, posterior=None,
+                    temperature: float = 1.0) -> np.ndarray:
+        """(N, candidates) float32 probabilities: the softmax of `label_logprobs` over the candidates, divided by
+        `temperature` (a run's calibration)."""
+        lp = self.label_logprobs(feats, mask, prompts, candidates, z, real_fraction, posterior)
+        return torch.softmax(lp / temperature, 1).cpu().numpy()

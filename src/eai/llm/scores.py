@@ -1,4 +1,5 @@
-"""Explanation quality: label consistency, faithfulness (checked claims), BLEU-4 and ROUGE-L against the grounded
+"""Explanation quality: label consistency, faithfulness (checked claims), support rate (claims pointing the way
+the answer's emotion differs from neutral in the training data), BLEU-4 and ROUGE-L against the grounded
 reference description, MiniLM cosine similarity, and whether same-emotion clips that move differently get
 different explanations."""
 from __future__ import annotations
@@ -51,14 +52,36 @@ def rouge_l(hyp: str, ref: str) -> float:
     return 2 * p * rec / (p + rec)
 
 
+def support_counts(rows: list[dict]) -> dict:
+    """Of the explanation rows' movement claims (evidence items of kind 'movement' or 'neutral'; the
+    no-support sentence is no claim about movement): how many say whether they support the answer
+    (`claims_support_known`), how many do (`claims_supporting`), and the explanations that say no measured
+    movement supports their answer (`explanations_no_support`)."""
+    claims = [c for r in rows for c in r["evidence"] if c.get("kind", "movement") != "no_support"]
+    known = [c for c in claims if c.get("supports") is not None]
+    return {"claims_support_known": len(known), "claims_supporting": int(sum(c["supports"] for c in known)),
+            "explanations_no_support": int(sum(any(c.get("kind") == "no_support" for c in r["evidence"])
+                                               for r in rows))}
+
+
+def support_rate(counts: dict) -> float | None:
+    """Claims pointing the way the answer's emotion differs from neutral / claims (support_counts); None when no
+    claim's support is known (a run without class means, or no claims)."""
+    n = counts["claims_support_known"]
+    return counts["claims_supporting"] / n if n else None
+
+
 def explanation_scores(rows: list[dict], similarity: bool = True) -> dict:
-    """rows: Interpreter.explain outputs (with 'label' where the truth is known)."""
+    """rows: Interpreter.explain outputs (with 'label' where the truth is known). Faithfulness: verified claims
+    / claims; support rate: supporting claims / claims whose support is known (support_counts)."""
     claims = [c for r in rows for c in r["evidence"]]
     verified = sum(c["verified"] for c in claims)
+    sup = support_counts(rows)
     out = {
         "explanations": len(rows),
         "label_consistency": float(np.mean([r["label_consistent"] for r in rows])) if rows else None,
         "faithfulness": verified / len(claims) if claims else None,
+        "support_rate": support_rate(sup), **sup,
         "claims": len(claims), "claims_verified": int(verified),
         "claims_per_explanation": len(claims) / max(1, len(rows)),
         "explanations_without_claims": int(sum(not r["evidence"] for r in rows)),
@@ -83,13 +106,15 @@ def explanation_scores(rows: list[dict], similarity: bool = True) -> dict:
 
 
 def pooled_scores(scores: list[dict]) -> dict:
-    """The explanation_scores of several sets of explanations (folds) as one: counts summed, faithfulness over
-    all claims, rates and similarities averaged over all explanations; same-emotion pairs were compared within
+    """The explanation_scores of several sets of explanations (folds) as one: counts summed, faithfulness and
+    support rate over all claims, rates and similarities averaged over all explanations; same-emotion pairs were compared within
     each set only (one model explained each set), so that rate is the mean over the sets that have pairs."""
     n = sum(s["explanations"] for s in scores)
-    out = {k: sum(s[k] for s in scores) for k in ("explanations", "claims", "claims_verified",
-                                                   "explanations_without_claims")}
+    out = {k: sum(s.get(k, 0) for s in scores) for k in (
+        "explanations", "claims", "claims_verified", "explanations_without_claims", "claims_support_known",
+        "claims_supporting", "explanations_no_support")}  # .get: folds scored before support was
     out["faithfulness"] = out["claims_verified"] / out["claims"] if out["claims"] else None
+    out["support_rate"] = support_rate(out)
     out["claims_per_explanation"] = out["claims"] / max(1, n)
     for k in ("label_consistency", "bleu4", "rouge_l", "minilm_similarity"):
         have = [s for s in scores if s.get(k) is not None]

@@ -8,7 +8,12 @@ encoder features (N, C', T', K) -> LLM input tokens.
 - one semantic token: the global mean, also projected into the sentence-embedding space where a CLIP-style
   contrastive loss pulls it towards the embedding of the clip's description;
 - one kinematic token (with `n_descriptors`): the window's descriptor z-scores against neutral (clipped to
-  +-5, missing ones zero and flagged), as the encoder's head also sees them.
+  +-5, missing ones zero and flagged), as the encoder's head also sees them;
+- one posterior token (with `n_labels`): the skeleton encoder's class posterior p (N, n_labels) as p @ E, E one
+  learned row per label initialised to the embedding of the label's word in the LM (`init_posterior_token`):
+  the encoder's reading, in the LM's own input space (LLaVA's stage-1 alignment of a projector to the word
+  embeddings, here exact at initialisation, so the LM reads it from the first step). The LM still answers
+  by its own label likelihood; it learns how far to trust this token beside the others.
 Each kind has its own projector to the LLM hidden size (an MLP for temporal and semantic, linear for spatial).
 """
 from __future__ import annotations
@@ -36,7 +41,8 @@ PARTS = {
 class SkeletonTokenizerConfig:
     """feature_dim: the encoder's C'; hidden: the LM's hidden size; n_temporal temporal tokens; parts: body
     part -> canonical joints (one spatial token each); text_dim: the sentence encoder's size (eai.llm.text);
-    temperature of the contrastive loss; n_descriptors: with a kinematic token of that many z-scores (0: none)."""
+    temperature of the contrastive loss; n_descriptors: with a kinematic token of that many z-scores (0: none);
+    n_labels: with a posterior token over the run's that many labels (0: none)."""
 
     feature_dim: int = 192
     hidden: int = 576
@@ -45,10 +51,11 @@ class SkeletonTokenizerConfig:
     text_dim: int = DIM
     temperature: float = 0.07
     n_descriptors: int = 0
+    n_labels: int = 0
 
     @property
     def n_tokens(self) -> int:
-        return self.n_temporal + len(self.parts) + 1 + bool(self.n_descriptors)
+        return self.n_temporal + len(self.parts) + 1 + bool(self.n_descriptors) + bool(self.n_labels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,13 +85,22 @@ class SkeletonTokenizer(nn.Module):
         self.to_text = nn.Linear(cfg.feature_dim, cfg.text_dim)
         if cfg.n_descriptors:
             self.kinematic = _mlp(2 * cfg.n_descriptors, cfg.hidden)
+        if cfg.n_labels:
+            self.label_embed = nn.Parameter(torch.zeros(cfg.n_labels, cfg.hidden))
         # the projectors' output scale should match the LM's token embeddings (set by eai.llm.builder)
         self.register_buffer("scale", torch.ones(()))
 
+    @torch.no_grad()
+    def init_posterior_token(self, word_embeddings: torch.Tensor) -> None:
+        """Start E (the posterior token's rows) at the LM's embeddings of the labels' words (n_labels, hidden),
+        e.g. the mean embedding of each word's tokens."""
+        self.label_embed.copy_(word_embeddings.to(self.label_embed))
+
     def forward(self, feats: torch.Tensor, mask: torch.Tensor, z: torch.Tensor | None = None,
-                real_fraction: torch.Tensor | None = None):
+                real_fraction: torch.Tensor | None = None, posterior: torch.Tensor | None = None):
         """feats (N, C, T, K), mask (N, K)[, descriptor z-scores (N, D), NaN where missing][, the real share of
-        each window's frames (N,), the rest padding] -> tokens (N, n_tokens, H), token mask (N, n_tokens) bool,
+        each window's frames (N,), the rest padding][, the encoder's class posterior (N, n_labels), rows
+        summing to 1] -> tokens (N, n_tokens, H), token mask (N, n_tokens) bool,
         semantic text-space embedding (N, text_dim), unit. Pooling covers present joints and real frames only;
         a temporal token that falls wholly in padding is masked, like a body part with no joint."""
         N, C, T, K = feats.shape
@@ -118,8 +134,13 @@ class SkeletonTokenizer(nn.Module):
             zin = torch.cat([torch.nan_to_num(z).clamp(-5, 5), present.to(z.dtype)], 1)
             kinds.append(self.kinematic(zin)[:, None])
         tokens = torch.cat(kinds, 1) * self.scale
+        if self.cfg.n_labels:  # already in the LM's embedding scale
+            if posterior is None or posterior.shape != (N, self.cfg.n_labels):
+                raise ValueError(f"this tokenizer needs the encoder's posterior of shape ({N}, {self.cfg.n_labels})")
+            tokens = torch.cat([tokens, (posterior.to(feats.dtype) @ self.label_embed)[:, None]], 1)
         ones = lambda k: torch.ones(N, k, dtype=torch.bool, device=feats.device)
-        tmask = torch.cat([a.sum(2) > 0, w.sum(2) > 0, ones(1 + bool(self.cfg.n_descriptors))], 1)
+        tmask = torch.cat([a.sum(2) > 0, w.sum(2) > 0,
+                           ones(1 + bool(self.cfg.n_descriptors) + bool(self.cfg.n_labels))], 1)
         sem = F.normalize(self.to_text(self.norm(glob)), dim=1)
         return tokens, tmask, sem
 

@@ -2,26 +2,35 @@
 
 The encoder stage is reused when the folder holds a finished one; each LLM stage resumes from its checkpoint.
 The LLM reads cached encoder features of the training clips (and their mirror images); each dataset's
-neutral reference (its descriptors' baseline, for grounded explanations) is fitted on its training clips
-only. A finished run is scored on its held-out clips: the LLM by label likelihood beside the encoder's head.
+reference (its descriptors' neutral baseline and the mean of each label's clips, for grounded explanations that
+support their answer: eai.llm.evidence.Reference) is fitted on its training clips only and stored in the
+manifest with the dataset. A finished run is scored on its held-out clips: the LLM by label likelihood beside the encoder's head.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from eai.data.joint import open_datasets
-from eai.data.windows import window_set
+import numpy as np
+from safetensors.torch import load_file
+
+from eai.calibration import Calibration, fit_temperature, scale
+
+from eai.data.joint import label_mask, open_datasets
+from eai.data.windows import WindowSet, window_set
+from eai.encoder.model import predict_proba
 from eai.errors import EaiError
 from eai.features import clip_descriptors
 from eai.llm import evidence as ev
 from eai.llm.backbone import hidden_size
 from eai.llm.builder import LLMConfig, LoraSettings, build_llm, load_llm, save_llm
 from eai.llm.tokenizer import SkeletonTokenizerConfig
-from eai.report import plot_llm_curves
+from eai.metrics import expected_calibration_error
+from eai.report import plot_llm_curves, plot_reliability
 from eai.run import MANIFEST, LLMTraining, Manifest, Run, RunConfig, load_run
 from eai.schedules import STAGES, default_llm_schedule, llm_stages
 from eai.train.checkpoint import JsonlLog
-from eai.train.encoder_run import train_encoder_run
+from eai.train.crossfit import CROSSFIT, out_of_fold_posterior
+from eai.train.encoder_run import PRETRAIN_WEIGHTS, train_encoder_run
 from eai.train.stages import (
     FeatureSet,
     Sampler,
@@ -51,26 +60,45 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
             d.path == r.path or r.is_moved_copy(d.name, {u.group for u in d.clips})
             for d, r in zip(datasets, m.datasets)):  # a run resumed on another machine
         raise EaiError("this folder holds a run on other datasets; choose a new --out", run_dir)
-    fsets, held = [], []
+    wsets, held, refs = [], [], []
     for d, r in zip(datasets, m.datasets):  # the encoder stage's held-out clips stay held out
         out_groups = set(r.held_out_groups)
         train_clips = [u for u in d.clips if u.group not in out_groups]
-        ws = window_set(train_clips, m.labels, m.train.window, m.train.train_stride, descriptors=True,
-                        progress=progress)
+        wsets.append(window_set(train_clips, m.labels, m.train.window, m.train.train_stride, descriptors=True,
+                                progress=progress))
         cdesc = clip_descriptors(train_clips)
-        ref = ev.Reference.fit(cdesc, [c.label for c in train_clips])
-        fsets.append(feature_set(run.encoder, ws, cdesc, ref, mirror=True, progress=progress))
+        refs.append((cdesc, ev.Reference.fit(cdesc, [c.label for c in train_clips])))
         held.append([u for u in d.clips if u.group in out_groups])
-        r.reference = ref.to_dict()
+        r.reference = refs[-1][1].to_dict()
+    # every training window's encoder posterior from encoders that never saw its clip: what the posterior token
+    # learns from, and what the encoder's temperature is fitted on
+    allowed = label_mask(m.datasets, m.labels)
+    every = WindowSet.concat(wsets, dataset_idx=list(range(len(wsets))))
+    pre = run_dir / PRETRAIN_WEIGHTS
+    oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed,
+                                load_file(str(pre)) if pre.is_file() else None, seed=cfg.seed,
+                                cache=run_dir / CROSSFIT, progress=progress)
+    # the posterior token learns from the run's own encoder on the training windows (as at inference): so taught,
+    # the LLM reads it as the strong evidence it is; taught on the weaker out-of-fold posteriors it leaned on the
+    # motion tokens, which the encoder fits more closely on its training clips than on new ones (demo: held-out
+    # LLM 0.44 against 0.70 so taught; bench/RESULTS.md)
+    fsets = [feature_set(run.encoder, ws, cdesc, ref, predict_proba(run.encoder, ws.of_dataset(i), allowed=allowed),
+                         mirror=True, progress=progress) for i, (ws, (cdesc, ref)) in enumerate(zip(wsets, refs))]
     if m.llm is None:
         schedule = cfg.llm_schedule or default_llm_schedule(cfg.schedule)
         m.llm = LLMConfig(cfg.backbone, cfg.seed, LoraSettings(), SkeletonTokenizerConfig(
             feature_dim=run.encoder.out_channels, hidden=hidden_size(cfg.backbone),
-            n_descriptors=len(ev.NAMES) if cfg.kinematic_token else 0), schedule,
+            n_descriptors=len(ev.NAMES) if cfg.kinematic_token else 0,
+            n_labels=len(m.labels) if cfg.posterior_token else 0), schedule,
             llm_stages(schedule, {"description": cfg.description_steps, "recognition": cfg.recognition_steps}))
         m.llm_training = LLMTraining()
-    llm = (load_llm(run_dir, m.llm, trainable=True) if m.llm_training.done  # resuming after a finished stage
-           else build_llm(m.llm))
+    if m.llm_training.done:  # resuming after a finished stage
+        llm = load_llm(run_dir, m.llm, trainable=True)
+    else:
+        llm = build_llm(m.llm)
+        if m.llm.tokenizer.n_labels:  # each label's row starts at its word (its first dataset's) in the LM
+            llm.skeleton_tokenizer.init_posterior_token(llm.word_embeddings(
+                [next(d.word(lab) for d in m.datasets if lab in d.labels) for lab in m.labels]))
     sampler = Sampler(FeatureSet.concat(fsets), m.labels, m.datasets, llm.skeleton_tokenizer.cfg.n_tokens,
                       m.llm.seed, m.config.mix)
     log = JsonlLog(run_dir / "log.jsonl")
@@ -87,12 +115,54 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
         t.peak_memory_mb = round(peak_memory_mb(), 1)
         m.save(run_dir)
         (run_dir / f"llm-{stage}.pt").unlink(missing_ok=True)
-    if any(held) and not m.held_out_llm:
-        from eai.interpret import Interpreter
+    from eai.interpret import Interpreter
 
-        interp = Interpreter(Run(run.path, m, run.encoder), llm.eval())
+    interp = Interpreter(Run(run.path, m, run.encoder), llm.eval())
+    if m.calibration is None:
+        m.calibration = fit_calibration(interp, fsets, [oof[every.dataset_idx == i] for i in range(len(wsets))], oof,
+                                        every.y, m.llm.seed)
+        m.save(run_dir)
+    if any(held) and not m.held_out_llm:
         m.held_out_llm = {r.name: interp.recognition_metrics(h, r, progress) for r, h in zip(m.datasets, held) if h}
     m.stage = "all"
     m.save(run_dir)
     plot_llm_curves(t.history, STAGES, run_dir / "llm-curves.png")
+    for name, h in m.held_out_llm.items():
+        plot_reliability({k: h[k] for k in ("llm", "encoder")}, run_dir / f"reliability-{name}.png",
+                         f"{name}: held-out windows, before and after temperature scaling")
     return run_dir
+
+
+def fit_calibration(interp, fsets: list[FeatureSet], oof_by_dataset: list[np.ndarray], oof: np.ndarray,
+                    oof_y: np.ndarray, seed: int, n: int = 160) -> Calibration:
+    """The run's temperatures (eai.calibration), never from held-out clips: the encoder's on the out-of-fold
+    posteriors `oof` (N, n_labels) of all training windows (true run-label indices `oof_y`); the LLM's on up to
+    `n` training windows of each dataset (fsets[d] holds its windows, then their mirror images), scored with
+    their out-of-fold posteriors `oof_by_dataset[d]` as the posterior token (as a new clip's would read: from an
+    encoder that never saw it) and mirror-averaged."""
+    from eai.data.joint import local_index
+
+    rng = np.random.default_rng(seed)
+    m = interp.run.manifest
+    rows, ys = [], []
+    width = max(len(d.labels) for d in m.datasets)
+    reads = interp.llm.skeleton_tokenizer.cfg.n_labels
+    for d, fs, post in zip(m.datasets, fsets, oof_by_dataset):
+        k = len(post)
+        i = np.sort(rng.choice(k, min(n, k), replace=False))
+        p = sum(interp.window_proba(fs.feats[j], fs.mask[j], fs.z[j], fs.real_fraction[j], d,
+                                    post[i] if reads else None, calibrated=False)
+                for j in (i, i + k)) / 2  # mirror-averaged, as the held-out figures are
+        rows.append(np.pad(np.log(np.clip(p, 1e-12, None)), ((0, 0), (0, width - p.shape[1])),
+                           constant_values=-np.inf))
+        ys.append(local_index(m.labels, d.labels)[fs.y[i]])
+    llm_logp, llm_y = np.concatenate(rows), np.concatenate(ys)
+    enc_logp = np.log(np.clip(oof, 1e-12, None)) + np.where(oof > 0, 0, -np.inf)
+    cal = Calibration(encoder=fit_temperature(enc_logp, oof_y), llm=fit_temperature(llm_logp, llm_y),
+                      fitted_on="training windows: the encoder on out-of-fold posteriors (cross-fitted encoders), "
+                                "the LLM with out-of-fold posterior tokens",
+                      windows={"encoder": int(len(oof_y)), "llm": int(len(llm_y))})
+    cal.ece_fit = {name: [round(expected_calibration_error(scale(lp, 1.0), y), 4),
+                          round(expected_calibration_error(scale(lp, t), y), 4)]
+                   for name, lp, y, t in (("encoder", enc_logp, oof_y, cal.encoder), ("llm", llm_logp, llm_y, cal.llm))}
+    return cal

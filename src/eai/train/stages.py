@@ -31,8 +31,9 @@ class FeatureSet:
 
     Per window: feats (N, C', T', K) float32, mask (N, K) bool, y (N,) label index, z (N, D) descriptor
     z-scores against neutral, clip (N,) clip index, dataset_idx (N,), real_fraction (N,) the real share of its
-    frames. Per clip (the mean over its windows): clip_feats (M, C', T', K), clip_mask, clip_y,
-    clip_z (M, D) z-scores of the whole clip's descriptors, clip_dataset_idx, clip_real_fraction."""
+    frames, posterior (N, n_labels) the encoder's class posterior over the run's labels. Per clip (the mean over
+    its windows): clip_feats (M, C', T', K), clip_mask, clip_y, clip_z (M, D) z-scores of the whole clip's
+    descriptors, clip_dataset_idx, clip_real_fraction, clip_posterior."""
 
     feats: np.ndarray
     mask: np.ndarray
@@ -47,6 +48,8 @@ class FeatureSet:
     clip_z: np.ndarray
     clip_dataset_idx: np.ndarray
     clip_real_fraction: np.ndarray
+    posterior: np.ndarray
+    clip_posterior: np.ndarray
 
     @staticmethod
     def concat(sets: list["FeatureSet"]) -> "FeatureSet":
@@ -59,26 +62,29 @@ class FeatureSet:
         return FeatureSet(**out)
 
 
-def feature_set(encoder, ws: WindowSet, clip_desc: np.ndarray, ref: ev.Reference, mirror: bool = False,
-                progress: bool = False) -> FeatureSet:
+def feature_set(encoder, ws: WindowSet, clip_desc: np.ndarray, ref: ev.Reference, posterior: np.ndarray,
+                mirror: bool = False, progress: bool = False) -> FeatureSet:
     """Features of every window (and, with `mirror`, of its left-right mirror too, for training), clip means,
     and z-scores of window and clip descriptors (clip_desc (M, D), one row per clip of `ws`) against the
-    neutral reference."""
+    neutral reference; `posterior` (N, n_labels) the encoder's posterior of each window of `ws` (a mirror
+    image keeps its window's: the encoder's reading is mirror-averaged)."""
     from eai.skeleton.unify import mirror as mirror_fn
 
     views = [(ws.raw, ws.mask)] + ([mirror_fn(ws.raw, ws.mask)] if mirror else [])
     feats = np.concatenate([encoder_features(encoder, r, m) for r, m in
                             tqdm(views, desc="encoder features", disable=not progress, leave=False)])
     rep = len(views)
-    mask, y, clip, frac = (np.concatenate([a] * rep) for a in (ws.mask, ws.y, ws.clip, ws.real_fraction))
+    mask, y, clip, frac, post = (np.concatenate([a] * rep) for a in (ws.mask, ws.y, ws.clip, ws.real_fraction,
+                                                                      posterior.astype(np.float32)))
     z = np.concatenate([ref.z(ws.model_desc)] * rep)
     ids = np.unique(ws.clip)
     cf = np.stack([feats[clip == c].mean(0) for c in ids])
     cm = np.stack([mask[clip == c][0] for c in ids])
     cy = np.array([y[clip == c][0] for c in ids])
     cfrac = np.array([frac[clip == c].max() for c in ids], np.float32)
+    cpost = np.stack([post[clip == c].mean(0) for c in ids])
     return FeatureSet(feats, mask, y, z, clip, np.zeros(len(y), np.int64), frac, cf, cm, cy,
-                      ref.z(clip_desc[ids]), np.zeros(len(ids), np.int64), cfrac)
+                      ref.z(clip_desc[ids]), np.zeros(len(ids), np.int64), cfrac, post, cpost)
 
 
 @dataclass
@@ -89,6 +95,7 @@ class Batch:
     mask: np.ndarray
     z: np.ndarray
     real_fraction: np.ndarray
+    posterior: np.ndarray
     prompts: list[str]
     answers: list[str]
 
@@ -109,6 +116,8 @@ class Sampler:
         share = mix_weights(d, len(datasets), mix) * np.bincount(d, minlength=len(datasets))[d]
         w = share / (per_dataset[d] * counts[key])
         self.p = w / w.sum()
+        # each dataset's reference, to judge which measured claims support a label (None: not fitted)
+        self.refs = [None if x.reference is None else ev.Reference.from_dict(x.reference) for x in datasets]
 
     def _word(self, d: int, y: int) -> str:
         return self.datasets[d].word(self.labels[y])
@@ -117,11 +126,14 @@ class Sampler:
         fs = self.fs
         i = self.rng.choice(len(fs.y), k, p=self.p)
         prompts = [recognition_prompt(self.n, self.datasets[d].tag, self.datasets[d].words) for d in fs.dataset_idx[i]]
-        return Batch(fs.feats[i], fs.mask[i], fs.z[i], fs.real_fraction[i], prompts,
+        return Batch(fs.feats[i], fs.mask[i], fs.z[i], fs.real_fraction[i], fs.posterior[i], prompts,
                      [self._word(d, y) for d, y in zip(fs.dataset_idx[i], fs.y[i])])
 
     def description(self, k: int) -> Batch:
-        """Half windows (window descriptors), half whole clips (clip-mean features, clip descriptors)."""
+        """Half windows (window descriptors), half whole clips (clip-mean features, clip descriptors). Each
+        description claims only what is true of its window or clip, applies to its movement and supports its
+        label (eai.llm.evidence.claim_phrases with the dataset reference's grounds), else says that nothing
+        measured supports it."""
         fs = self.fs
         n_clip = int(self.rng.binomial(k, 0.5))
         i = self.rng.choice(len(fs.y), k - n_clip, p=self.p)
@@ -129,12 +141,16 @@ class Sampler:
         both = lambda a, b: np.concatenate([a[i], b[j]])  # noqa: E731
         ys, ds, zs = both(fs.y, fs.clip_y), both(fs.dataset_idx, fs.clip_dataset_idx), both(fs.z, fs.clip_z)
         words = [self._word(d, y) for d, y in zip(ds, ys)]
-        phrases = [ev.claim_phrases(z, self.rng) for z in zs]  # varied wordings, the same in prompt and answer
+        grounds = [None if self.refs[d] is None else self.refs[d].grounds(self.labels[y], self.refs[d].values(z))
+                   for d, y, z in zip(ds, ys, zs)]
+        # varied wordings, the same in prompt and answer
+        phrases = [ev.claim_phrases(z, self.rng, g) for z, g in zip(zs, grounds)]
         prompts = [description_prompt(self.n, self.datasets[d].tag, w, ev.evidence_line(z, p))
                    for d, w, z, p in zip(ds, words, zs, phrases)]
         answers = [ev.description(w, z, self.rng, p) for w, z, p in zip(words, zs, phrases)]
         return Batch(both(fs.feats, fs.clip_feats), both(fs.mask, fs.clip_mask), zs,
-                     both(fs.real_fraction, fs.clip_real_fraction), prompts, answers)
+                     both(fs.real_fraction, fs.clip_real_fraction), both(fs.posterior, fs.clip_posterior),
+                     prompts, answers)
 
 
 def _lr(step: int, cfg: StageConfig) -> float:
@@ -188,8 +204,9 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
             feats, mask = torch.from_numpy(b.feats).to(acc.device), torch.from_numpy(b.mask).to(acc.device)
             z = torch.from_numpy(b.z.astype(np.float32)).to(acc.device)
             fr = torch.from_numpy(b.real_fraction).to(acc.device)
+            post = torch.from_numpy(b.posterior).to(acc.device) if core.skeleton_tokenizer.cfg.n_labels else None
             with acc.autocast():
-                l, sem = core.loss(feats, mask, b.prompts, b.answers, z, fr)
+                l, sem = core.loss(feats, mask, b.prompts, b.answers, z, fr, post)
                 w = len(b.prompts) / cfg.batch
                 loss, total = loss + w * l, total + w * l
                 if text_embed is not None and kind == "description" and len(b.answers) > 1:

@@ -241,10 +241,14 @@
     _claims(row) {
       const items = (row.evidence || []).map((e, i) => {
         const s = this.clip.series[i];
-        const what = e.descriptor
-          ? `${e.descriptor.replace(/_/g, " ")}: ${num(e.value)} ${e.unit} against neutral ${num(e.neutral)} ${e.unit}` +
-            ` (z ${e.z == null ? "n/a" : (e.z > 0 ? "+" : "") + e.z}, claimed ${e.direction})`
-          : `overall: largest |z| ${e.z == null ? "n/a" : e.z}, claimed close to neutral`;
+        const way = e.class_direction == null ? "" : e.supports
+          ? `; supports ${row.emotion}` : `; does not support ${row.emotion} (its clips: ${e.class_direction})`;
+        const what = e.kind === "no_support"
+          ? `no applicable descriptor is marked the way ${row.emotion} differs from neutral`
+          : e.descriptor
+            ? `${e.descriptor.replace(/_/g, " ")}: ${num(e.value)} ${e.unit} against neutral ${num(e.neutral)} ${e.unit}` +
+              ` (z ${e.z == null ? "n/a" : (e.z > 0 ? "+" : "") + e.z}, claimed ${e.direction}${way})`
+            : `overall: largest |z| ${e.z == null ? "n/a" : e.z}, claimed close to neutral${way}`;
         const li = el("li", { class: "claim " + (e.verified ? "ok" : "no"), onclick: () => this.select(i) },
           el("div", {}, el("span", { class: "badge", text: e.verified ? "verified" : "not verified" }),
             el("q", { text: e.phrase })),

@@ -1,0 +1,140 @@
+"""Issue 22: the posterior token, cross-fitted encoder posteriors, temperature scaling and close calls."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from eai.calibration import fit_temperature, scale, scale_proba
+from eai.metrics import expected_calibration_error, reliability
+
+
+def test_temperature_fit_recovers_the_temperature_that_made_the_labels():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((20000, 5)) * 3
+    p_true = scale(logits, 2.0)  # the labels follow softmax(logits / 2): the model is overconfident by T = 2
+    y = np.array([rng.choice(5, p=p) for p in p_true])
+    t = fit_temperature(logits, y)
+    assert abs(t - 2.0) < 0.1
+    before, after = expected_calibration_error(scale(logits, 1.0), y), expected_calibration_error(scale(logits, t), y)
+    assert after < 0.02 < before
+    # scaling never changes the answer; impossible classes stay impossible
+    p = scale_proba(np.array([[0.7, 0.3, 0.0], [0.2, 0.5, 0.3]]), 3.0)
+    assert p.argmax(1).tolist() == [0, 1] and p[0, 2] == 0 and np.allclose(p.sum(1), 1)
+    # -inf (a label outside the dataset) is allowed in the fit
+    lp = np.log(np.clip(scale(logits[:, :3], 1.0), 1e-12, None))
+    lp = np.concatenate([lp, np.full((len(lp), 1), -np.inf)], 1)
+    assert np.isfinite(fit_temperature(lp, np.minimum(y, 2)))
+
+
+def test_reliability_bins_count_every_window_once():
+    proba = np.array([[0.95, 0.05], [0.55, 0.45], [0.52, 0.48], [0.1, 0.9]])
+    r = reliability(proba, np.array([0, 1, 0, 1]), bins=10)
+    assert sum(r["count"]) == 4
+    assert r["accuracy"] == [0.5, 1.0] and r["confidence"] == [0.535, 0.925] and r["count"] == [2, 2]
+
+
+def test_posterior_token_is_the_posterior_weighted_word_embedding():
+    from eai.llm.tokenizer import SkeletonTokenizer, SkeletonTokenizerConfig
+
+    cfg = SkeletonTokenizerConfig(feature_dim=8, hidden=16, n_labels=3)
+    sk = SkeletonTokenizer(cfg)
+    words = torch.randn(3, 16)
+    sk.init_posterior_token(words)
+    feats, mask = torch.randn(2, 8, 4, 23), torch.ones(2, 23, dtype=torch.bool)
+    post = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]])
+    tokens, tmask, _ = sk(feats, mask, posterior=post)
+    assert tokens.shape == (2, cfg.n_tokens, 16) and cfg.n_tokens == 4 + 6 + 1 + 1 and tmask.all()
+    assert torch.allclose(tokens[0, -1], words[1]) and torch.allclose(tokens[1, -1], (words[0] + words[2]) / 2)
+    with pytest.raises(ValueError, match="posterior"):
+        sk(feats, mask)
+
+
+def test_out_of_fold_posterior_never_comes_from_a_model_that_saw_the_clip(monkeypatch, tmp_path):
+    from eai.data.windows import WindowSet
+    from eai.encoder.model import EncoderConfig
+    from eai.schedules import encoder_schedule
+    from eai.train import crossfit
+
+    rng = np.random.default_rng(0)
+    n_clips, per = 12, 4
+    clip = np.repeat(np.arange(n_clips), per)
+    ws = WindowSet(rng.standard_normal((len(clip), 60, 23, 3)).astype(np.float32), np.ones((len(clip), 23), bool),
+                   np.zeros((len(clip), 16), np.float32), clip % 3, clip, clip.astype(str), np.zeros(len(clip), int),
+                   np.full(len(clip), 60))
+    trained_on: list[set] = []
+
+    class Model:
+        def __init__(self, clips):
+            self.clips = clips
+
+    def fake_train(train, n_classes, *a, **k):
+        trained_on.append(set(train.clip.tolist()))
+        return Model(set(train.clip.tolist())), []
+
+    def fake_predict(model, w, allowed=None):
+        seen = np.isin(w.clip, list(model.clips))
+        return np.where(seen[:, None], np.eye(3)[w.y], 1 / 3).astype(np.float32)  # a seen clip: certain
+
+    monkeypatch.setattr(crossfit, "train_encoder", fake_train)
+    monkeypatch.setattr(crossfit, "predict_proba", fake_predict)
+    cache = tmp_path / crossfit.CROSSFIT
+    p = crossfit.out_of_fold_posterior(ws, 3, encoder_schedule("smoke"), EncoderConfig(), None, None, k=3,
+                                       cache=cache, progress=False)
+    assert len(trained_on) == 3 and np.allclose(p, 1 / 3)  # every window from a model that never saw its clip
+    assert set().union(*trained_on) == set(range(n_clips))
+    again = crossfit.out_of_fold_posterior(ws, 3, encoder_schedule("smoke"), EncoderConfig(), None, None, k=3,
+                                           cache=cache, progress=False)
+    assert len(trained_on) == 3 and np.array_equal(again, p)  # read back from the cache, nothing retrained
+    ws.y[0] = (ws.y[0] + 1) % 3  # other windows: the cache does not fit them, and they are computed anew
+    crossfit.out_of_fold_posterior(ws, 3, encoder_schedule("smoke"), EncoderConfig(), None, None, k=3, cache=cache,
+                                   progress=False)
+    assert len(trained_on) == 6
+
+
+def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
+    from eai.interpret import Interpreter
+    from eai.run import Manifest
+
+    m = Manifest.load(tiny_run)
+    cal = m.calibration
+    assert cal is not None and cal.encoder > 0 and cal.llm > 0 and cal.windows["llm"] > 0
+    assert len(cal.ece_fit["llm"]) == 2 and "held-out" not in cal.fitted_on
+    assert (tiny_run / "crossfit.safetensors").is_file()
+    assert m.llm.tokenizer.n_labels == len(m.labels)
+    h = next(iter(m.held_out_llm.values()))
+    for k in ("llm", "encoder"):
+        assert {"ece", "ece_uncalibrated", "temperature", "reliability"} <= set(h[k])
+    assert any(tiny_run.glob("reliability-*.png"))
+    it = Interpreter.load(tiny_run)
+    from eai.interpret import read_clip
+
+    clip = read_clip(sorted(synth_dir.rglob("*.bvh"))[0])[1]
+    d = it.dataset(layout=clip.layout)
+    ws, feats, post, _ = it._clip_proba([clip], d)
+    z = it.reference(d).z(ws.model_desc)
+    raw = it.window_proba(feats, ws.mask, z, ws.real_fraction, d, post, calibrated=False)
+    cal_p = it.window_proba(feats, ws.mask, z, ws.real_fraction, d, post)
+    assert np.allclose(cal_p, scale_proba(raw, cal.llm), atol=1e-5)
+    assert np.array_equal(cal_p.argmax(1), raw.argmax(1))
+
+
+def test_a_close_call_names_both_labels(tiny_run, synth_dir, monkeypatch):
+    from eai import interpret
+    from eai.interpret import Interpreter, read_clip
+
+    it = Interpreter.load(tiny_run)
+    clip = read_clip(sorted(synth_dir.rglob("*.bvh"))[0])[1]
+    far = it.explain([clip])[0]
+    monkeypatch.setattr(interpret, "CLOSE", 1.01)  # every call is close
+    row = it.explain([clip])[0]
+    assert row["runner_up"] and row["runner_up"] != row["emotion"]
+    p = row["probabilities"]
+    assert p[row["runner_up"]] == max(v for k, v in p.items() if k != row["emotion"])
+    assert row["explanation"].endswith(interpret.runner_up_sentence(row))
+    assert row["runner_up"].lower() in row["explanation"].lower() and row["label_consistent"] == far["label_consistent"]
+    monkeypatch.setattr(interpret, "CLOSE", 0.0)  # never close
+    assert it.explain([clip])[0]["runner_up"] is None
+    json.dumps(row)
