@@ -26,25 +26,15 @@ from eai.llm.decode import ExplanationDecoder
 from eai.llm.model import EmotionLLM
 from eai.llm.prompts import description_prompt, recognition_prompt
 from eai.llm.scores import explanation_scores
-from eai.motion import Motion
 from eai.metrics import HEADLINE, expected_calibration_error, metrics, pick
 from eai.run import Run, load_run
 from eai.skeleton.unify import UnifiedMotion
 
 DRAFT_ROWS = 8  # explanations decoded with claim drafts up to this many clips at once on the CPU
-
-
-def read_clip(path: str | Path, **read_options) -> tuple[Motion, UnifiedMotion]:
-    """A motion file as read (eai.io.read_motion with `read_options`: units, up, trust_pickle) and unified;
-    EaiError when it is too short to read (fewer than 2 frames). What `eai explain` and `eai serve` read."""
-    from eai.io import read_motion
-    from eai.skeleton.unify import unify
-
-    m = read_motion(path, **read_options)
-    u = unify(m)
-    if u.n_frames < 2:
-        raise EaiError("too short to read (fewer than 2 frames)", path)
-    return m, u
+# An answer is flagged low-confidence when its probability is under twice chance (2/K among K labels: 0.29 of 7)
+# or within 0.10 of the runner-up. The probabilities are label likelihoods, not calibrated (the demo's LLM has an
+# ECE of 0.35), so the flag says "barely above a guess, or a tie", not a confidence level.
+LOW_CONFIDENCE_X_CHANCE, LOW_CONFIDENCE_MARGIN = 2.0, 0.10
 
 
 @dataclass
@@ -176,8 +166,35 @@ class Interpreter:
         rows: list[dict] = [{} for _ in clips]
         for v, idx in self._by_dataset(clips, dataset):
             for i, r in zip(idx, self._explain([clips[i] for i in idx], v, max_new_tokens)):
-                rows[i] = r
+                rows[i] = {**r, **self.self_knowledge(r["probabilities"], v, clips[i])}
         return rows
+
+    def self_knowledge(self, probabilities: dict[str, float], dataset: RunDataset, clip: UnifiedMotion) -> dict:
+        """What the run knows about an answer: `confidence` (top probability), `margin` (over the runner-up),
+        `low_confidence` (LOW_CONFIDENCE_*), `held_out` (the LLM's accuracy on the run's held-out clips of that
+        dataset beside chance, 1/labels; None when the run measured none) and `notices` (one line each: a low
+        confidence, a run near chance, a skeleton layout or frame rate none of the training clips had)."""
+        p = sorted(probabilities.values(), reverse=True)
+        chance = 1.0 / len(p)
+        top, margin = p[0], p[0] - (p[1] if len(p) > 1 else 0.0)
+        low = top < LOW_CONFIDENCE_X_CHANCE * chance or margin < LOW_CONFIDENCE_MARGIN
+        notices = []
+        if low:
+            notices.append(f"low confidence: {top:.2f} for the answer (chance {chance:.2f}), {margin:.2f} above the "
+                           "next label")
+        h = self.run.manifest.held_out_llm.get(dataset.name, {}).get("llm")
+        held = None if h is None else {
+            "window_accuracy": round(h["window_accuracy"], 4), "clip_accuracy": round(h["clip_accuracy"], 4),
+            "macro_f1": round(h["macro_f1"], 4), "chance": round(chance, 4),
+            "clips": self.run.manifest.held_out_llm[dataset.name].get("clips")}
+        if held is None:
+            notices.append("this run measured no held-out accuracy for its LLM: how often it is right is unknown")
+        elif held["clip_accuracy"] < 2 * chance:
+            notices.append(f"this run's LLM is near chance on its held-out clips (clip accuracy "
+                           f"{held['clip_accuracy']:.2f}, chance {chance:.2f}): do not rely on the answer")
+        notices += dataset.unseen(clip.layout, clip.source_fps)
+        return {"confidence": round(top, 4), "margin": round(margin, 4), "low_confidence": bool(low),
+                "held_out": held, "notices": notices}
 
     def _explain(self, clips: list[UnifiedMotion], dataset: RunDataset, max_new_tokens: int) -> list[dict]:
         ref, n = self.reference(dataset), self.llm.skeleton_tokenizer.cfg.n_tokens

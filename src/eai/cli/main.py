@@ -29,9 +29,28 @@ INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU
              "slightly different numbers")
 
 
+class UsageError(EaiError):
+    """A command line argparse refuses (unknown subcommand, missing option): one line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are eai's one line, not a usage block (`eai COMMAND --help` shows it)."""
+
+    def error(self, message: str):
+        hint = "eai --help" if self.prog == "eai" else f"{self.prog} --help"
+        raise UsageError(f"{message} (see '{hint}')")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eai", description="Emotion-Action Interpreter: read 3D body movement, "
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("eai")
+    except PackageNotFoundError:  # run from a source tree without installing
+        ver = "0.1.0 (source tree)"
+    p = Parser(prog="eai", description="Emotion-Action Interpreter: read 3D body movement, "
                                 "recognise the emotion and explain it.")
+    p.add_argument("--version", action="version", version=f"eai {ver}")
     p.add_argument("--layout-file", metavar="FILE", action="append", default=[],
                    help="register skeleton layouts from a YAML/JSON file (repeatable; or EAI_LAYOUTS=FILE)")
     p.add_argument("--units", default="auto", help="BVH length unit: auto (told from the body's size; default), "
@@ -40,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default), y, -y, z, -z, x or -x; the clip is turned to y up")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow reading PYSKL .pkl files (unpickling runs code from the file)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     _file_command(sub, "info", "layout, joints, frames, fps, duration, missing canonical joints", cmd_info)
 
@@ -194,7 +213,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"eai: error: {e.format()}", file=sys.stderr)
+        return 2
     try:
         from eai.skeleton.registry import registry
 

@@ -39,23 +39,33 @@ def cmd_train(args) -> None:
 
 
 def cmd_explain(args) -> None:
-    from eai.interpret import Interpreter, read_clip
+    """Every input is checked and read (files, folders, globs; the run's manifest; --dataset) before torch and
+    the model load, so a mistake is said in about a tenth of a second."""
+    from eai.data.joint import RunDataset, dataset_for_clip
+    from eai.io.inputs import FORMAT, motion_files, read_clip, read_manifest_json
 
-    read = [read_clip(f, units=args.units, up=args.up, trust_pickle=args.trust_pickle) for f in args.files]
+    files = motion_files(args.files)
+    raw = read_manifest_json(args.model, FORMAT)
+    if not raw.get("llm") or not raw.get("llm_training") or \
+            len(raw["llm_training"].get("done", [])) < len(raw["llm"].get("stages", [None])):
+        raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", args.model)
+    datasets = [RunDataset.from_dict(d) for d in raw["datasets"]]
+    read = [read_clip(f, units=args.units, up=args.up, trust_pickle=args.trust_pickle) for f in files]
     motions, clips = [m for m, _ in read], [u for _, u in read]
+    for f, u in zip(files, clips):
+        try:
+            dataset_for_clip(datasets, u.layout, args.dataset)
+        except EaiError as e:
+            raise EaiError(e.message, f) from None
+    from eai.interpret import Interpreter  # torch, transformers, peft: only now
+
     it = Interpreter.load(args.model, args.int8)
     rows = []
-    for f, r in zip(args.files, it.explain(clips, args.max_tokens, args.dataset)):
-        r = {"file": f, **r}
+    for f, r in zip(files, it.explain(clips, args.max_tokens, args.dataset)):
+        r = {"file": str(f), **r}
         rows.append(r)
         if not args.json:
-            probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
-            print(f"{f}\n  dataset      {r['dataset']}\n  emotion      {r['emotion']}  ({probs})\n"
-                  f"  explanation  {r['explanation']}")
-            for e in r["evidence"]:
-                mark = "ok " if e["verified"] else "NOT"
-                val = "" if e.get("value") is None else f": {e['value']:g} {e['unit']} vs neutral {e['neutral']:g}"
-                print(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val})")
+            print(explain_text(r))
     if args.json:
         print(json.dumps(rows, indent=2))
     if args.html:  # the viewer page (eai.viewer)
@@ -63,6 +73,23 @@ def cmd_explain(args) -> None:
 
         size = write_page(args.html, rows, motions, clips)
         print(f"wrote {args.html} ({size / 2**20:.1f} MB)", file=sys.stderr if args.json else sys.stdout)
+
+
+def explain_text(r: dict) -> str:
+    """One `eai explain` row for people: the answer, what the run knows of itself, the checked claims."""
+    probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+    h = r["held_out"]
+    held = ("not measured" if h is None else f"clip accuracy {h['clip_accuracy']:.2f}, window accuracy "
+            f"{h['window_accuracy']:.2f} on {h['clips']} held-out clips; chance {h['chance']:.2f}")
+    lines = [r["file"], f"  dataset      {r['dataset']}",
+             f"  emotion      {r['emotion']}  ({probs})" + ("  LOW CONFIDENCE" if r["low_confidence"] else ""),
+             f"  this run     {held}", f"  explanation  {r['explanation']}"]
+    for e in r["evidence"]:
+        mark = "ok " if e["verified"] else "NOT"
+        val = "" if e.get("value") is None else f": {e['value']:g} {e['unit']} vs neutral {e['neutral']:g}"
+        lines.append(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val})")
+    lines += [f"  notice       {n}" for n in r["notices"]]
+    return "\n".join(lines)
 
 
 def cmd_serve(args) -> None:

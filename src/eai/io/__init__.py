@@ -24,6 +24,9 @@ def read_motion(path: str | Path, units: str | float = "auto", trust_pickle: boo
     from eai.io.npz import read_npz
     from eai.io.pyskl import read_pyskl
 
+    if Path(path).is_dir():
+        raise FormatError("this is a folder, not a motion file; 'eai data DIR' describes a dataset, "
+                          "'eai explain DIR' explains every motion file in it", path)
     suffix = Path(path).suffix.lower()
     if suffix == ".bvh":
         return read_bvh(path, units=units, up=up)

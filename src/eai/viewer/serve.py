@@ -63,7 +63,7 @@ class RunExplainer:
         return self.interp.labels
 
     def explain(self, path: Path, name: str, deadline: float) -> tuple[dict, dict]:
-        from eai.interpret import read_clip
+        from eai.io.inputs import read_clip
 
         m, u = read_clip(path, **self.read_options, trust_pickle=False)
         if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
