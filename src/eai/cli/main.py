@@ -13,6 +13,7 @@ from eai.cli.commands import (
     cmd_derive,
     cmd_features,
     cmd_info,
+    cmd_pose,
     cmd_synth,
 )
 from eai.cli.run_commands import (
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input")
     s.add_argument("out")
     s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("pose", help="a video of one person to a skeleton file (MediaPipe Pose; the extra 'video')")
+    s.add_argument("video", help="a video file (.mp4, .mov, .avi, .mkv, .webm, .m4v), one person, whole body in view")
+    s.add_argument("--out", required=True, help="clip.npz (33 MediaPipe joints), clip.bvh (positions only) or "
+                   "clip.csv (Kinect v2 CSV: re-expressed on the kinect25 joints)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_pose)
 
     _file_command(sub, "features", "kinematic descriptors of a clip, with units", cmd_features)
 

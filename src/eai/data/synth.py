@@ -113,23 +113,47 @@ def generate(emotion: str, seconds: float = 6.0, fps: float = 30.0, content: str
 def express(P: np.ndarray, layout: Layout, fps: float, label: str | None = None) -> Motion:
     """Put canonical positions (T, K, 3) on a layout's joints.
 
-    Mapped joints take their canonical joint; an unmapped joint sits on its nearest mapped ancestor, or,
-    for a root without one (Bandai's joint_Root), on the ground under the pelvis.
+    Mapped joints take their canonical joint, and the joints a derived canonical joint is the mean of (COCO's
+    ears for the head) take that joint, so reading the motion back gives P. Any other joint sits on its nearest
+    placed ancestor; failing that (MediaPipe's nose, the root of its tree) on its first placed descendant, or,
+    for a root above the pelvis without one (Bandai's joint_Root), on the ground under the pelvis.
     """
     can = canonical()
     T = P.shape[0]
+    placed: dict[int, np.ndarray] = {j: P[:, can.index(c)] for j, c in enumerate(layout.canonical) if c}
+    for c, parts in layout.derived.items():
+        if c not in layout.canonical:
+            for part in parts:
+                placed.setdefault(layout.joints.index(part), P[:, can.index(c)])
+    children: dict[int, list[int]] = {j: [] for j in range(len(layout.joints))}
+    for j, p in enumerate(layout.parents):
+        if p >= 0:
+            children[p].append(j)
+
+    def ancestor(j: int) -> int | None:
+        a = layout.parents[j]
+        while a >= 0 and a not in placed:
+            a = layout.parents[a]
+        return a if a >= 0 else None
+
+    def descendant(j: int) -> int | None:  # depth first, in the layout's order
+        for c in children[j]:
+            if c in placed:
+                return c
+            d = descendant(c)
+            if d is not None:
+                return d
+        return None
+
+    ground = P[:, can.index("pelvis")] * np.array([1, 0, 1])
+    for j in range(len(layout.joints)):
+        if j not in placed and ancestor(j) is None:
+            pelvis_below = "pelvis" in (layout.canonical[c] for c in children[j])
+            d = None if pelvis_below else descendant(j)
+            placed[j] = ground if d is None else placed[d]
     out = np.zeros((T, len(layout.joints), 3), np.float32)
-    for j, c in enumerate(layout.canonical):
-        if c:
-            out[:, j] = P[:, can.index(c)]
-        else:
-            a = layout.parents[j]
-            while a >= 0 and not layout.canonical[a]:
-                a = layout.parents[a]
-            if a >= 0:
-                out[:, j] = P[:, can.index(layout.canonical[a])]
-            else:
-                out[:, j] = P[:, can.index("pelvis")] * np.array([1, 0, 1])
+    for j in range(len(layout.joints)):
+        out[:, j] = placed[j] if j in placed else placed[ancestor(j)]
     return Motion(out, list(layout.joints), list(layout.parents), fps, layout=layout.name, label=label)
 
 

@@ -7,12 +7,15 @@ from eai.errors import FormatError
 from eai.motion import Motion
 
 READ_SUFFIXES = (".bvh", ".csv", ".txt", ".npz", ".pkl", ".pickle")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")  # MediaPipe Pose: the extra 'video'
+
 WRITE_SUFFIXES = (".npz", ".bvh", ".csv")
 
 
 def read_motion(path: str | Path, units: str | float = "auto", trust_pickle: bool = False,
                 up: str = "auto") -> Motion:
-    """Read one clip by file extension (.bvh, .csv/.txt Kinect v2, .npz, .pkl PYSKL: its first clip).
+    """Read one clip by file extension (.bvh, .csv/.txt Kinect v2, .npz, .pkl PYSKL: its first clip; a video,
+    .mp4 .mov .avi .mkv .webm .m4v, through MediaPipe Pose: eai.io.video, with a progress bar on a terminal).
 
     units: BVH length unit (metres per file unit, a unit name, or auto); up: the file's up axis (y, z, -y,
     ...) or auto, told from the body; the clip comes back y up. What a reader told or repaired is in
@@ -28,6 +31,10 @@ def read_motion(path: str | Path, units: str | float = "auto", trust_pickle: boo
         raise FormatError("this is a folder, not a motion file; 'eai data DIR' describes a dataset, "
                           "'eai explain DIR' explains every motion file in it", path)
     suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:  # MediaPipe's axes and metres are known: units and up do not apply
+        from eai.io.video import read_video
+
+        return read_video(path)
     if suffix == ".bvh":
         return read_bvh(path, units=units, up=up)
     if suffix in (".csv", ".txt"):
@@ -38,7 +45,7 @@ def read_motion(path: str | Path, units: str | float = "auto", trust_pickle: boo
         m = read_pyskl(path, trust=trust_pickle)[0]
     else:
         raise FormatError(f"unknown motion format {suffix or '(no extension)'}; eai reads "
-                          f"{', '.join(READ_SUFFIXES)}", path)
+                          f"{', '.join(READ_SUFFIXES + VIDEO_SUFFIXES)}", path)
     return settle_up(m, up)
 
 
