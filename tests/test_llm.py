@@ -598,3 +598,33 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     assert main(args) == 0
     assert kept[1].stat().st_mtime_ns != kept_at[1] and kept[0].stat().st_mtime_ns == kept_at[0]
 
+
+
+def test_hand_merged_adapter_gives_peft_merge_and_unload_logits(tmp_path):
+    """load_merged_llm folds LoRA without peft: the same weights and logits as peft's merge_and_unload, bit for bit."""
+    from eai.llm.builder import LoraSettings, add_lora, merge_adapter, plain_lora
+
+    lm, _ = load_backbone(TINY, seed=1)
+    peft_lm = add_lora(lm, LoraSettings(r=8, lora_alpha=16))
+    torch.manual_seed(3)
+    with torch.no_grad():  # fresh LoRA B is zero: give both factors random values
+        for name, p in peft_lm.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.2)
+    peft_lm.save_pretrained(tmp_path / "adapter")
+    assert plain_lora(json.loads((tmp_path / "adapter" / "adapter_config.json").read_text()))
+    ids = torch.randint(0, 200, (2, 9))
+    merged = peft_lm.merge_and_unload().eval()
+    base, _ = load_backbone(TINY, seed=1)
+    ours = merge_adapter(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=ids).logits, merged(input_ids=ids).logits)
+        plain, _ = load_backbone(TINY, seed=1)
+        assert not torch.allclose(plain(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-3)
+    for (k, a), b in zip(merged.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(a, b), k
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert not plain_lora({**cfg, "use_dora": True})  # DoRA is left to peft
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 4}))
+    with pytest.raises(ValueError, match="does not fit"):
+        merge_adapter(load_backbone(TINY)[0], tmp_path / "adapter")

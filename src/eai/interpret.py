@@ -20,7 +20,7 @@ from eai.encoder.model import encoder_features, predict_dataset_proba
 from eai.errors import EaiError
 from eai.features import DESCRIPTOR_BY_NAME, clip_descriptors
 from eai.llm import evidence as ev
-from eai.llm.builder import load_llm
+from eai.llm.builder import load_merged_llm
 from eai.llm.cpu import few_rows_linears, quantize_int8
 from eai.llm.decode import ExplanationDecoder
 from eai.llm.model import EmotionLLM
@@ -61,8 +61,7 @@ class Interpreter:
         m = run.manifest
         if not m.llm_done:
             raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run.path)
-        llm = load_llm(run.path, m.llm)
-        llm.lm = llm.lm.merge_and_unload()  # inference: LoRA folded into the weights, one matmul per layer
+        llm = load_merged_llm(run.path, m.llm)  # inference: LoRA folded into the weights, one matmul per layer
         if int8:  # CPU only
             llm.lm = quantize_int8(llm.lm)
         elif torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
