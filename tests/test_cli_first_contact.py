@@ -29,3 +29,37 @@ def test_written_files_readable_by_others_under_umask_022(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def _eai(*argv, **kw):
+    """`eai ARGV` as a fresh process of this source tree (a first contact: nothing imported yet)."""
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.run([sys.executable, "-m", "eai.cli", *map(str, argv)], capture_output=True, text=True, env=env,
+                          **kw)
+
+
+def test_an_error_after_the_model_loads_is_still_one_line(tiny_run, synth_dir, tmp_path):
+    """transformers' progress bar (loading a backbone from a folder) and library warnings do not come before the
+    one-line error of a run whose saved LoRA adapter does not fit its model."""
+    import json
+    import shutil
+
+    from eai.llm.backbone import TINY, load_backbone
+
+    lm, tok = load_backbone(TINY)  # the tiny backbone saved as a folder: loaded with from_pretrained
+    lm.save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    m = json.loads((run / "manifest.json").read_text())
+    m["llm"]["backbone"] = str(tmp_path / "lm")
+    (run / "manifest.json").write_text(json.dumps(m))
+    cfg = json.loads((run / "llm-adapter" / "adapter_config.json").read_text())
+    (run / "llm-adapter" / "adapter_config.json").write_text(json.dumps({**cfg, "r": cfg["r"] * 2}))
+    clip = sorted(synth_dir.rglob("*.bvh"))[0]
+    out = _eai("explain", clip, "--model", run)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("eai: error:"), out.stderr
+    assert "do not fit" in out.stderr

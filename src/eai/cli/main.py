@@ -213,10 +213,11 @@ def _protocol_args(s: argparse.ArgumentParser) -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Readers' warnings (what they repaired) as one line each, `eai: warning: ...`."""
+    """Readers' warnings (what they repaired) as one line each, `eai: warning: ...`. Other warnings (libraries'
+    deprecations and the like, nothing a user can act on) only with EAI_DEBUG=1, so that an error is one line."""
     if issubclass(category, EaiWarning):
         print(f"eai: warning: {message}", file=sys.stderr)
-    else:
+    elif os.environ.get("EAI_DEBUG"):
         print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
 
 
