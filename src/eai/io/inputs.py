@@ -22,9 +22,11 @@ _DOC_STEMS = {"readme", "license", "licence", "source", "notice", "changelog", "
 
 def motion_files(inputs: list[str]) -> list[Path]:
     """The motion files named by `inputs` (files, folders: every motion file inside, recursively, sorted;
-    glob patterns), each checked to exist, be readable and have a motion extension; duplicates once.
-    FormatError (one line) on the first input that names no readable motion file."""
-    from eai.io import READ_SUFFIXES
+    glob patterns), each checked to exist, be readable and have a motion extension (videos too: eai.io.video);
+    duplicates once. FormatError (one line) on the first input that names no readable motion file."""
+    from eai.io import READ_SUFFIXES, VIDEO_SUFFIXES
+
+    suffixes = READ_SUFFIXES + VIDEO_SUFFIXES
 
     out: list[Path] = []
     for raw in inputs:
@@ -33,20 +35,20 @@ def motion_files(inputs: list[str]) -> list[Path]:
             hits = sorted(glob.glob(raw, recursive=True))
             if not hits:
                 raise FormatError("no file matches this pattern", raw)
-            found = [Path(h) for h in hits if Path(h).is_file() and Path(h).suffix.lower() in READ_SUFFIXES]
+            found = [Path(h) for h in hits if Path(h).is_file() and Path(h).suffix.lower() in suffixes]
             for h in hits:
                 if Path(h).is_dir():
-                    found += _folder(Path(h), READ_SUFFIXES)
+                    found += _folder(Path(h), suffixes)
             if not found:
-                raise FormatError(f"no motion file ({', '.join(READ_SUFFIXES)}) matches this pattern", raw)
+                raise FormatError(f"no motion file ({', '.join(suffixes)}) matches this pattern", raw)
             out += found
         elif p.is_dir():
-            found = _folder(p, READ_SUFFIXES)
+            found = _folder(p, suffixes)
             if not found:
-                raise FormatError(f"no motion file ({', '.join(READ_SUFFIXES)}) in this folder", p)
+                raise FormatError(f"no motion file ({', '.join(suffixes)}) in this folder", p)
             out += found
         else:
-            out.append(_check_file(p, READ_SUFFIXES))
+            out.append(_check_file(p, suffixes))
     return list(dict.fromkeys(out))
 
 
