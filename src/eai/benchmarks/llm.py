@@ -100,7 +100,8 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
                            f"{h['encoder']['window_accuracy']:.3f}, macro-F1 {h['llm']['macro_f1']:.3f} / "
                            f"{h['encoder']['macro_f1']:.3f}; faithfulness {ex['faithfulness']}  ({run})")
     models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v]))} for k, v in per.items()}
-    return {"dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
+    return {"dataset": ds.name, "attribution": ds.attribution, "words": [ds.word(x) for x in labels], "task": ds.task,
+            "folds": n_folds, "seeds": n_seeds, "labels": labels,
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
             "windows": sum(f["windows"] for f in folds_out) // n_seeds,
             "schedule": {"encoder": cfg.schedule, "llm": cfg.llm_schedule or default_llm_schedule(cfg.schedule),

@@ -200,7 +200,8 @@ def _write_results(args, result: dict, plot=None) -> None:
     elif args.plot:
         for name, m in result["models"].items():
             png = Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}.png")
-            plot_confusion(m["confusion"], result["labels"], png, f"{result['dataset']} {name}")
+            plot_confusion(m["confusion"], result.get("words", result["labels"]), png, f"{result['dataset']}: {name}, "
+                           f"{result['folds']} folds x {result['seeds']} seeds", result.get("attribution", ""))
             print(f"wrote {png}")
 
 
