@@ -82,3 +82,16 @@ def test_llm_figures_show_held_out_accuracy_chance_and_the_llm_confusion(tiny_ru
     _, _, ticks = figures["confusion-llm.png"]
     assert ticks == d.words  # the dataset's own words
     assert "LLM" in figures["confusion-llm.png"][0] and "encoder" in figures["confusion-encoder.png"][0]
+
+
+def test_a_finished_run_has_a_model_card_not_peft_s_template(tiny_run):
+    from eai.run import Manifest
+
+    card = (tiny_run / "llm-adapter" / "README.md").read_text()
+    m = Manifest.load(tiny_run)
+    (d,) = m.datasets
+    assert card.startswith("---\nbase_model: tiny-random\nlibrary_name: peft\n")
+    assert "More Information Needed" not in card and f"# eai emotion LLM adapter: {d.name}" in card
+    h = m.held_out_llm[d.name]["llm"]
+    assert f"| {d.name} ({m.held_out_llm[d.name]['clips']} clips) | llm | {h['window_accuracy']:.3f} |" in card
+    assert f"rank {m.llm.lora.r}, alpha {m.llm.lora.lora_alpha}" in card

@@ -26,6 +26,7 @@ from eai.llm.tokenizer import SkeletonTokenizerConfig
 from eai.report import credit, plot_confusion, plot_llm_curves
 from eai.run import MANIFEST, LLMTraining, Manifest, Run, RunConfig, load_run
 from eai.schedules import STAGES, default_llm_schedule, llm_stages
+from eai.train.card import write_model_card
 from eai.train.checkpoint import JsonlLog
 from eai.train.encoder_run import train_encoder_run
 from eai.train.stages import (
@@ -102,6 +103,7 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     m.stage = "all"
     m.save(run_dir)
     plot_run_figures(run_dir, m, datasets)
+    write_model_card(run_dir, m, {d.name: d.source.attribution if d.source is not None else "" for d in datasets})
     return run_dir
 
 
