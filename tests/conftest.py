@@ -93,3 +93,23 @@ def tiny_run(synth_dir, tmp_path_factory):
 def smoke_run():
     """smoke_run(data, out, **overrides): the RunConfig of a smoke run of every stage (_smoke_run)."""
     return _smoke_run
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure eai.report saves, by file name: (its title, its axes' line labels, its axes' tick labels)."""
+    seen = {}
+
+    def capture(fig, path, dpi=110):
+        import matplotlib.pyplot as plt
+
+        title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+        lines = [ln.get_label() for ax in fig.axes for ln in ax.get_lines()]
+        ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
+        seen[str(path).rsplit("/", 1)[-1]] = (title, lines, ticks)
+        plt.close(fig)
+
+    import eai.report
+
+    monkeypatch.setattr(eai.report, "save_figure", capture)
+    return seen

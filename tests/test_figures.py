@@ -3,35 +3,18 @@ checkpoints), a confusion plot of the LLM, every figure titled with its dataset 
 import json
 import shutil
 
-import pytest
 
-import eai.report
-
-
-@pytest.fixture
-def figures(monkeypatch):
-    """Every figure eai.report saves, by file name: (its title, its axes' line labels, its axes' tick labels)."""
-    seen = {}
-
-    def capture(fig, path, dpi=110):
-        import matplotlib.pyplot as plt
-
-        title = fig._suptitle.get_text() if fig._suptitle is not None else ""
-        lines = [ln.get_label() for ax in fig.axes for ln in ax.get_lines()]
-        ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
-        seen[str(path).rsplit("/", 1)[-1]] = (title, lines, ticks)
-        plt.close(fig)
-
-    monkeypatch.setattr(eai.report, "save_figure", capture)
-    return seen
-
-
-def test_attribution_of_bandai_of_a_file_and_of_a_derived_set(synth_dir, tmp_path, bandai):
+def test_bandai_data_carries_its_attribution(bandai):
     from eai.data.datasets import BANDAI_ATTRIBUTION, open_dataset
-    from eai.data.derive import derive
 
     assert "CC BY-NC 4.0" in BANDAI_ATTRIBUTION and "Kobayashi" in BANDAI_ATTRIBUTION
     assert open_dataset(bandai).attribution == BANDAI_ATTRIBUTION
+
+
+def test_attribution_of_a_file_and_of_a_derived_set(synth_dir, tmp_path):
+    from eai.data.datasets import open_dataset
+    from eai.data.derive import derive
+
     data = tmp_path / "data"
     shutil.copytree(synth_dir, data)
     assert open_dataset(data).attribution == ""

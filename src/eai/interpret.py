@@ -117,8 +117,9 @@ class Interpreter:
         return predict_dataset_proba(self.run.encoder, ws, label_mask(self.datasets, self.labels),
                                      self.datasets.index(dataset))
 
-    def recognition_metrics(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False) -> dict:
-        """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
+    def recognition_proba(self, clips: list[UnifiedMotion], dataset: RunDataset) -> tuple[WindowSet, dict]:
+        """The windows of labelled clips and both models' window probabilities over the dataset's labels:
+        {"llm": (N, labels) by label likelihood, mirror-averaged; "encoder": (N, labels) its own head}."""
         from eai.skeleton.unify import mirror
 
         ws = self.windows(clips, dataset)
@@ -126,9 +127,16 @@ class Interpreter:
         p = 0
         for raw, mask in [(ws.raw, ws.mask), mirror(ws.raw, ws.mask)]:
             p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z, ws.real_fraction, dataset)
+        return ws, {"llm": p / 2, "encoder": self.encoder_proba(ws, dataset)}
+
+    def recognition_metrics(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False,
+                            present_only: bool = False, probas: tuple[WindowSet, dict] | None = None) -> dict:
+        """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows (metrics, with
+        `present_only` over the labels the clips have; `probas`: recognition_proba's, when already computed)."""
+        ws, got = probas or self.recognition_proba(clips, dataset)
         out = {}
-        for name, pr in (("llm", p / 2), ("encoder", self.encoder_proba(ws, dataset))):
-            m = metrics(ws.y, pr, ws.clip, dataset.labels)
+        for name, pr in got.items():
+            m = metrics(ws.y, pr, ws.clip, dataset.labels, present_only)
             out[name] = pick(m, HEADLINE + ("per_class_recall", "confusion"))
             out[name]["ece"] = expected_calibration_error(pr, ws.y)
         out["windows"], out["clips"] = int(len(ws.y)), len(clips)
@@ -234,12 +242,13 @@ class Interpreter:
             r["reference"] = ev.description(r["emotion"], z)
         return rows
 
-    def assess(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False) -> tuple[dict, list[dict]]:
+    def assess(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False,
+               present_only: bool = False, probas: tuple[WindowSet, dict] | None = None) -> tuple[dict, list[dict]]:
         """What `eai evaluate` and `eai bench explain` report of the LLM on labelled clips of one dataset:
-        recognition beside the encoder, explanation scores, and the explanation rows (each with its clip's true
-        label, in the dataset's words)."""
+        recognition beside the encoder (recognition_metrics), explanation scores, and the explanation rows (each
+        with its clip's true label, in the dataset's words)."""
         rows = self.explanations(clips, dataset)
-        return {"recognition": self.recognition_metrics(clips, dataset, progress),
+        return {"recognition": self.recognition_metrics(clips, dataset, progress, present_only, probas),
                 "explanations": explanation_scores(rows)}, rows
 
     def explanations(self, clips: list[UnifiedMotion], dataset: RunDataset) -> list[dict]:

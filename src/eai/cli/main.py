@@ -136,14 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--int8", action="store_true", help=INT8_HELP)
     s.set_defaults(fn=cmd_serve)
 
-    s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrix of a run on a dataset")
+    s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrices of a run's encoder and LLM "
+                       "on a dataset, and every file's predictions")
     s.add_argument("run")
     s.add_argument("--data", required=True)
     s.add_argument("--task")
     s.add_argument("--all", action="store_true", help="on the training dataset, use every clip, not the held-out")
     s.add_argument("--dataset", help="a run trained on several datasets: read the clips as this one's "
                    "(default: the same path, else the one with the clips' skeleton)")
-    s.add_argument("--out", help="folder for evaluation.json and confusion.png (default RUN/eval-<dataset>)")
+    s.add_argument("--out", help="folder for evaluation.json, predictions.csv, confusion-encoder.png and "
+                   "confusion-llm.png (default RUN/eval-<dataset>)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
 

@@ -104,17 +104,20 @@ def cmd_evaluate(args) -> None:
 
     r = evaluate_run(args.run, args.data, args.task, args.all, args.out, not args.quiet, args.dataset)
     print(f"{r['dataset']} read as {r['read_as']} ({r['scope']}: {r['clips']} clips, {r['windows']} windows)")
-    print(table([[r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]], ["window acc", "clip acc", "macro-F1"]))
-    words = dict(zip(r["labels"], r["words"]))
-    print(table([[words[c], v] for c, v in r["per_class_recall"].items()], ["label", "recall"]))
-    if "llm" in r:
-        rec, ex = r["llm"]["recognition"]["llm"], r["llm"]["explanations"]
-        print("LLM (label likelihood, mirror-averaged):")
-        print(table([[rec["window_accuracy"], rec["clip_accuracy"], rec["macro_f1"], rec["ece"]]],
-                    ["window acc", "clip acc", "macro-F1", "ECE"]))
-        print(table([[ex["label_consistency"], ex["faithfulness"], ex["bleu4"], ex["rouge_l"],
+    llm = r["llm"]["recognition"]["llm"] if "llm" in r else None
+    rows = [["encoder head", r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]]
+    if llm:
+        rows.append(["LLM (label likelihood, mirror-averaged)", llm["window_accuracy"], llm["clip_accuracy"],
+                     llm["macro_f1"]])
+    print(table(rows, ["model", "window acc", "clip acc", "macro-F1"]))
+    print(f"({r['scored_over']})")
+    print(table([[w, v] + ([llm["per_class_recall"][w]] if llm else []) for w, v in r["per_class_recall"].items()],
+                ["label", "recall, encoder"] + (["recall, LLM"] if llm else [])))
+    if llm:
+        ex = r["llm"]["explanations"]
+        print(table([[llm["ece"], ex["label_consistency"], ex["faithfulness"], ex["bleu4"], ex["rouge_l"],
                       ex.get("minilm_similarity")]],
-                    ["label consistency", "faithfulness", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
+                    ["LLM ECE", "label consistency", "faithfulness", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
     print("wrote " + ", ".join(r["written"]))
 
 
