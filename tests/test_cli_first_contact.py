@@ -23,12 +23,27 @@ def test_bad_path_errors_before_torch_loads(tmp_path):
 
 
 def test_written_files_readable_by_others_under_umask_022(tmp_path):
+    """JSON, safetensors weights (whose writer makes a private file) and peft's adapter folder all get the modes
+    open() and mkdir() give under the umask."""
+    import torch
+
+    from eai.llm.backbone import TINY
+    from eai.llm.builder import LLMConfig, build_llm, save_llm
+    from eai.llm.tokenizer import SkeletonTokenizerConfig
+    from eai.run import save_weights
+
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.json", "{}")
+        save_weights(torch.nn.Linear(3, 2), tmp_path / "w.safetensors")
+        save_llm(tmp_path, build_llm(LLMConfig(backbone=TINY, tokenizer=SkeletonTokenizerConfig(hidden=64))))
     finally:
         os.umask(old)
-    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    files = [tmp_path / "a.json", tmp_path / "w.safetensors", tmp_path / "skeleton_tokenizer.safetensors",
+             *sorted((tmp_path / "llm-adapter").iterdir())]
+    assert len(files) >= 5 and all(f.stat().st_mode & 0o777 == 0o644 for f in files), \
+        [(f.name, oct(f.stat().st_mode & 0o777)) for f in files]
+    assert (tmp_path / "llm-adapter").stat().st_mode & 0o777 == 0o755
 
 
 def _eai(*argv, **kw):

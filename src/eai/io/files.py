@@ -77,14 +77,26 @@ def atomic_path(path: str | Path):
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix or ".tmp", dir=dest.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
+    mode = 0o666 & ~_umask()
+    os.fchmod(fd, mode)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, mode)  # again: a writer may have replaced the file (safetensors writes a private one)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def share_like_open(folder: str | Path) -> None:
+    """Give a folder written by a library (mkdtemp's 0700, files of 0600) and everything in it the modes
+    `mkdir()` and `open()` would have given under the umask, before it is renamed into place."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -94,13 +94,14 @@ def save_llm(run: Path, llm: EmotionLLM) -> None:
     tokenizer's weights (`TOKENIZER_WEIGHTS`) into a run folder."""
     from safetensors.torch import save_file
 
-    from eai.io.files import atomic_path
+    from eai.io.files import atomic_path, share_like_open
 
     state = {k: v.detach().cpu().contiguous() for k, v in llm.skeleton_tokenizer.state_dict().items()}
     with atomic_path(run / TOKENIZER_WEIGHTS) as tmp:
         save_file(state, str(tmp))
     tmpdir = Path(tempfile.mkdtemp(prefix=".adapter-", dir=run))
     llm.lm.save_pretrained(tmpdir)
+    share_like_open(tmpdir)
     shutil.rmtree(run / ADAPTER, ignore_errors=True)
     tmpdir.rename(run / ADAPTER)
 
