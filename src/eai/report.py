@@ -57,7 +57,11 @@ def credit(attributions) -> str:
 
 def _title(fig, title: str, attribution: str = "") -> None:
     """A figure's title: what it shows and of which data, then the data's attribution where its licence asks."""
-    text = "\n".join(t for t in (title, f"data: {attribution}" if attribution else "") if t)
+    import textwrap
+
+    width = max(40, int(fig.get_figwidth() * 14))  # characters of fontsize 8 across the figure
+    text = "\n".join(textwrap.fill(t, width) for part in (title, f"data: {attribution}" if attribution else "")
+                     for t in part.split("\n") if t)
     if text:
         fig.suptitle(text, fontsize=8)
 
