@@ -9,7 +9,7 @@ from eai.io.files import atomic_write_text
 
 
 def test_version_and_parser_errors_are_one_line(capsys):
-    for argv in (["frob"], ["explain", "x.bvh"]):
+    for argv in (["frob"], ["explain", "x.bvh"], ["explain", "x.bvh", "--model", "r", "--int8"]):  # int8: removed
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("eai: error:") and "usage:" not in err

@@ -285,25 +285,6 @@ def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_int8_interpreter_answers_close_to_the_float_one(tiny_run, synth_dir):
-    from eai.data.datasets import load_clips, open_dataset
-    from eai.interpret import Interpreter
-
-    clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:3]
-    exact = Interpreter.load(tiny_run).recognise(clips)
-    it8 = Interpreter.load(tiny_run, int8=True)
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-
-    mods = list(it8.llm.lm.modules())
-    assert not any(type(m) is torch.nn.Linear for m in mods)  # every linear layer int8, LoRA merged away
-    assert any(isinstance(m, Int8Linear) for m in mods) and not any("lora" in type(m).__name__.lower() for m in mods)
-    for a, b in zip(exact, it8.recognise(clips)):
-        assert b["probabilities"] == pytest.approx(a["probabilities"], abs=0.05)
-    for r in it8.explain(clips, 8):
-        assert abs(sum(r["probabilities"].values()) - 1) < 1e-3
-        assert r["explanation"].lower().startswith(r["emotion"].lower())
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_few_rows_linear_computes_what_linear_computes(bias):
     from eai.llm.cpu import FewRowsLinear, few_rows_linears

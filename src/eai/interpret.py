@@ -21,7 +21,7 @@ from eai.errors import EaiError
 from eai.features import DESCRIPTOR_BY_NAME, clip_descriptors
 from eai.llm import evidence as ev
 from eai.llm.builder import load_merged_llm
-from eai.llm.cpu import few_rows_linears, quantize_int8
+from eai.llm.cpu import few_rows_linears
 from eai.llm.decode import ExplanationDecoder
 from eai.llm.model import EmotionLLM
 from eai.llm.prompts import description_prompt, recognition_prompt
@@ -50,27 +50,31 @@ class Interpreter:
         self.decoder = ExplanationDecoder(self.llm)
 
     @staticmethod
-    def load(run_dir: str | Path, int8: bool = False) -> "Interpreter":
-        return Interpreter.of(load_run(run_dir), int8)
+    def load(run_dir: str | Path) -> "Interpreter":
+        return Interpreter.of(load_run(run_dir))
 
     @staticmethod
-    def of(run: Run, int8: bool = False) -> "Interpreter":
-        """The interpreter of a loaded run (its LLM stages must be trained). With `int8`, the LM's linear
-        layers run as int8 dynamic quantization on the CPU (weights int8 per tensor, activations quantized
-        on the fly); without it, the exact float32 model, on CUDA when present."""
+    def of(run: Run) -> "Interpreter":
+        """The interpreter of a loaded run (its LLM stages must be trained): the exact float32 model, on CUDA
+        when present. (int8 weights were tried and removed: they changed answers and were not faster end to
+        end, bench/RESULTS.md, bench/bench_int8.py.)"""
         m = run.manifest
         if not m.llm_done:
             raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run.path)
         llm = load_merged_llm(run.path, m.llm)  # inference: LoRA folded into the weights, one matmul per layer
-        if int8:  # CPU only
-            llm.lm = quantize_int8(llm.lm)
-        elif torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
+        if torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
             llm.cuda()
             run.encoder.cuda()
         else:
             llm.lm = few_rows_linears(llm.lm)
+        return Interpreter.ready(run, llm)
+
+    @staticmethod
+    def ready(run: Run, llm: EmotionLLM) -> "Interpreter":
+        """The interpreter of a run with its LLM as given (loaded for inference, frozen): the prompt beginnings
+        every clip of a dataset shares are registered, so their key/value cache is computed once and kept."""
         n = llm.skeleton_tokenizer.cfg.n_tokens
-        for d in m.datasets:  # the prompt beginnings every clip of a dataset shares: their cache is kept
+        for d in run.manifest.datasets:
             llm.add_stem([recognition_prompt(n, d.tag, d.words)])
             llm.add_stem([description_prompt(n, d.tag, w, e) for w, e in ((d.words[0], "a"), (d.words[-1], "b"))])
         return Interpreter(run, llm)

@@ -26,8 +26,6 @@ from eai.cli.run_commands import (
 )
 from eai.errors import EaiError, EaiWarning
 
-INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU: about twice as fast, "
-             "slightly different numbers")
 
 
 class UsageError(EaiError):
@@ -119,7 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
     s.add_argument("--dataset", help="a run trained on several datasets: which one's labels to answer in "
                    "(default: the one with the clip's skeleton)")
-    s.add_argument("--int8", action="store_true", help=INT8_HELP)
     s.add_argument("--html", metavar="OUT", help="also write a self-contained page: the moving skeleton, the "
                    "probabilities and each claim's evidence (several files: one tab each)")
     s.set_defaults(fn=cmd_explain)
@@ -133,7 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-upload-mb", type=float, default=50, help="larger uploads get 413 (default 50)")
     s.add_argument("--timeout", type=float, default=120, help="seconds a request may take (default 120)")
     s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
-    s.add_argument("--int8", action="store_true", help=INT8_HELP)
     s.set_defaults(fn=cmd_serve)
 
     s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrices of a run's encoder and LLM "
@@ -155,7 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "and on all together, same folds")
     s.add_argument("what", choices=["recognition", "explain", "llm", "joint"])
     s.add_argument("--model", help="explain: the run folder")
-    s.add_argument("--int8", action="store_true", help="explain: " + INT8_HELP)
     _protocol_args(s)
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)

@@ -59,7 +59,7 @@ def cmd_explain(args) -> None:
             raise EaiError(e.message, f) from None
     from eai.interpret import Interpreter  # torch, transformers, peft: only now
 
-    it = Interpreter.load(args.model, args.int8)
+    it = Interpreter.load(args.model)
     rows = []
     for f, r in zip(files, it.explain(clips, args.max_tokens, args.dataset)):
         r = {"file": str(f), **r}
@@ -96,7 +96,7 @@ def cmd_serve(args) -> None:
     from eai.viewer.serve import serve
 
     serve(args.model, args.host, args.port, args.token or os.environ.get("EAI_TOKEN") or None, args.max_upload_mb,
-          args.timeout, args.int8, args.max_tokens, {"units": args.units, "up": args.up})
+          args.timeout, args.max_tokens, {"units": args.units, "up": args.up})
 
 
 def cmd_evaluate(args) -> None:
@@ -161,7 +161,7 @@ def cmd_bench(args) -> None:
 
         if not args.model:
             raise EaiError("bench explain needs --model RUN")
-        result = bench_explain(args.model, args.data, args.task, progress=not args.quiet, int8=args.int8)
+        result = bench_explain(args.model, args.data, args.task, progress=not args.quiet)
         rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
         print(f"{result['dataset']} ({result['scope']}: {result['clips']} clips, {rec['windows']} windows)")
         print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"]]
