@@ -107,3 +107,23 @@ def test_convert_bvh_to_kinect_csv_to_npz_keeps_the_canonical_joints(tmp_path, c
     assert (m1 == m0 & ~np.isin(list(can.names), ["l_collar", "r_collar"])).all()
     assert np.abs(p0[:, m1] - p1[:, m1]).max() < 1e-5
     assert back.n_frames == src.n_frames and abs(back.fps - 30.0) < 1e-3
+
+
+def test_the_program_ends_fast_with_all_its_output(synth_dir):
+    """eai as the program skips Python's teardown (atexit, unloading modules) after a read-only command, with
+    everything it printed delivered and its exit code kept; main(argv) from Python returns as usual."""
+    import json
+    from pathlib import Path
+
+    clip = sorted(synth_dir.rglob("*.bvh"))[0]
+    code = ("import atexit, sys; atexit.register(lambda: print('teardown', file=sys.stderr)); "
+            "from eai.cli import main; sys.argv = ['eai'] + sys.argv[1:]; sys.exit(main())")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    run = lambda *a: subprocess.run([sys.executable, "-c", code, *map(str, a)], capture_output=True,  # noqa: E731
+                                    text=True, env=env)
+    out = run("features", clip, "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["file"] == str(clip) and "teardown" not in out.stderr
+    out = run("convert", clip, "/nonexistent-dir/x.txt")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "teardown" not in out.stderr
+    out = run("synth")  # a usage error: the parser's one line, then the normal exit
+    assert out.returncode == 2 and "teardown" in out.stderr

@@ -218,12 +218,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
 
 
+last_command: str | None = None  # the subcommand main() last ran (eai.cli.main decides how the process ends)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global last_command
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
         print(f"eai: error: {e.format()}", file=sys.stderr)
         return 2
+    last_command = args.command
     try:
         from eai.skeleton.registry import registry
 
