@@ -1,9 +1,12 @@
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+# the tests' prompt-stem caches (eai.llm.stems) stay out of the user's cache
+os.environ.setdefault("EAI_STEM_CACHE", tempfile.mkdtemp(prefix="eai-stems-"))
 SHARED = Path(os.environ.get("EAI_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BANDAI = SHARED / "data" / "bandai-namco-1"
 

@@ -609,3 +609,33 @@ def test_hand_merged_adapter_gives_peft_merge_and_unload_logits(tmp_path):
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 4}))
     with pytest.raises(ValueError, match="does not fit"):
         merge_adapter(load_backbone(TINY)[0], tmp_path / "adapter")
+
+
+def test_stem_caches_kept_between_processes_change_no_answer(tiny_run, synth_dir, tmp_path, monkeypatch):
+    """A second load of a run reads the prompt stems' caches the first one stored instead of computing them,
+    with the same answers; another model's weights have another fingerprint, so never read them."""
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.interpret import Interpreter
+    from eai.llm.stems import weights_fingerprint
+
+    monkeypatch.setenv("EAI_STEM_CACHE", str(tmp_path / "stems"))
+    clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:2]
+    first = Interpreter.load(tiny_run).explain(clips, 8)
+    assert len(list((tmp_path / "stems").glob("*.safetensors"))) == 2  # the recognition and description stems
+    it = Interpreter.load(tiny_run)
+    forward, stem_passes = it.llm.lm.forward, []
+
+    def counting(*args, **kw):
+        if kw.get("input_ids") is not None and kw.get("past_key_values") is None:
+            stem_passes.append(kw["input_ids"].shape)
+        return forward(*args, **kw)
+
+    it.llm.lm.forward = counting
+    again = it.explain(clips, 8)
+    assert not stem_passes and [r["explanation"] for r in again] == [r["explanation"] for r in first]
+    for a, b in zip(first, again):
+        assert a["probabilities"] == b["probabilities"]
+    before = weights_fingerprint(it.llm.lm)
+    with torch.no_grad():
+        next(it.llm.lm.parameters()).add_(1e-3)
+    assert weights_fingerprint(it.llm.lm) != before

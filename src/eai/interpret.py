@@ -70,9 +70,14 @@ class Interpreter:
         return Interpreter.ready(run, llm)
 
     @staticmethod
-    def ready(run: Run, llm: EmotionLLM) -> "Interpreter":
+    def ready(run: Run, llm: EmotionLLM, store: bool = True) -> "Interpreter":
         """The interpreter of a run with its LLM as given (loaded for inference, frozen): the prompt beginnings
-        every clip of a dataset shares are registered, so their key/value cache is computed once and kept."""
+        every clip of a dataset shares are registered, so their key/value cache is computed once and kept; with
+        `store`, kept between processes too (eai.llm.stems, under $EAI_CACHE/stems)."""
+        if store:
+            from eai.llm.stems import StemStore, stem_cache_root, weights_fingerprint
+
+            llm.stem_store = StemStore(stem_cache_root(), weights_fingerprint(llm.lm))
         n = llm.skeleton_tokenizer.cfg.n_tokens
         for d in run.manifest.datasets:
             llm.add_stem([recognition_prompt(n, d.tag, d.words)])
