@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= ../shared/data
 STAMP := $(VENV)/.installed
+# this tree's own sources first: a git worktree may share another checkout's .venv, whose editable install
+# points at that checkout's src (tests run in subprocesses inherit it)
+export PYTHONPATH := $(CURDIR)/src$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: demo test bench bench-joint clean browser video
 

@@ -50,7 +50,6 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=40)
     ap.add_argument("--others", type=int, default=20, help="other clips of 8-12 s, each explained once")
     ap.add_argument("--json")
-    ap.add_argument("--int8", action="store_true", help="the LM's linear layers as int8 (eai explain --int8)")
     args = ap.parse_args()
     from eai.interpret import Interpreter
     from eai.io import read_motion
@@ -58,7 +57,7 @@ def main() -> None:
     from eai.skeleton.unify import unify
 
     path = Path(args.file) if args.file else default_clip()
-    it = Interpreter.load(args.model, args.int8)
+    it = Interpreter.load(args.model)
     read_s = median_time(lambda: unify(read_motion(path)), args.repeats)
     u = unify(read_motion(path))
     score_s = median_time(lambda: it.recognise([u]), args.repeats)
@@ -86,14 +85,10 @@ def main() -> None:
         hf_s = median_time(hf_generate, max(3, args.repeats // 2))
         prefill_s = median_time(lambda: lm(input_ids=prompt), max(3, args.repeats // 2))
     weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-
-    weight_bytes += sum(m.weight().numel() * m.weight().element_size() for m in lm.modules()
-                        if isinstance(m, Int8Linear))  # int8 linear layers keep their weights packed
     bw = bandwidth()
     decode_ms = 1000 * max(explain_s - score_s, 0) / max(n_new, 1)
     result = {
-        "clip": str(path), "int8": args.int8, "clip_seconds": round(u.n_frames / u.fps, 2),
+        "clip": str(path), "clip_seconds": round(u.n_frames / u.fps, 2),
         "threads": torch.get_num_threads(),
         "read_unify_s": read_s, "label_scoring_s": score_s, "explain_s": explain_s,
         "explanation_tokens": n_new, "explanation": row["explanation"],

@@ -1,9 +1,12 @@
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+# the tests' prompt-stem caches (eai.llm.stems) stay out of the user's cache
+os.environ.setdefault("EAI_STEM_CACHE", tempfile.mkdtemp(prefix="eai-stems-"))
 SHARED = Path(os.environ.get("EAI_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BANDAI = SHARED / "data" / "bandai-namco-1"
 
@@ -93,3 +96,23 @@ def tiny_run(synth_dir, tmp_path_factory):
 def smoke_run():
     """smoke_run(data, out, **overrides): the RunConfig of a smoke run of every stage (_smoke_run)."""
     return _smoke_run
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure eai.report saves, by file name: (its title, its axes' line labels, its axes' tick labels)."""
+    seen = {}
+
+    def capture(fig, path, dpi=110):
+        import matplotlib.pyplot as plt
+
+        title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+        lines = [ln.get_label() for ax in fig.axes for ln in ax.get_lines()]
+        ticks = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels()]
+        seen[str(path).rsplit("/", 1)[-1]] = (title, lines, ticks)
+        plt.close(fig)
+
+    import eai.report
+
+    monkeypatch.setattr(eai.report, "save_figure", capture)
+    return seen

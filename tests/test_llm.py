@@ -286,25 +286,6 @@ def test_interrupted_llm_stage_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_int8_interpreter_answers_close_to_the_float_one(tiny_run, synth_dir):
-    from eai.data.datasets import load_clips, open_dataset
-    from eai.interpret import Interpreter
-
-    clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:3]
-    exact = Interpreter.load(tiny_run).recognise(clips)
-    it8 = Interpreter.load(tiny_run, int8=True)
-    from torch.ao.nn.quantized.dynamic import Linear as Int8Linear
-
-    mods = list(it8.llm.lm.modules())
-    assert not any(type(m) is torch.nn.Linear for m in mods)  # every linear layer int8, LoRA merged away
-    assert any(isinstance(m, Int8Linear) for m in mods) and not any("lora" in type(m).__name__.lower() for m in mods)
-    for a, b in zip(exact, it8.recognise(clips)):
-        assert b["probabilities"] == pytest.approx(a["probabilities"], abs=0.05)
-    for r in it8.explain(clips, 8):
-        assert abs(sum(r["probabilities"].values()) - 1) < 1e-3
-        assert r["explanation"].lower().startswith(r["emotion"].lower())
-
-
 @pytest.mark.parametrize("bias", [True, False])
 def test_few_rows_linear_computes_what_linear_computes(bias):
     from eai.llm.cpu import FewRowsLinear, few_rows_linears
@@ -599,3 +580,63 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     assert main(args) == 0
     assert kept[1].stat().st_mtime_ns != kept_at[1] and kept[0].stat().st_mtime_ns == kept_at[0]
 
+
+
+def test_hand_merged_adapter_gives_peft_merge_and_unload_logits(tmp_path):
+    """load_merged_llm folds LoRA without peft: the same weights and logits as peft's merge_and_unload, bit for bit."""
+    from eai.llm.builder import LoraSettings, add_lora, merge_adapter, plain_lora
+
+    lm, _ = load_backbone(TINY, seed=1)
+    peft_lm = add_lora(lm, LoraSettings(r=8, lora_alpha=16))
+    torch.manual_seed(3)
+    with torch.no_grad():  # fresh LoRA B is zero: give both factors random values
+        for name, p in peft_lm.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.2)
+    peft_lm.save_pretrained(tmp_path / "adapter")
+    assert plain_lora(json.loads((tmp_path / "adapter" / "adapter_config.json").read_text()))
+    ids = torch.randint(0, 200, (2, 9))
+    merged = peft_lm.merge_and_unload().eval()
+    base, _ = load_backbone(TINY, seed=1)
+    ours = merge_adapter(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(ours(input_ids=ids).logits, merged(input_ids=ids).logits)
+        plain, _ = load_backbone(TINY, seed=1)
+        assert not torch.allclose(plain(input_ids=ids).logits, ours(input_ids=ids).logits, atol=1e-3)
+    for (k, a), b in zip(merged.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(a, b), k
+    cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert not plain_lora({**cfg, "use_dora": True})  # DoRA is left to peft
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 4}))
+    with pytest.raises(ValueError, match="does not fit"):
+        merge_adapter(load_backbone(TINY)[0], tmp_path / "adapter")
+
+
+def test_stem_caches_kept_between_processes_change_no_answer(tiny_run, synth_dir, tmp_path, monkeypatch):
+    """A second load of a run reads the prompt stems' caches the first one stored instead of computing them,
+    with the same answers; another model's weights have another fingerprint, so never read them."""
+    from eai.data.datasets import load_clips, open_dataset
+    from eai.interpret import Interpreter
+    from eai.llm.stems import weights_fingerprint
+
+    monkeypatch.setenv("EAI_STEM_CACHE", str(tmp_path / "stems"))
+    clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:2]
+    first = Interpreter.load(tiny_run).explain(clips, 8)
+    assert len(list((tmp_path / "stems").glob("*.safetensors"))) == 2  # the recognition and description stems
+    it = Interpreter.load(tiny_run)
+    forward, stem_passes = it.llm.lm.forward, []
+
+    def counting(*args, **kw):
+        if kw.get("input_ids") is not None and kw.get("past_key_values") is None:
+            stem_passes.append(kw["input_ids"].shape)
+        return forward(*args, **kw)
+
+    it.llm.lm.forward = counting
+    again = it.explain(clips, 8)
+    assert not stem_passes and [r["explanation"] for r in again] == [r["explanation"] for r in first]
+    for a, b in zip(first, again):
+        assert a["probabilities"] == b["probabilities"]
+    before = weights_fingerprint(it.llm.lm)
+    with torch.no_grad():
+        next(it.llm.lm.parameters()).add_(1e-3)
+    assert weights_fingerprint(it.llm.lm) != before

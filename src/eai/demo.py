@@ -52,12 +52,13 @@ def main(argv=None) -> int:
     summary = descriptor_summary(clips)
     print(table([[lab] + [s[k] for k in SHOWN] for lab, s in summary.items()], ["label"] + SHOWN))
     out.mkdir(parents=True, exist_ok=True)
-    plot_grid_bars({f"{n} ({DESCRIPTOR_BY_NAME[n].unit})": {lab: summary[lab][n] for lab in summary} for n in SHOWN},
-                   out / "descriptors.png", "kinematic descriptors per label (clip means)")
+    plot_grid_bars({f"{n} ({DESCRIPTOR_BY_NAME[n].unit})": {ds.word(lab): summary[lab][n] for lab in summary}
+                    for n in SHOWN}, out / "descriptors.png", f"{ds.name}: kinematic descriptors per label (clip means)",
+                   attribution=ds.attribution)
     result = bench_recognition(str(data), None, n_folds=5, n_seeds=1, models=("baseline",))
     print("\n" + recognition_table(result))
-    plot_confusion(result["models"]["baseline"]["confusion"], result["labels"], out / "confusion-baseline.png",
-                   f"{result['dataset']}: descriptor forest")
+    plot_confusion(result["models"]["baseline"]["confusion"], [ds.word(x) for x in result["labels"]],
+                   out / "confusion-baseline.png", f"{result['dataset']}: descriptor forest, 5 folds", ds.attribution)
     trained = train_demo_run(data, out, args.epochs, args.backbone)
     explained = explain_held_out(out, data, 3)
     write_json({"descriptors_per_label": summary, "recognition": result, "run": trained, "explained": explained},

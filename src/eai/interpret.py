@@ -23,13 +23,12 @@ from eai.encoder.model import encoder_features, predict_dataset_proba
 from eai.errors import EaiError
 from eai.features import DESCRIPTOR_BY_NAME, clip_descriptors
 from eai.llm import evidence as ev
-from eai.llm.builder import load_llm
-from eai.llm.cpu import few_rows_linears, quantize_int8
+from eai.llm.builder import load_merged_llm
+from eai.llm.cpu import few_rows_linears
 from eai.llm.decode import ExplanationDecoder
 from eai.llm.model import EmotionLLM
 from eai.llm.prompts import description_prompt, recognition_prompt
 from eai.llm.scores import explanation_scores
-from eai.motion import Motion
 from eai.metrics import HEADLINE, expected_calibration_error, metrics, pick, reliability
 from eai.run import Run, load_run
 from eai.skeleton.unify import UnifiedMotion
@@ -38,6 +37,11 @@ UNKNOWN_SUPPORT = ("the run stores no class means (trained before they were): cl
                    "not against the emotion; retrain to judge support")
 DRAFT_ROWS = 8  # explanations decoded with claim drafts up to this many clips at once on the CPU
 CLOSE = 0.1  # two leading labels whose probabilities differ by less than this are both named
+# An answer is flagged low-confidence when its probability is under twice chance (2/K among K labels: 0.29 of 7)
+# or within CLOSE of the runner-up (a close call, whose explanation names both). The probabilities are
+# temperature-scaled on training windows (eai.calibration), but calibration on a few hundred clips is coarse
+# (bench/RESULTS.md), so the flag says "barely above a guess, or a tie", not a confidence level.
+LOW_CONFIDENCE_X_CHANCE, LOW_CONFIDENCE_MARGIN = 2.0, CLOSE
 
 
 def runner_up_sentence(row: dict) -> str:
@@ -46,19 +50,6 @@ def runner_up_sentence(row: dict) -> str:
     p = row["probabilities"]
     return (f" {ev.label_text(row['runner_up'])} is almost as likely ({p[row['runner_up']]:.2f} against "
             f"{p[row['emotion']]:.2f}).")
-
-
-def read_clip(path: str | Path, **read_options) -> tuple[Motion, UnifiedMotion]:
-    """A motion file as read (eai.io.read_motion with `read_options`: units, up, trust_pickle) and unified;
-    EaiError when it is too short to read (fewer than 2 frames). What `eai explain` and `eai serve` read."""
-    from eai.io import read_motion
-    from eai.skeleton.unify import unify
-
-    m = read_motion(path, **read_options)
-    u = unify(m)
-    if u.n_frames < 2:
-        raise EaiError("too short to read (fewer than 2 frames)", path)
-    return m, u
 
 
 @dataclass
@@ -74,28 +65,36 @@ class Interpreter:
         self.decoder = ExplanationDecoder(self.llm)
 
     @staticmethod
-    def load(run_dir: str | Path, int8: bool = False) -> "Interpreter":
-        return Interpreter.of(load_run(run_dir), int8)
+    def load(run_dir: str | Path) -> "Interpreter":
+        return Interpreter.of(load_run(run_dir))
 
     @staticmethod
-    def of(run: Run, int8: bool = False) -> "Interpreter":
-        """The interpreter of a loaded run (its LLM stages must be trained). With `int8`, the LM's linear
-        layers run as int8 dynamic quantization on the CPU (weights int8 per tensor, activations quantized
-        on the fly); without it, the exact float32 model, on CUDA when present."""
+    def of(run: Run) -> "Interpreter":
+        """The interpreter of a loaded run (its LLM stages must be trained): the exact float32 model, on CUDA
+        when present. (int8 weights were tried and removed: they changed answers and were not faster end to
+        end, bench/RESULTS.md, bench/bench_int8.py.)"""
         m = run.manifest
         if not m.llm_done:
             raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", run.path)
-        llm = load_llm(run.path, m.llm)
-        llm.lm = llm.lm.merge_and_unload()  # inference: LoRA folded into the weights, one matmul per layer
-        if int8:  # CPU only
-            llm.lm = quantize_int8(llm.lm)
-        elif torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
+        llm = load_merged_llm(run.path, m.llm)  # inference: LoRA folded into the weights, one matmul per layer
+        if torch.cuda.is_available():  # inputs follow the models (EmotionLLM.device, the encoder's head)
             llm.cuda()
             run.encoder.cuda()
         else:
             llm.lm = few_rows_linears(llm.lm)
+        return Interpreter.ready(run, llm)
+
+    @staticmethod
+    def ready(run: Run, llm: EmotionLLM, store: bool = True) -> "Interpreter":
+        """The interpreter of a run with its LLM as given (loaded for inference, frozen): the prompt beginnings
+        every clip of a dataset shares are registered, so their key/value cache is computed once and kept; with
+        `store`, kept between processes too (eai.llm.stems, under $EAI_CACHE/stems)."""
+        if store:
+            from eai.llm.stems import StemStore, stem_cache_root, weights_fingerprint
+
+            llm.stem_store = StemStore(stem_cache_root(), weights_fingerprint(llm.lm))
         n = llm.skeleton_tokenizer.cfg.n_tokens
-        for d in m.datasets:  # the prompt beginnings every clip of a dataset shares: their cache is kept
+        for d in run.manifest.datasets:
             llm.add_stem([recognition_prompt(n, d.tag, d.words)])
             llm.add_stem([description_prompt(n, d.tag, w, e) for w, e in ((d.words[0], "a"), (d.words[-1], "b"))])
         return Interpreter(run, llm)
@@ -164,8 +163,10 @@ class Interpreter:
                                   self.datasets.index(dataset))
         return scale_proba(p, self.calibration.encoder) if calibrated else p
 
-    def recognition_metrics(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False) -> dict:
-        """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows."""
+    def recognition_proba(self, clips: list[UnifiedMotion], dataset: RunDataset) -> tuple[WindowSet, dict, dict]:
+        """The windows of labelled clips and both models' window probabilities over the dataset's labels,
+        temperature-scaled, then as they come: {"llm": (N, labels) by label likelihood, mirror-averaged;
+        "encoder": (N, labels) its own head}."""
         from eai.skeleton.unify import mirror
 
         ws = self.windows(clips, dataset)
@@ -176,16 +177,25 @@ class Interpreter:
             p = p + self.window_proba(encoder_features(self.run.encoder, raw, mask), mask, z, ws.real_fraction,
                                       dataset, post, calibrated=False) / 2
         cal = self.calibration
+        raw_p = {"llm": p, "encoder": self.encoder_proba(ws, dataset, calibrated=False)}
+        return ws, {"llm": scale_proba(p, cal.llm), "encoder": scale_proba(raw_p["encoder"], cal.encoder)}, raw_p
+
+    def recognition_metrics(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False,
+                            present_only: bool = False, probas: tuple | None = None) -> dict:
+        """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows (metrics, with
+        `present_only` over the labels the clips have; `probas`: recognition_proba's, when already computed), each
+        with its ECE after and before temperature scaling and both reliability diagrams' bins."""
+        ws, got, raw = probas or self.recognition_proba(clips, dataset)
+        cal = self.calibration
         out = {}
-        for name, raw_p, temperature in (("llm", p, cal.llm),
-                                         ("encoder", self.encoder_proba(ws, dataset, calibrated=False), cal.encoder)):
-            pr = scale_proba(raw_p, temperature)
-            m = metrics(ws.y, pr, ws.clip, dataset.labels)
+        for name, pr in got.items():
+            m = metrics(ws.y, pr, ws.clip, dataset.labels, present_only)
             out[name] = pick(m, HEADLINE + ("per_class_recall", "confusion"))
             out[name]["ece"] = expected_calibration_error(pr, ws.y)
-            out[name]["ece_uncalibrated"] = expected_calibration_error(raw_p, ws.y)
-            out[name]["temperature"] = temperature
-            out[name]["reliability"] = {"uncalibrated": reliability(raw_p, ws.y), "calibrated": reliability(pr, ws.y)}
+            out[name]["ece_uncalibrated"] = expected_calibration_error(raw[name], ws.y)
+            out[name]["temperature"] = getattr(cal, name)
+            out[name]["reliability"] = {"uncalibrated": reliability(raw[name], ws.y),
+                                        "calibrated": reliability(pr, ws.y)}
         out["windows"], out["clips"] = int(len(ws.y)), len(clips)
         return out
 
@@ -225,8 +235,35 @@ class Interpreter:
         rows: list[dict] = [{} for _ in clips]
         for v, idx in self._by_dataset(clips, dataset):
             for i, r in zip(idx, self._explain([clips[i] for i in idx], v, max_new_tokens)):
-                rows[i] = r
+                rows[i] = {**r, **self.self_knowledge(r["probabilities"], v, clips[i])}
         return rows
+
+    def self_knowledge(self, probabilities: dict[str, float], dataset: RunDataset, clip: UnifiedMotion) -> dict:
+        """What the run knows about an answer: `confidence` (top probability), `margin` (over the runner-up),
+        `low_confidence` (LOW_CONFIDENCE_*), `held_out` (the LLM's accuracy on the run's held-out clips of that
+        dataset beside chance, 1/labels; None when the run measured none) and `notices` (one line each: a low
+        confidence, a run near chance, a skeleton layout or frame rate none of the training clips had)."""
+        p = sorted(probabilities.values(), reverse=True)
+        chance = 1.0 / len(p)
+        top, margin = p[0], p[0] - (p[1] if len(p) > 1 else 0.0)
+        low = top < LOW_CONFIDENCE_X_CHANCE * chance or margin < LOW_CONFIDENCE_MARGIN
+        notices = []
+        if low:
+            notices.append(f"low confidence: {top:.2f} for the answer (chance {chance:.2f}), {margin:.2f} above the "
+                           "next label")
+        h = self.run.manifest.held_out_llm.get(dataset.name, {}).get("llm")
+        held = None if h is None else {
+            "window_accuracy": round(h["window_accuracy"], 4), "clip_accuracy": round(h["clip_accuracy"], 4),
+            "macro_f1": round(h["macro_f1"], 4), "chance": round(chance, 4),
+            "clips": self.run.manifest.held_out_llm[dataset.name].get("clips")}
+        if held is None:
+            notices.append("this run measured no held-out accuracy for its LLM: how often it is right is unknown")
+        elif held["clip_accuracy"] < 2 * chance:
+            notices.append(f"this run's LLM is near chance on its held-out clips (clip accuracy "
+                           f"{held['clip_accuracy']:.2f}, chance {chance:.2f}): do not rely on the answer")
+        notices += dataset.unseen(clip.layout, clip.source_fps)
+        return {"confidence": round(top, 4), "margin": round(margin, 4), "low_confidence": bool(low),
+                "held_out": held, "notices": notices}
 
     def _explain(self, clips: list[UnifiedMotion], dataset: RunDataset, max_new_tokens: int) -> list[dict]:
         ref, n = self.reference(dataset), self.llm.skeleton_tokenizer.cfg.n_tokens
@@ -278,12 +315,13 @@ class Interpreter:
                 r["support_unknown"] = UNKNOWN_SUPPORT
         return rows
 
-    def assess(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False) -> tuple[dict, list[dict]]:
+    def assess(self, clips: list[UnifiedMotion], dataset: RunDataset, progress: bool = False,
+               present_only: bool = False, probas: tuple | None = None) -> tuple[dict, list[dict]]:
         """What `eai evaluate` and `eai bench explain` report of the LLM on labelled clips of one dataset:
-        recognition beside the encoder, explanation scores, and the explanation rows (each with its clip's true
-        label, in the dataset's words)."""
+        recognition beside the encoder (recognition_metrics), explanation scores, and the explanation rows (each
+        with its clip's true label, in the dataset's words)."""
         rows = self.explanations(clips, dataset)
-        return {"recognition": self.recognition_metrics(clips, dataset, progress),
+        return {"recognition": self.recognition_metrics(clips, dataset, progress, present_only, probas),
                 "explanations": explanation_scores(rows)}, rows
 
     def explanations(self, clips: list[UnifiedMotion], dataset: RunDataset) -> list[dict]:

@@ -3,25 +3,30 @@ expected calibration error; means over folds x seeds."""
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
 HEADLINE = ("window_accuracy", "clip_accuracy", "macro_f1")
 
 
-def metrics(y: np.ndarray, proba: np.ndarray, clip: np.ndarray, labels: list[str]) -> dict:
-    """Window accuracy, clip accuracy (mean window probabilities per clip), macro-F1, recall, confusion."""
+def metrics(y: np.ndarray, proba: np.ndarray, clip: np.ndarray, labels: list[str], present_only: bool = False
+            ) -> dict:
+    """Window accuracy, clip accuracy (mean window probabilities per clip), macro-F1, recall, confusion (over
+    every label, rows true). y (N,) label indices, proba (N, len(labels)), clip (N,) clip ids. With
+    `present_only`, macro-F1 and per-class recall cover only the labels some window of y has (a label the data
+    lacks has no recall to measure, and its F1 of 0 would only pull the mean down)."""
+    from sklearn.metrics import confusion_matrix, f1_score, recall_score  # here: `eai explain` never needs it
+
     pred = proba.argmax(1)
     clips = np.unique(clip)
     clip_true = np.array([y[clip == c][0] for c in clips])
     clip_pred = np.array([proba[clip == c].mean(0).argmax() for c in clips])
-    idx = list(range(len(labels)))
+    idx = sorted(set(np.asarray(y).tolist())) if present_only else list(range(len(labels)))
     return {
         "window_accuracy": float((pred == y).mean()),
         "clip_accuracy": float((clip_pred == clip_true).mean()),
         "macro_f1": float(f1_score(y, pred, labels=idx, average="macro", zero_division=0)),
-        "per_class_recall": dict(zip(labels, map(float, recall_score(y, pred, labels=idx, average=None,
-                                                                      zero_division=0)))),
-        "confusion": confusion_matrix(y, pred, labels=idx).tolist(),
+        "per_class_recall": dict(zip([labels[i] for i in idx], map(float, recall_score(
+            y, pred, labels=idx, average=None, zero_division=0)))),
+        "confusion": confusion_matrix(y, pred, labels=list(range(len(labels)))).tolist(),
     }
 
 

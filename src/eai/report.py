@@ -50,12 +50,28 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(confusion, labels: list[str], path: str | Path, title: str = "") -> None:
-    """Row-normalised confusion matrix as a PNG (rows: true label)."""
+def credit(attributions) -> str:
+    """The attribution line of figures drawn from datasets (each one's `attribution`, once; "" for none)."""
+    return "; ".join(dict.fromkeys(a for a in attributions if a))
+
+
+def _title(fig, title: str, attribution: str = "") -> None:
+    """A figure's title: what it shows and of which data, then the data's attribution where its licence asks."""
+    import textwrap
+
+    width = max(40, int(fig.get_figwidth() * 14))  # characters of fontsize 8 across the figure
+    text = "\n".join(textwrap.fill(t, width) for part in (title, f"data: {attribution}" if attribution else "")
+                     for t in part.split("\n") if t)
+    if text:
+        fig.suptitle(text, fontsize=8)
+
+
+def plot_confusion(confusion, labels: list[str], path: str | Path, title: str = "", attribution: str = "") -> None:
+    """Row-normalised confusion matrix as a PNG (rows: true label), labels as given (the dataset's own words)."""
     plt = _pyplot()
     cm = np.asarray(confusion, float)
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(labels), 0.8 + 0.6 * len(labels)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.0 + 0.7 * len(labels)), 1.2 + 0.6 * len(labels)))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -65,38 +81,68 @@ def plot_confusion(confusion, labels: list[str], path: str | Path, title: str = 
         for j in range(len(labels)):
             ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black")
-    ax.set_title(title, fontsize=9)
+    _title(fig, title, attribution)
     fig.colorbar(im, ax=ax, fraction=0.046)
     save_figure(fig, Path(path).with_suffix(".png"), dpi=120)
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
-    """The encoder's training curves: loss and (augmented) training accuracy per epoch."""
+def plot_curves(history: list[dict], path: Path, title: str = "", attribution: str = "",
+                held_out: float | None = None) -> None:
+    """The encoder's training curves per epoch: loss; training accuracy (augmented crops) beside held-out window
+    accuracy (records with `held_out_accuracy`, measured with the running BatchNorm statistics) and `held_out`,
+    the run's final held-out figure (after BatchNorm recalibration), as a point at the last epoch."""
     plt = _pyplot()
-    ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [h["epoch"] + 1 for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     ax[0].plot(ep, [h["loss"] for h in history])
     ax[0].set_xlabel("epoch")
     ax[0].set_ylabel("training loss")
-    ax[1].plot(ep, [h["train_accuracy"] for h in history], label="train (augmented)")
+    ax[1].plot(ep, [h["train_accuracy"] for h in history], label="training windows (augmented)")
+    held = [(h["epoch"] + 1, h["held_out_accuracy"]) for h in history if h.get("held_out_accuracy") is not None]
+    if held:
+        ax[1].plot(*zip(*held), marker=".", label="held-out windows")
+    if held_out is not None and ep:
+        ax[1].plot([ep[-1]], [held_out], "k*", markersize=9, label=f"held-out, final ({held_out:.2f})")
     ax[1].set_xlabel("epoch")
-    ax[1].set_ylabel("accuracy")
-    ax[1].legend()
-    fig.suptitle(title, fontsize=9)
+    ax[1].set_ylabel("window accuracy")
+    ax[1].set_ylim(0, 1)
+    ax[1].legend(fontsize=7)
+    _title(fig, title, attribution)
     save_figure(fig, path)
 
 
-def plot_llm_curves(history: list[dict], stages: tuple[str, ...], path: Path) -> None:
-    """The LLM stages' answer-token loss per step, one line per stage."""
+def plot_llm_curves(history: list[dict], stages: tuple[str, ...], path: Path, title: str = "", attribution: str = "",
+                    chance: float | None = None, held_out: float | None = None) -> None:
+    """The LLM stages one after the other: answer-token loss per step, and held-out window accuracy of recognition
+    by label likelihood at the checkpoints (records with `held_out_accuracy`) beside `chance` and `held_out`, the
+    run's final figure on every held-out window (mirror-averaged), so a falling loss is not read as learning."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    offset, ends = 0, []
     for stage in stages:
         h = [r for r in history if r["stage"] == stage]
-        if h:
-            ax.plot([r["step"] for r in h], [r["loss"] for r in h], label=stage)
-    ax.set_xlabel("step")
-    ax.set_ylabel("answer-token loss")
-    ax.legend()
+        if not h:
+            continue
+        ax[0].plot([offset + r["step"] for r in h], [r["loss"] for r in h], label=stage)
+        acc = [(offset + r["step"], r["held_out_accuracy"]) for r in h if r.get("held_out_accuracy") is not None]
+        if acc:
+            ax[1].plot(*zip(*acc), marker="o", label=f"held-out, after {stage} steps")
+        offset += max(r["step"] for r in h)
+        ends.append(offset)
+    for a in ax:
+        for e in ends[:-1]:
+            a.axvline(e, color="grey", lw=0.6, ls=":")
+        a.set_xlabel("step (stages in order)")
+    ax[0].set_ylabel("answer-token loss")
+    ax[0].legend(fontsize=7)
+    if chance is not None:
+        ax[1].axhline(chance, color="grey", ls="--", lw=1, label=f"chance ({chance:.2f})")
+    if held_out is not None and ends:
+        ax[1].plot([ends[-1]], [held_out], "k*", markersize=9, label=f"held-out, final ({held_out:.2f})")
+    ax[1].set_ylabel("held-out window accuracy (LLM)")
+    ax[1].set_ylim(0, 1)
+    ax[1].legend(fontsize=7)
+    _title(fig, title, attribution)
     save_figure(fig, path)
 
 
@@ -122,7 +168,8 @@ def plot_bars(groups: list[str], series: dict[str, tuple[list[float], list[float
     save_figure(fig, path)
 
 
-def plot_grid_bars(panels: dict[str, dict[str, float]], path: Path, title: str = "", cols: int = 4) -> None:
+def plot_grid_bars(panels: dict[str, dict[str, float]], path: Path, title: str = "", cols: int = 4,
+                   attribution: str = "") -> None:
     """One bar chart per panel (its title -> {bar label: value}), in a grid of `cols` columns."""
     plt = _pyplot()
     rows = -(-len(panels) // cols)
@@ -133,11 +180,11 @@ def plot_grid_bars(panels: dict[str, dict[str, float]], path: Path, title: str =
         ax.set_title(name, fontsize=9)
     for ax in axes.ravel()[len(panels):]:
         ax.axis("off")
-    fig.suptitle(title)
+    _title(fig, title, attribution)
     save_figure(fig, path)
 
 
-def plot_reliability(panels: dict[str, dict], path: str | Path, title: str = "") -> None:
+def plot_reliability(panels: dict[str, dict], path: str | Path, title: str = "", attribution: str = "") -> None:
     """Reliability diagrams, one panel per model: accuracy against confidence per bin before and after
     calibration (eai.metrics.reliability's dicts under 'uncalibrated' and 'calibrated', with 'ece' and
     'ece_uncalibrated' beside them); the diagonal is perfect calibration, marker area the bin's windows."""
@@ -153,5 +200,5 @@ def plot_reliability(panels: dict[str, dict], path: str | Path, title: str = "")
             ax.scatter(r["confidence"], r["accuracy"], s=np.asarray(r["count"]) * 2, color=colour, alpha=0.3)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy", title=name)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(title, fontsize=9)
+    _title(fig, title, attribution)
     save_figure(fig, Path(path).with_suffix(".png"))

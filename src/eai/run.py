@@ -26,14 +26,13 @@ from eai.data.joint import RunDataset
 from eai.encoder.model import EncoderConfig, SkeletonEncoder
 from eai.errors import EaiError
 from eai.io.files import atomic_path, atomic_write_text
+from eai.io.inputs import FORMAT, MANIFEST, read_manifest_json
 from eai.llm.backbone import BUNDLED
 from eai.llm.builder import LLMConfig
 from eai.schedules import TrainConfig
 from eai.skeleton.registry import canonical
 
-MANIFEST = "manifest.json"
 ENCODER_WEIGHTS = "encoder.safetensors"
-FORMAT = 2  # manifest.json's layout; 1 (no "format" field): eai before 2026-11-30, not read
 
 
 @dataclass
@@ -117,18 +116,7 @@ class Manifest:
     def load(run_dir: str | Path) -> "Manifest":
         """The manifest of a run folder; EaiError when there is none or it is of another format."""
         d = Path(run_dir)
-        if not d.is_dir():
-            raise EaiError("no such run folder; train one with 'eai train'", d)
-        if not (d / MANIFEST).is_file():
-            raise EaiError(f"not an eai run folder (no {MANIFEST}); train one with 'eai train'", d)
-        try:
-            raw = json.loads((d / MANIFEST).read_text())
-        except (OSError, ValueError) as e:
-            raise EaiError(f"cannot read {MANIFEST} ({e})", d) from None
-        fmt = raw.get("format", 1) if isinstance(raw, dict) else None
-        if fmt != FORMAT:
-            raise EaiError(f"this run folder is of manifest format {fmt}, written by another eai; this eai reads "
-                           f"format {FORMAT}: train the run again", d)
+        raw = read_manifest_json(d, FORMAT)
         try:
             return from_dict(Manifest, raw)
         except (KeyError, TypeError, ValueError) as e:

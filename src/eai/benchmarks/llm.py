@@ -29,12 +29,10 @@ from eai.train.encoder_run import PRETRAIN_WEIGHTS
 from eai.train.llm_run import train_run
 
 
-def bench_explain(model: str, data: str, task: str | None = None, progress: bool = True, repeats: int = 5,
-                int8: bool = False) -> dict:
+def bench_explain(model: str, data: str, task: str | None = None, progress: bool = True, repeats: int = 5) -> dict:
     """`eai bench explain`: on the run's held-out clips (all clips of another dataset) the LLM's recognition
-    beside the encoder's, explanation scores, and latency with the model loaded (median of `repeats`); with
-    `int8`, all of it with the LM quantized (Interpreter.of)."""
-    it = Interpreter.load(model, int8)
+    beside the encoder's, explanation scores, and latency with the model loaded (median of `repeats`)."""
+    it = Interpreter.load(model)
     clips, scope, source, read_as = select_clips(it.run, data, task, False, progress)
     scores, rows = it.assess(clips, read_as, progress)
     one = clip_nearest(clips, 10.0)
@@ -46,7 +44,7 @@ def bench_explain(model: str, data: str, task: str | None = None, progress: bool
         t0 = time.perf_counter()
         it.recognise([one], dataset=read_as.name)
         t_score.append(time.perf_counter() - t0)
-    return {"model": str(model), "int8": int8, "dataset": source.name, "scope": scope, "clips": len(clips),
+    return {"model": str(model), "dataset": source.name, "scope": scope, "clips": len(clips),
             "labels": read_as.words, **scores,
             "latency": {"clip_seconds": round(one.n_frames / one.fps, 2), "explain_s_median": float(np.median(t_all)),
                         "label_scoring_s_median": float(np.median(t_score)), "repeats": repeats},
@@ -104,7 +102,8 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
     models = {k: {**summarise(v, labels), "ece": float(np.mean([r["ece"] for r in v])),
                   "ece_uncalibrated": float(np.mean([r.get("ece_uncalibrated", r["ece"]) for r in v]))}
               for k, v in per.items()}
-    return {"dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
+    return {"dataset": ds.name, "attribution": ds.attribution, "words": [ds.word(x) for x in labels], "task": ds.task,
+            "folds": n_folds, "seeds": n_seeds, "labels": labels,
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
             "windows": sum(f["windows"] for f in folds_out) // n_seeds,
             "schedule": {"encoder": cfg.schedule, "llm": cfg.llm_schedule or default_llm_schedule(cfg.schedule),

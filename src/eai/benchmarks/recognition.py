@@ -63,7 +63,8 @@ def bench_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: in
     if fuse:
         seconds[FUSION] = seconds["encoder"] + seconds["baseline"]
     return {
-        "dataset": ds.name, "task": ds.task, "folds": n_folds, "seeds": n_seeds, "labels": labels,
+        "dataset": ds.name, "attribution": ds.attribution, "words": [ds.word(x) for x in labels], "task": ds.task,
+        "folds": n_folds, "seeds": n_seeds, "labels": labels,
         "clips": len(clips), "windows": len(w),
         "encoder_setup": enc.describe() if enc else None,
         "models": {m: {**summarise(runs[m], labels), "seconds": round(seconds[m], 2),

@@ -1,6 +1,6 @@
 """`python -m eai.cli`: the command line."""
 import sys
 
-from eai.cli.main import main
+from eai.cli import main
 
 sys.exit(main())

@@ -64,8 +64,8 @@ def cmd_convert(args) -> None:
     if Path(args.out).resolve() == Path(args.input).resolve():
         raise EaiError("output would overwrite the input; choose another path", args.out)
     m = _motion(args, args.input)
-    write_motion(m, args.out)
-    print(f"wrote {args.out} ({m.n_frames} frames, {len(m.joints)} joints)")
+    write_motion(m, args.out)  # a Kinect CSV of another skeleton goes through the canonical joints
+    print(f"wrote {args.out} ({m.n_frames} frames at {m.fps:g} fps)")
 
 
 def cmd_pose(args) -> None:
@@ -73,15 +73,8 @@ def cmd_pose(args) -> None:
     from eai.io.video import read_video
 
     m = read_video(args.video, progress=False if args.quiet else None)
-    out = m
-    if Path(args.out).suffix.lower() == ".csv":  # a Kinect v2 CSV holds the kinect25 joints: re-expressed
-        from eai.data.synth import express
-        from eai.skeleton.registry import registry
-        from eai.skeleton.unify import to_canonical
-
-        out = express(to_canonical(m)[0], registry().get("kinect25"), m.fps)
-    write_motion(out, args.out)
-    print(f"wrote {args.out} ({m.n_frames} frames at {m.fps:g} fps, {len(out.joints)} joints; pose extraction "
+    write_motion(m, args.out)  # a Kinect v2 CSV: re-expressed on the kinect25 joints (eai.io.kinect)
+    print(f"wrote {args.out} ({m.n_frames} frames at {m.fps:g} fps; pose extraction "
           f"{m.meta['pose_fps']:.1f} frames/s)")
     for note in m.meta.get("notes", []):
         print(f"  note  {note}")

@@ -26,13 +26,30 @@ from eai.cli.run_commands import (
 )
 from eai.errors import EaiError, EaiWarning
 
-INT8_HELP = ("run the LM's linear layers as int8 dynamic quantization on the CPU: about twice as fast, "
-             "slightly different numbers")
+
+
+class UsageError(EaiError):
+    """A command line argparse refuses (unknown subcommand, missing option): one line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are eai's one line, not a usage block (`eai COMMAND --help` shows it)."""
+
+    def error(self, message: str):
+        hint = "eai --help" if self.prog == "eai" else f"{self.prog} --help"
+        raise UsageError(f"{message} (see '{hint}')")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="eai", description="Emotion-Action Interpreter: read 3D body movement, "
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("eai")
+    except PackageNotFoundError:  # run from a source tree without installing
+        ver = "0.1.0 (source tree)"
+    p = Parser(prog="eai", description="Emotion-Action Interpreter: read 3D body movement, "
                                 "recognise the emotion and explain it.")
+    p.add_argument("--version", action="version", version=f"eai {ver}")
     p.add_argument("--layout-file", metavar="FILE", action="append", default=[],
                    help="register skeleton layouts from a YAML/JSON file (repeatable; or EAI_LAYOUTS=FILE)")
     p.add_argument("--units", default="auto", help="BVH length unit: auto (told from the body's size; default), "
@@ -41,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default), y, -y, z, -z, x or -x; the clip is turned to y up")
     p.add_argument("--trust-pickle", action="store_true",
                    help="allow reading PYSKL .pkl files (unpickling runs code from the file)")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     _file_command(sub, "info", "layout, joints, frames, fps, duration, missing canonical joints", cmd_info)
 
@@ -103,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
     s.add_argument("--dataset", help="a run trained on several datasets: which one's labels to answer in "
                    "(default: the one with the clip's skeleton)")
-    s.add_argument("--int8", action="store_true", help=INT8_HELP)
     s.add_argument("--html", metavar="OUT", help="also write a self-contained page: the moving skeleton, the "
                    "probabilities and each claim's evidence (several files: one tab each)")
     s.set_defaults(fn=cmd_explain)
@@ -117,17 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-upload-mb", type=float, default=50, help="larger uploads get 413 (default 50)")
     s.add_argument("--timeout", type=float, default=120, help="seconds a request may take (default 120)")
     s.add_argument("--max-tokens", type=int, default=40, help="longest explanation, in tokens")
-    s.add_argument("--int8", action="store_true", help=INT8_HELP)
     s.set_defaults(fn=cmd_serve)
 
-    s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrix of a run on a dataset")
+    s = sub.add_parser("evaluate", help="accuracy, macro-F1, recall and confusion matrices of a run's encoder and LLM "
+                       "on a dataset, and every file's predictions")
     s.add_argument("run")
     s.add_argument("--data", required=True)
     s.add_argument("--task")
     s.add_argument("--all", action="store_true", help="on the training dataset, use every clip, not the held-out")
     s.add_argument("--dataset", help="a run trained on several datasets: read the clips as this one's "
                    "(default: the same path, else the one with the clips' skeleton)")
-    s.add_argument("--out", help="folder for evaluation.json and confusion.png (default RUN/eval-<dataset>)")
+    s.add_argument("--out", help="folder for evaluation.json, predictions.csv, confusion-encoder.png and "
+                   "confusion-llm.png (default RUN/eval-<dataset>)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
 
@@ -137,7 +154,6 @@ def build_parser() -> argparse.ArgumentParser:
                        "and on all together, same folds")
     s.add_argument("what", choices=["recognition", "explain", "llm", "joint"])
     s.add_argument("--model", help="explain: the run folder")
-    s.add_argument("--int8", action="store_true", help="explain: " + INT8_HELP)
     _protocol_args(s)
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)
@@ -197,15 +213,25 @@ def _protocol_args(s: argparse.ArgumentParser) -> None:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Readers' warnings (what they repaired) as one line each, `eai: warning: ...`."""
+    """Readers' warnings (what they repaired) as one line each, `eai: warning: ...`. Other warnings (libraries'
+    deprecations and the like, nothing a user can act on) only with EAI_DEBUG=1, so that an error is one line."""
     if issubclass(category, EaiWarning):
         print(f"eai: warning: {message}", file=sys.stderr)
-    else:
+    elif os.environ.get("EAI_DEBUG"):
         print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
 
 
+last_command: str | None = None  # the subcommand main() last ran (eai.cli.main decides how the process ends)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    global last_command
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"eai: error: {e.format()}", file=sys.stderr)
+        return 2
+    last_command = args.command
     try:
         from eai.skeleton.registry import registry
 

@@ -39,27 +39,33 @@ def cmd_train(args) -> None:
 
 
 def cmd_explain(args) -> None:
-    from eai.interpret import Interpreter, read_clip
+    """Every input is checked and read (files, folders, globs; the run's manifest; --dataset) before torch and
+    the model load, so a mistake is said in about a tenth of a second."""
+    from eai.data.joint import RunDataset, dataset_for_clip
+    from eai.io.inputs import FORMAT, motion_files, read_clip, read_manifest_json
 
-    read = [read_clip(f, units=args.units, up=args.up, trust_pickle=args.trust_pickle) for f in args.files]
+    files = motion_files(args.files)
+    raw = read_manifest_json(args.model, FORMAT)
+    if not raw.get("llm") or not raw.get("llm_training") or \
+            len(raw["llm_training"].get("done", [])) < len(raw["llm"].get("stages", [None])):
+        raise EaiError("this run has no trained LLM stages; train with 'eai train --stage all'", args.model)
+    datasets = [RunDataset.from_dict(d) for d in raw["datasets"]]
+    read = [read_clip(f, units=args.units, up=args.up, trust_pickle=args.trust_pickle) for f in files]
     motions, clips = [m for m, _ in read], [u for _, u in read]
-    it = Interpreter.load(args.model, args.int8)
+    for f, u in zip(files, clips):
+        try:
+            dataset_for_clip(datasets, u.layout, args.dataset)
+        except EaiError as e:
+            raise EaiError(e.message, f) from None
+    from eai.interpret import Interpreter  # torch, transformers, peft: only now
+
+    it = Interpreter.load(args.model)
     rows = []
-    for f, r in zip(args.files, it.explain(clips, args.max_tokens, args.dataset)):
-        r = {"file": f, **r}
+    for f, r in zip(files, it.explain(clips, args.max_tokens, args.dataset)):
+        r = {"file": str(f), **r}
         rows.append(r)
         if not args.json:
-            probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
-            print(f"{f}\n  dataset      {r['dataset']}\n  emotion      {r['emotion']}  ({probs})\n"
-                  f"  explanation  {r['explanation']}")
-            for e in r["evidence"]:
-                mark = "ok " if e["verified"] else "NOT"
-                val = "" if e.get("value") is None else f": {e['value']:g} {e['unit']} vs neutral {e['neutral']:g}"
-                sup = {True: "; supports it", False: "; does not support it", None: ""}[e["supports"]]
-                if e["kind"] == "no_support":
-                    print(f"  [{mark}] {e['phrase']}")
-                else:
-                    print(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val}{sup})")
+            print(explain_text(r))
     unknown = {r["support_unknown"] for r in rows if "support_unknown" in r}
     if unknown:
         print(f"eai: note: {unknown.pop()}", file=sys.stderr)
@@ -72,11 +78,32 @@ def cmd_explain(args) -> None:
         print(f"wrote {args.html} ({size / 2**20:.1f} MB)", file=sys.stderr if args.json else sys.stdout)
 
 
+def explain_text(r: dict) -> str:
+    """One `eai explain` row for people: the answer, what the run knows of itself, the checked claims."""
+    probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["probabilities"].items(), key=lambda kv: -kv[1]))
+    h = r["held_out"]
+    held = ("not measured" if h is None else f"clip accuracy {h['clip_accuracy']:.2f}, window accuracy "
+            f"{h['window_accuracy']:.2f} on {h['clips']} held-out clips; chance {h['chance']:.2f}")
+    lines = [r["file"], f"  dataset      {r['dataset']}",
+             f"  emotion      {r['emotion']}  ({probs})" + ("  LOW CONFIDENCE" if r["low_confidence"] else ""),
+             f"  this run     {held}", f"  explanation  {r['explanation']}"]
+    for e in r["evidence"]:
+        mark = "ok " if e["verified"] else "NOT"
+        val = "" if e.get("value") is None else f": {e['value']:g} {e['unit']} vs neutral {e['neutral']:g}"
+        sup = {True: "; supports it", False: "; does not support it", None: ""}[e.get("supports")]
+        if e.get("kind") == "no_support":
+            lines.append(f"  [{mark}] {e['phrase']}")
+        else:
+            lines.append(f"  [{mark}] {e['phrase']} ({e['descriptor'] or 'overall'} z {e['z']}{val}{sup})")
+    lines += [f"  notice       {n}" for n in r["notices"]]
+    return "\n".join(lines)
+
+
 def cmd_serve(args) -> None:
     from eai.viewer.serve import serve
 
     serve(args.model, args.host, args.port, args.token or os.environ.get("EAI_TOKEN") or None, args.max_upload_mb,
-          args.timeout, args.int8, args.max_tokens, {"units": args.units, "up": args.up})
+          args.timeout, args.max_tokens, {"units": args.units, "up": args.up})
 
 
 def cmd_evaluate(args) -> None:
@@ -84,18 +111,22 @@ def cmd_evaluate(args) -> None:
 
     r = evaluate_run(args.run, args.data, args.task, args.all, args.out, not args.quiet, args.dataset)
     print(f"{r['dataset']} read as {r['read_as']} ({r['scope']}: {r['clips']} clips, {r['windows']} windows)")
-    print(table([[r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]], ["window acc", "clip acc", "macro-F1"]))
-    words = dict(zip(r["labels"], r["words"]))
-    print(table([[words[c], v] for c, v in r["per_class_recall"].items()], ["label", "recall"]))
-    if "llm" in r:
-        rec, ex = r["llm"]["recognition"]["llm"], r["llm"]["explanations"]
-        print("LLM (label likelihood, mirror-averaged):")
-        print(table([[rec["window_accuracy"], rec["clip_accuracy"], rec["macro_f1"], rec["ece"], rec["ece_uncalibrated"]]],
-                    ["window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
-        print(table([[ex["label_consistency"], ex["faithfulness"], ex["support_rate"], ex["bleu4"], ex["rouge_l"],
-                      ex.get("minilm_similarity")]],
-                    ["label consistency", "faithfulness", "support rate", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
-        _support_note(r["llm"]["explanations"])
+    llm = r["llm"]["recognition"]["llm"] if "llm" in r else None
+    rows = [["encoder head", r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]]]
+    if llm:
+        rows.append(["LLM (label likelihood, mirror-averaged)", llm["window_accuracy"], llm["clip_accuracy"],
+                     llm["macro_f1"]])
+    print(table(rows, ["model", "window acc", "clip acc", "macro-F1"]))
+    print(f"({r['scored_over']})")
+    print(table([[w, v] + ([llm["per_class_recall"][w]] if llm else []) for w, v in r["per_class_recall"].items()],
+                ["label", "recall, encoder"] + (["recall, LLM"] if llm else [])))
+    if llm:
+        ex = r["llm"]["explanations"]
+        print(table([[llm["ece"], llm["ece_uncalibrated"], ex["label_consistency"], ex["faithfulness"], ex["support_rate"],
+                      ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
+                    ["LLM ECE", "uncalibrated", "label consistency", "faithfulness", "support rate", "BLEU-4", "ROUGE-L",
+                     "MiniLM sim."]))
+        _support_note(ex)
     print("wrote " + ", ".join(r["written"]))
 
 
@@ -150,7 +181,7 @@ def cmd_bench(args) -> None:
 
         if not args.model:
             raise EaiError("bench explain needs --model RUN")
-        result = bench_explain(args.model, args.data, args.task, progress=not args.quiet, int8=args.int8)
+        result = bench_explain(args.model, args.data, args.task, progress=not args.quiet)
         rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
         print(f"{result['dataset']} ({result['scope']}: {result['clips']} clips, {rec['windows']} windows)")
         print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"],
@@ -195,7 +226,8 @@ def _write_results(args, result: dict, plot=None) -> None:
     elif args.plot:
         for name, m in result["models"].items():
             png = Path(args.plot).with_name(f"{Path(args.plot).stem}-{name}.png")
-            plot_confusion(m["confusion"], result["labels"], png, f"{result['dataset']} {name}")
+            plot_confusion(m["confusion"], result.get("words", result["labels"]), png, f"{result['dataset']}: {name}, "
+                           f"{result['folds']} folds x {result['seeds']} seeds", result.get("attribution", ""))
             print(f"wrote {png}")
 
 

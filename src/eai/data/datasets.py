@@ -28,6 +28,11 @@ SYNONYMS = {
     "relief": "relieved", "calm": "relaxed",
 }
 BANDAI_EMOTIONS = ("normal", "happy", "sad", "angry", "proud", "not-confident", "tired")
+# CC BY-NC 4.0 asks for this wherever the data or results derived from it are shown (figures too)
+BANDAI_ATTRIBUTION = ("Bandai-Namco-Research-Motiondataset, Kobayashi et al., arXiv 2306.08861; "
+                      "CC BY-NC 4.0, non-commercial use only")
+# a dataset of another source names its own: the first line of one of these files at its root
+ATTRIBUTION_FILES = ("ATTRIBUTION", "ATTRIBUTION.txt", "ATTRIBUTION.md")
 
 
 def normalise_label(label: str) -> str:
@@ -60,6 +65,9 @@ class Dataset:
     auxiliary: list[ClipRef] = field(default_factory=list)
     # the dataset's own word for each unified label ('angry' -> 'anger' in a set that says 'anger')
     vocab: dict[str, str] = field(default_factory=dict)
+    # what its licence asks to be shown with it and with results drawn from it ("" when nothing is known):
+    # BANDAI_ATTRIBUTION for the Bandai layout, else the first line of an ATTRIBUTION file at its root
+    attribution: str = ""
 
     @property
     def labels(self) -> list[str]:
@@ -96,7 +104,7 @@ def _bandai(root: Path, task: str | None) -> Dataset:
         label = {"emotion": style, "style": style, "content": content}[task]
         clips.append(ClipRef(bvh, normalise_label(label), bvh.stem))
     return Dataset(root.name, root, "bandai", task, clips, problems, aux,
-                   vocab=_vocab(styles if task != "content" else contents))
+                   vocab=_vocab(styles if task != "content" else contents), attribution=BANDAI_ATTRIBUTION)
 
 
 def _folders(root: Path) -> Dataset:
@@ -157,10 +165,25 @@ def open_dataset(path: str | Path, task: str | None = None) -> Dataset:
         ds = _folders(p)
     if task and ds.kind != "bandai" and task != "emotion":
         raise DatasetError(f"task {task!r} exists only for the Bandai layout; this dataset has its folder labels", p)
+    if not ds.attribution:
+        ds.attribution = read_attribution(ds.root)
     if not ds.clips:
         raise DatasetError("no labelled clips found: expected DIR/<label>/<clip>, a CSV manifest "
                            "path,label[,group], or the Bandai layout (cfg/style_label.txt)", p)
     return ds
+
+
+def read_attribution(root: Path) -> str:
+    """The first non-empty line of the ATTRIBUTION file at a dataset's root ("" without one)."""
+    for name in ATTRIBUTION_FILES:
+        f = Path(root) / name
+        if f.is_file():
+            try:
+                lines = f.read_text(errors="replace").splitlines()
+            except OSError:
+                return ""
+            return next((ln.strip().lstrip("#").strip() for ln in lines if ln.strip()), "")
+    return ""
 
 
 def load_clips(ds: Dataset, fps: float = 30.0, progress: bool = True, refs: list[ClipRef] | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from eai.data.datasets import ClipRef, load_clips, normalise_label, open_dataset
+from eai.data.datasets import ATTRIBUTION_FILES, ClipRef, load_clips, normalise_label, open_dataset
 from eai.data.synth import express
 from eai.errors import EaiError
 from eai.io.files import atomic_write_text
@@ -105,10 +105,15 @@ def derive(data: str, out: str, layout: str = "gait16", fps: float = 25.0, renam
         "skipped": ds.problems,
     }
     atomic_write_text(tmp / "README.md", _readme(record, lay.description))
+    credit = f"derived from {ds.name}: {ds.attribution}\n" if ds.attribution else None
+    if credit:  # the source's licence asks for its attribution on adaptations too
+        atomic_write_text(tmp / ATTRIBUTION_FILES[0], credit)
     tmp.rename(root / names["derived"])
 
     rest_dir = root / names["rest"]
     rest_dir.mkdir()
+    if credit:
+        atomic_write_text(rest_dir / ATTRIBUTION_FILES[0], credit)
     rows = ["path,label,group"] + [f"{_csv(c['source'])},{_csv(c['label'])},{_csv(c['group'])}"
                                    for c in record["rest"]["clips"]]
     atomic_write_text(rest_dir / "manifest.csv", "\n".join(rows) + "\n")

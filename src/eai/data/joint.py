@@ -27,8 +27,10 @@ class RunDataset:
     name (unique within the run), path (resolved), kind (bandai, folders, manifest), layout (its clips' most
     common source skeleton), labels (unified names, sorted; a subset of the run's), words (the dataset's own
     word for each), tag (what the prompt says of the dataset and its skeleton), n_clips, n_train_clips,
-    held_out_groups (clip groups kept out of training), reference (its neutral baseline and
-    the mean of each label's clips, eai.llm.evidence.Reference.to_dict; set by the LLM stage). `clips` and `source` (the unified clips and the
+    held_out_groups (clip groups kept out of training), reference (its neutral baseline and the mean of each
+    label's clips, eai.llm.evidence.Reference.to_dict; set by the LLM stage), layouts and fps (every source
+    skeleton layout and frame rate among its clips: a clip outside them is said to be new to the run). `clips`
+    and `source` (the unified clips and the
     dataset on disk) are there only while it is read, and are not saved.
     """
 
@@ -43,12 +45,31 @@ class RunDataset:
     n_train_clips: int = 0
     held_out_groups: list[str] = field(default_factory=list)
     reference: dict | None = None
+    layouts: list[str] = field(default_factory=list)
+    fps: list[float] = field(default_factory=list)
     clips: list[UnifiedMotion] = field(default_factory=list, repr=False, compare=False, metadata={"saved": False})
     source: Dataset | None = field(default=None, repr=False, compare=False, metadata={"saved": False})
 
     def word(self, label: str) -> str:
         """The dataset's own word for a unified label."""
         return self.words[self.labels.index(label)]
+
+    def unseen(self, layout: str, fps: float) -> list[str]:
+        """What of a clip (its source layout and frame rate) none of this dataset's clips had: notices, one line
+        each, empty when both were seen (frame rates within 1 %)."""
+        out = []
+        if layout not in (self.layouts or [self.layout]):
+            out.append(f"its skeleton ({layout}) is not one this run was trained on "
+                       f"({', '.join(self.layouts or [self.layout])}): the answer may not hold")
+        if self.fps and fps > 0 and not any(abs(fps - f) <= 0.01 * f for f in self.fps):
+            out.append(f"its frame rate ({fps:g} fps) is not one this run was trained on "
+                       f"({', '.join(f'{f:g}' for f in self.fps)} fps; every clip is resampled to 30 fps)")
+        return out
+
+    @staticmethod
+    def from_dict(d: dict) -> "RunDataset":
+        """A dataset record as manifest.json saves it (every saved field, no other: KeyError, TypeError)."""
+        return RunDataset(**{f.name: d[f.name] for f in fields(RunDataset) if f.metadata.get("saved", True)})
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("saved", True)}
@@ -75,7 +96,9 @@ def open_datasets(paths: list[str], task: str | None = None, progress: bool = Tr
         layout = Counter(c.layout for c in clips).most_common(1)[0][0]
         labels = sorted({c.label for c in clips})
         out.append(RunDataset(name, path, ds.kind, layout, labels, [ds.word(l) for l in labels],
-                              f"{name}; {layout} skeleton", len(clips), clips=clips, source=ds))
+                              f"{name}; {layout} skeleton", len(clips), clips=clips, source=ds,
+                              layouts=sorted({c.layout for c in clips}),
+                              fps=sorted({round(c.source_fps, 3) for c in clips if c.source_fps > 0})))
     return out
 
 

@@ -27,6 +27,9 @@ def read_motion(path: str | Path, units: str | float = "auto", trust_pickle: boo
     from eai.io.npz import read_npz
     from eai.io.pyskl import read_pyskl
 
+    if Path(path).is_dir():
+        raise FormatError("this is a folder, not a motion file; 'eai data DIR' describes a dataset, "
+                          "'eai explain DIR' explains every motion file in it", path)
     suffix = Path(path).suffix.lower()
     if suffix in VIDEO_SUFFIXES:  # MediaPipe's axes and metres are known: units and up do not apply
         from eai.io.video import read_video
@@ -75,7 +78,9 @@ def read_motion_to_show(path: str | Path, units: str | float = "auto", trust_pic
 
 
 def write_motion(motion: Motion, path: str | Path) -> None:
-    """Write by extension: .npz, .bvh (positions only), .csv (Kinect v2 layout only). Atomic."""
+    """Write by extension: .npz, .bvh (positions only) with the motion's own joints; .csv (Kinect v2), the motion
+    re-expressed on the Kinect joints through the canonical ones (eai.io.kinect.write_kinect_csv: joints without
+    a counterpart left out, with a warning). Atomic."""
     from eai.io.bvh import write_bvh
     from eai.io.kinect import write_kinect_csv
     from eai.io.npz import write_npz

@@ -62,19 +62,41 @@ def decode_text(data: bytes, path: str | Path, what: str) -> str:
         return text
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename. The file gets the
+    mode `open()` would give a new file (0666 less the umask), not mkstemp's private 0600, so that others
+    can read what eai writes where the umask lets them."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=dest.suffix or ".tmp", dir=dest.parent)
+    mode = 0o666 & ~_umask()
+    os.fchmod(fd, mode)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, mode)  # again: a writer may have replaced the file (safetensors writes a private one)
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def share_like_open(folder: str | Path) -> None:
+    """Give a folder written by a library (mkdtemp's 0700, files of 0600) and everything in it the modes
+    `mkdir()` and `open()` would have given under the umask, before it is renamed into place."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

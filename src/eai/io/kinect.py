@@ -213,16 +213,37 @@ def _rate(m: Motion, data: np.ndarray, time_col: int | None, path: str) -> float
 
 
 def write_kinect_csv(motion: Motion, path: str | Path) -> None:
-    """Write a Kinect v2 CSV with a header (time, <Joint>_x/_y/_z); the motion must be in kinect25 layout."""
+    """Write a Kinect v2 CSV (a header row: time, then <Joint>_x,_y,_z in JointType order; metres, y up). A motion
+    of another layout goes through the canonical joints (eai.skeleton.unify.to_canonical): each Kinect joint takes
+    the position of its canonical joint. Kinect joints with no counterpart in the motion (a Bandai BVH has no hand
+    tips, thumbs or hands past the wrists) are left out of the header, as a Kinect CSV may (readers take them as
+    absent; nothing is invented), and a warning (eai.errors.warn) names them. Atomic."""
+    from eai.errors import warn
     from eai.io.files import atomic_path
 
     joints, _ = kinect_joints()
-    try:
-        idx = [motion.joints.index(j) for j in joints]
-    except ValueError:
-        raise FormatError("only a Kinect v2 (kinect25) motion can be written as a Kinect CSV", path) from None
+    if motion.layout == "kinect25" or all(j in motion.joints for j in joints):
+        cols = {j: motion.positions[:, motion.joints.index(j)] for j in joints if j in motion.joints}
+        said = "the motion has"
+    else:
+        from eai.skeleton.unify import to_canonical
+
+        P, mask, layout = to_canonical(motion)
+        kinect, can = registry().get("kinect25"), registry().canonical
+        cols = {j: P[:, can.index(c)] for j, c in zip(kinect.joints, kinect.canonical) if c and mask[can.index(c)]}
+        said = f"its {layout.name} skeleton has"
+        lost = [j for j, c in zip(layout.joints, layout.canonical) if j in motion.joints and (c is None or c not in kinect.canonical)]
+        if lost:
+            warn(f"{', '.join(lost)} of the clip have no Kinect v2 joint: not written", path)
+    if not cols:
+        raise FormatError("the motion has none of the joints a Kinect v2 CSV holds", path)
+    left = [j for j in joints if j not in cols]
+    if left:
+        warn(f"written with the {len(cols)} Kinect v2 joints {said}; {', '.join(left)} left out (absent: no "
+             "counterpart in the clip)", path)
+    names = [j for j in joints if j in cols]
     t = np.arange(motion.n_frames) / motion.fps
-    flat = motion.positions[:, idx].reshape(motion.n_frames, -1)
-    header = "time," + ",".join(f"{j}_{a}" for j in joints for a in "xyz")
+    flat = np.stack([cols[j] for j in names], 1).reshape(motion.n_frames, -1)
+    header = "time," + ",".join(f"{j}_{a}" for j in names for a in "xyz")
     with atomic_path(path) as tmp:
         np.savetxt(tmp, np.column_stack([t, flat]), delimiter=",", fmt="%.6f", header=header, comments="")

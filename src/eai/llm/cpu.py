@@ -1,20 +1,7 @@
-"""Inference on a CPU: int8 dynamic quantization of the LM's linear layers, and a linear layer that keeps both
-cores busy when only a few rows go through it (decoding)."""
+"""Inference on a CPU: a linear layer that keeps both cores busy when only a few rows go through it (decoding)."""
 from __future__ import annotations
 
 import torch
-
-
-def quantize_int8(lm: torch.nn.Module) -> torch.nn.Module:
-    """`lm` with every nn.Linear as a dynamically quantized int8 linear layer, one weight scale per tensor
-    (per output channel measured worse: bench/RESULTS.md); CPU inference only."""
-    import warnings
-
-    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(lm, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 class FewRowsLinear(torch.nn.Linear):

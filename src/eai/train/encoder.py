@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,12 +43,15 @@ def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, allowed: torch.T
 def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: EncoderConfig | None = None,
                   checkpoint: Path | None = None, progress: bool = True, init: dict | None = None,
                   log=None, allowed: np.ndarray | None = None,
-                  sample_p: np.ndarray | None = None) -> tuple[SkeletonEncoder, list[dict]]:
+                  sample_p: np.ndarray | None = None,
+                  held_out: Callable[[SkeletonEncoder], float] | None = None) -> tuple[SkeletonEncoder, list[dict]]:
     """Train on a WindowSet (labels y >= 0); resume from `checkpoint` if it exists. Returns model, history.
 
     Several datasets: `allowed` (n_datasets, n_classes) restricts each window's loss to its dataset's labels
     (train.dataset_idx), and `sample_p` (N,) draws each epoch's windows with those probabilities (with replacement),
-    so that a small dataset is not drowned by a large one."""
+    so that a small dataset is not drowned by a large one. `held_out(model)`, the accuracy of the model (in eval
+    mode) on held-out windows, is recorded as `held_out_accuracy` after every epoch of 25 spread over the schedule
+    and after the last; it draws nothing from the training's random streams, so training is the same with it."""
     enc_cfg = copy.deepcopy(enc_cfg or EncoderConfig())
     enc_cfg.n_classes = n_classes
     enc_cfg.n_descriptors = train.desc.shape[1] if cfg.descriptors else 0
@@ -117,6 +121,9 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
         rec = {"epoch": epoch, "windows": seen, "loss": tot / max(seen, 1),
                "train_accuracy": correct / max(seen, 1),
                "lr": opt.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 3)}
+        if held_out is not None and ((epoch + 1) % max(1, cfg.epochs // 25) == 0 or epoch + 1 == cfg.epochs):
+            rec["held_out_accuracy"] = float(held_out(model))
+            model.train()
         history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_accuracy']:.2f}")
         if log is not None:

@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 from safetensors.torch import load_file
 
 from eai.data.datasets import Dataset, load_clips
@@ -29,7 +30,7 @@ from eai.encoder.model import EncoderConfig, predict_dataset_proba
 from eai.errors import EaiError
 from eai.io.files import atomic_write_text
 from eai.metrics import metrics, pick
-from eai.report import plot_curves
+from eai.report import credit, plot_curves
 from eai.run import (
     ENCODER_WEIGHTS,
     MANIFEST,
@@ -96,15 +97,24 @@ def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, 
                                       tcfg.descriptors) for d, (tr, _) in zip(datasets, splits)],
                           dataset_idx=list(range(len(datasets))))
     allowed = label_mask(datasets, labels)
+    held_sets = {i: window_set([d.clips[j] for j in held_idx], labels, tcfg.window, STRIDE, tcfg.descriptors)
+                 for i, (d, (_, held_idx)) in enumerate(zip(datasets, splits)) if held_idx}
+
+    def held_out_accuracy(model) -> float:  # every dataset's held-out windows, each over its own labels
+        right = [predict_dataset_proba(model, ws_h, allowed, i).argmax(1) == local_index(labels, datasets[i].labels)[
+            ws_h.y] for i, ws_h in held_sets.items()]
+        return float(np.concatenate(right).mean())
+
     model, history = train_encoder(ws, len(labels), tcfg, enc, checkpoint=run / CHECKPOINT, progress=progress,
                                    init=init, log=JsonlLog(run / "log.jsonl"), allowed=allowed if joint else None,
-                                   sample_p=mix_weights(ws.dataset_idx, len(datasets), cfg.mix) if joint else None)
+                                   sample_p=mix_weights(ws.dataset_idx, len(datasets), cfg.mix) if joint else None,
+                                   held_out=held_out_accuracy if held_sets else None)
     held_out = {}
     for i, (d, (train_idx, held_idx)) in enumerate(zip(datasets, splits)):
         d.n_train_clips = len(train_idx)
         d.held_out_groups = [d.clips[j].group for j in held_idx]
         if held_idx:
-            held = window_set([d.clips[j] for j in held_idx], labels, tcfg.window, STRIDE, tcfg.descriptors)
+            held = held_sets[i]
             proba = predict_dataset_proba(model, held, allowed, i)
             held_out[d.name] = pick(metrics(local_index(labels, d.labels)[held.y], proba, held.clip, d.labels))
     save_weights(model, run / ENCODER_WEIGHTS)
@@ -113,7 +123,11 @@ def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, 
                         train_windows=len(ws.y), pretrain=pre_info, held_out=held_out,
                         train_seconds=round(time.time() - started, 1), versions=versions())
     manifest.save(run)
-    plot_curves(history, run / "curves.png", f"encoder on {manifest.name} ({cfg.schedule} schedule)")
+    n_held = {datasets[i].name: len(h.y) for i, h in held_sets.items()}  # the final figure, after BatchNorm recalibration
+    final = sum(held_out[k]["window_accuracy"] * n for k, n in n_held.items()) / sum(n_held.values()) if n_held else None
+    plot_curves(history, run / "curves.png", f"encoder on {manifest.name} ({cfg.schedule} schedule, "
+                f"{sum(n_held.values())} held-out windows)",
+                credit(d.source.attribution for d in datasets if d.source is not None), final)
     (run / CHECKPOINT).unlink(missing_ok=True)  # the run is complete; the weights are the record
     return run
 

@@ -15,19 +15,24 @@ from safetensors.torch import load_file
 
 from eai.calibration import Calibration, fit_temperature, scale
 
-from eai.data.joint import label_mask, open_datasets
-from eai.data.windows import WindowSet, window_set
-from eai.encoder.model import predict_proba
+import torch
+
+from eai.data.joint import RunDataset, label_mask, open_datasets
+from eai.data.windows import STRIDE, WindowSet, window_set
+from eai.encoder.model import encoder_features, predict_proba
 from eai.errors import EaiError
 from eai.features import clip_descriptors
 from eai.llm import evidence as ev
 from eai.llm.backbone import hidden_size
 from eai.llm.builder import LLMConfig, LoraSettings, build_llm, load_llm, save_llm
+from eai.llm.model import EmotionLLM
+from eai.llm.prompts import recognition_prompt
 from eai.llm.tokenizer import SkeletonTokenizerConfig
 from eai.metrics import expected_calibration_error
-from eai.report import plot_llm_curves, plot_reliability
+from eai.report import credit, plot_confusion, plot_llm_curves, plot_reliability
 from eai.run import MANIFEST, LLMTraining, Manifest, Run, RunConfig, load_run
 from eai.schedules import STAGES, default_llm_schedule, llm_stages
+from eai.train.card import write_model_card
 from eai.train.checkpoint import JsonlLog
 from eai.train.crossfit import CROSSFIT, out_of_fold_posterior
 from eai.train.encoder_run import PRETRAIN_WEIGHTS, train_encoder_run
@@ -103,11 +108,12 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
                       m.llm.seed, m.config.mix)
     log = JsonlLog(run_dir / "log.jsonl")
     t = m.llm_training
+    probe = held_out_probe(run, m.datasets, held) if any(held) else None
     for stage in STAGES:
         if stage in t.done:
             continue
         stage_cfg = m.llm.stages[stage]
-        hist = train_stage(llm, sampler, stage, stage_cfg, run_dir / f"llm-{stage}.pt", progress, log)
+        hist = train_stage(llm, sampler, stage, stage_cfg, run_dir / f"llm-{stage}.pt", progress, log, probe)
         save_llm(run_dir, llm)
         t.done.append(stage)
         t.history += [h for h in hist if h["step"] % 5 == 0 or h["step"] == stage_cfg.steps]
@@ -126,11 +132,73 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
         m.held_out_llm = {r.name: interp.recognition_metrics(h, r, progress) for r, h in zip(m.datasets, held) if h}
     m.stage = "all"
     m.save(run_dir)
-    plot_llm_curves(t.history, STAGES, run_dir / "llm-curves.png")
-    for name, h in m.held_out_llm.items():
-        plot_reliability({k: h[k] for k in ("llm", "encoder")}, run_dir / f"reliability-{name}.png",
-                         f"{name}: held-out windows, before and after temperature scaling")
+    plot_run_figures(run_dir, m, datasets)
+    write_model_card(run_dir, m, {d.name: d.source.attribution if d.source is not None else "" for d in datasets})
     return run_dir
+
+
+PROBE_WINDOWS = 64  # held-out windows per dataset scored at each LLM checkpoint (evenly spread over its clips)
+
+
+def held_out_probe(run: Run, datasets: list[RunDataset], held: list[list]):
+    """`probe(llm)`: the LLM's recognition accuracy (label likelihood, no mirroring) on up to PROBE_WINDOWS
+    held-out windows of each dataset, each over its own labels: the held-out curve of llm-curves.png, measured at
+    the LLM stages' checkpoints. The run's final figure (every held-out window, mirror-averaged) is
+    `held_out_llm`."""
+    sets = []
+    for r, clips in zip(datasets, held):
+        if not clips:
+            continue
+        ws = window_set(clips, r.labels, run.manifest.train.window, STRIDE, descriptors=True)
+        keep = np.unique(np.linspace(0, len(ws.y) - 1, min(PROBE_WINDOWS, len(ws.y))).round().astype(int))
+        z = ev.Reference.from_dict(r.reference).z(ws.model_desc[keep]).astype(np.float32)
+        ws = ws.take(keep).of_dataset(datasets.index(r))
+        post = torch.from_numpy(predict_proba(run.encoder, ws, allowed=label_mask(datasets, run.manifest.labels)))
+        sets.append((r, torch.from_numpy(encoder_features(run.encoder, ws.raw, ws.mask)),
+                     torch.from_numpy(ws.mask), torch.from_numpy(z), torch.from_numpy(ws.real_fraction), post, ws.y))
+
+    def probe(llm: EmotionLLM, batch: int = 16) -> float:
+        right = []
+        reads = llm.skeleton_tokenizer.cfg.n_labels
+        for r, feats, mask, z, frac, post, y in sets:
+            prompt = recognition_prompt(llm.skeleton_tokenizer.cfg.n_tokens, r.tag, r.words)
+            p = np.concatenate([llm.label_proba(feats[b:b + batch], mask[b:b + batch], [prompt] * len(feats[b:b + batch]),
+                                                r.words, z[b:b + batch], frac[b:b + batch],
+                                                post[b:b + batch] if reads else None)
+                                for b in range(0, len(y), batch)])
+            right.append(p.argmax(1) == y)
+        return float(np.concatenate(right).mean())
+
+    return probe
+
+
+def plot_run_figures(run_dir: Path, m: Manifest, datasets: list[RunDataset]) -> None:
+    """llm-curves.png (loss and held-out accuracy at the checkpoints beside chance and the final figure), and per
+    dataset the confusion of the LLM and of the encoder's head on the same held-out windows
+    (confusion-llm[-NAME].png, confusion-encoder[-NAME].png), in the dataset's words, titled with the dataset and
+    its attribution."""
+    attribution = {d.name: d.source.attribution if d.source is not None else "" for d in datasets}
+    h = m.held_out_llm
+    n = {k: v["windows"] for k, v in h.items()}
+    final = sum(h[k]["llm"]["window_accuracy"] * w for k, w in n.items()) / sum(n.values()) if n else None
+    chance = float(np.mean([1 / len(d.labels) for d in m.datasets if d.name in h])) if h else None
+    plot_llm_curves(m.llm_training.history, STAGES, run_dir / "llm-curves.png",
+                    f"LLM stages on {m.name} ({m.llm.schedule} schedule); held-out: up to {PROBE_WINDOWS} windows per "
+                    "dataset at checkpoints, every window (mirror-averaged) at the end", credit(attribution.values()),
+                    chance, final)
+    for d in m.datasets:
+        if d.name not in h:
+            continue
+        suffix = "" if len(m.datasets) == 1 else f"-{d.name}"
+        plot_reliability({k: h[d.name][k] for k in ("llm", "encoder")}, run_dir / f"reliability{suffix}.png",
+                         f"{d.name}, {h[d.name]['clips']} held-out clips: before and after temperature scaling",
+                         attribution[d.name])
+        for model, what in (("llm", "LLM, label likelihood"), ("encoder", "encoder head")):
+            x = h[d.name][model]
+            plot_confusion(x["confusion"], d.words, run_dir / f"confusion-{model}{suffix}.png",
+                           f"{d.name}, {h[d.name]['clips']} held-out clips: {what}\nwindow accuracy "
+                           f"{x['window_accuracy']:.2f} (chance {1 / len(d.labels):.2f}), macro-F1 {x['macro_f1']:.2f}",
+                           attribution[d.name])
 
 
 def fit_calibration(interp, fsets: list[FeatureSet], oof_by_dataset: list[np.ndarray], oof: np.ndarray,

@@ -9,6 +9,7 @@ import resource
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -162,9 +163,11 @@ def _lr(step: int, cfg: StageConfig) -> float:
 
 
 def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig, checkpoint: Path | None = None,
-                progress: bool = True, log=None) -> list[dict]:
+                progress: bool = True, log=None, held_out: Callable[[EmotionLLM], float] | None = None) -> list[dict]:
     """One stage ('description' or 'recognition'); returns its loss history. Resumes from `checkpoint` when it
-    exists. The recognition stage keeps a share `cfg.mix` of description examples (against forgetting)."""
+    exists. The recognition stage keeps a share `cfg.mix` of description examples (against forgetting).
+    `held_out(llm)`, the accuracy of the model (in eval mode) on held-out windows, is recorded as
+    `held_out_accuracy` at every checkpoint step (every 20 and the last); it draws from no random stream."""
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=not torch.cuda.is_available(),
@@ -218,11 +221,15 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
         opt.zero_grad(set_to_none=True)
         rec = {"stage": stage, "step": step + 1, "loss": float(loss.detach()), "total": float(total.detach()),
                "seconds": round(time.time() - t0, 2)}
+        last = step + 1 == cfg.steps
+        if held_out is not None and ((step + 1) % 20 == 0 or last):
+            core.eval()
+            rec["held_out_accuracy"] = float(held_out(core))
+            core.train()
         history.append(rec)
         if log:
             log(rec)
         bar.set_postfix(loss=f"{rec['loss']:.3f}")
-        last = step + 1 == cfg.steps
         if checkpoint is not None and acc.is_main_process and ((step + 1) % 20 == 0 or last):
             save_checkpoint(checkpoint, sampler.rng, model=trainable_state(core), opt=opt.state_dict(),
                             step=step + 1, history=history)

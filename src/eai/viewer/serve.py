@@ -50,10 +50,10 @@ class RunExplainer:
     Reading, unifying and the page's timelines run outside the lock; the shared model inside it.
     """
 
-    def __init__(self, model: str | Path, int8: bool = False, max_tokens: int = 40, read_options: dict | None = None):
+    def __init__(self, model: str | Path, max_tokens: int = 40, read_options: dict | None = None):
         from eai.interpret import Interpreter
 
-        self.interp = Interpreter.load(model, int8)
+        self.interp = Interpreter.load(model)
         self.name = Path(model).resolve().name
         self.max_tokens, self.read_options = max_tokens, dict(read_options or {})
         self.lock = threading.Lock()
@@ -63,7 +63,7 @@ class RunExplainer:
         return self.interp.labels
 
     def explain(self, path: Path, name: str, deadline: float) -> tuple[dict, dict]:
-        from eai.interpret import read_clip
+        from eai.io.inputs import read_clip
 
         m, u = read_clip(path, **self.read_options, trust_pickle=False)
         if not self.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -181,7 +181,7 @@ def _message(e: EaiError, path: Path, name: str) -> str:
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, max_upload_mb: float = 50,
-          timeout_s: float = 120.0, int8: bool = False, max_tokens: int = 40, read_options: dict | None = None) -> None:
+          timeout_s: float = 120.0, max_tokens: int = 40, read_options: dict | None = None) -> None:
     """Load the run once and serve it until interrupted."""
     import uvicorn
 
@@ -190,7 +190,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, token: str | No
                        "request must carry it, or bind to 127.0.0.1")
     if max_upload_mb <= 0 or timeout_s <= 0:
         raise EaiError("--max-upload-mb and --timeout must be positive")
-    explainer = RunExplainer(model, int8, max_tokens, read_options)
+    explainer = RunExplainer(model, max_tokens, read_options)
     app = create_app(explainer, max_upload_mb, token, timeout_s)
     shown = f"[{host}]" if ":" in host else host
     print(f"eai serve: {explainer.name} on http://{shown}:{port}/ (API docs at /docs"
