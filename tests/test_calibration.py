@@ -96,6 +96,7 @@ def test_out_of_fold_posterior_never_comes_from_a_model_that_saw_the_clip(monkey
 
 def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
     from eai.interpret import Interpreter
+    from eai.io.inputs import read_clip
     from eai.run import Manifest
 
     m = Manifest.load(tiny_run)
@@ -109,8 +110,6 @@ def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
         assert {"ece", "ece_uncalibrated", "temperature", "reliability"} <= set(h[k])
     assert any(tiny_run.glob("reliability*.png"))
     it = Interpreter.load(tiny_run)
-    from eai.interpret import read_clip
-
     clip = read_clip(sorted(synth_dir.rglob("*.bvh"))[0])[1]
     d = it.dataset(layout=clip.layout)
     ws, feats, post, _ = it._clip_proba([clip], d)
@@ -123,7 +122,8 @@ def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
 
 def test_a_close_call_names_both_labels(tiny_run, synth_dir, monkeypatch):
     from eai import interpret
-    from eai.interpret import Interpreter, read_clip
+    from eai.interpret import Interpreter
+    from eai.io.inputs import read_clip
 
     it = Interpreter.load(tiny_run)
     clip = read_clip(sorted(synth_dir.rglob("*.bvh"))[0])[1]

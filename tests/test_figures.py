@@ -57,7 +57,7 @@ def test_llm_figures_show_held_out_accuracy_chance_and_the_llm_confusion(tiny_ru
     assert (tiny_run / "confusion-llm.png").is_file() and (tiny_run / "confusion-encoder.png").is_file()
     d.source = SimpleNamespace(attribution="Test Lab motion set, CC BY 4.0")
     plot_run_figures(tiny_run, m, [d])
-    assert set(figures) == {"llm-curves.png", "confusion-llm.png", "confusion-encoder.png"}
+    assert set(figures) == {"llm-curves.png", "confusion-llm.png", "confusion-encoder.png", "reliability.png"}
     for name, (title, _, _) in figures.items():
         assert d.name in title and "data: Test Lab motion set, CC BY 4.0" in title, name
     _, lines, _ = figures["llm-curves.png"]

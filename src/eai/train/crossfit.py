@@ -39,17 +39,21 @@ def out_of_fold_posterior(ws: WindowSet, n_classes: int, cfg: TrainConfig, enc: 
     """(N, n_classes) float32 posterior of every window of `ws` (mirror-averaged; 0 outside its dataset's
     labels where `allowed` (n_datasets, n_classes) is given) from an encoder trained on the other `k - 1`
     folds of its clips, from `init` (the run's pre-trained weights) with schedule `cfg`. Cached in `cache`
-    (a safetensors file) and reused while the windows are the same. ValueError when a label has fewer clips
-    than `k`."""
+    (a safetensors file) and reused while the windows are the same. Fewer folds when a label has fewer clips
+    than `k`; ValueError when one has a single clip."""
     from safetensors.numpy import load_file, save_file
 
     from eai.io.files import atomic_path
 
-    key = _key(ws, k, seed)
+    key = _key(ws, k, seed)  # the folds asked for: the same windows give the same folds
     if cache is not None and cache.is_file():
         got = load_file(str(cache))
         if bytes(got["key"]).decode() == key:
             return got["posterior"]
+    per_class = min(np.unique(ws.group[ws.y == c]).size for c in np.unique(ws.y))
+    k = min(k, per_class)  # a label with fewer clips than folds: fewer folds
+    if k < 2:
+        raise ValueError(f"a label has only {per_class} training clip: no encoder can be trained without it")
     out = np.zeros((len(ws.y), n_classes), np.float32)
     joint = allowed is not None and len(allowed) > 1
     for i, (tr, te) in enumerate(tqdm(folds(ws.y, ws.group, k, seed), desc="cross-fitted encoders",

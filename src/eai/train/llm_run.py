@@ -80,9 +80,12 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     allowed = label_mask(m.datasets, m.labels)
     every = WindowSet.concat(wsets, dataset_idx=list(range(len(wsets))))
     pre = run_dir / PRETRAIN_WEIGHTS
-    oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed,
-                                load_file(str(pre)) if pre.is_file() else None, seed=cfg.seed,
-                                cache=run_dir / CROSSFIT, progress=progress)
+    try:
+        oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed,
+                                    load_file(str(pre)) if pre.is_file() else None, seed=cfg.seed,
+                                    cache=run_dir / CROSSFIT, progress=progress)
+    except ValueError as e:  # too few clips to cross-fit: the temperatures stay 1, and the manifest says why
+        oof, why = None, str(e)
     # the posterior token learns from the run's own encoder on the training windows (as at inference): so taught,
     # the LLM reads it as the strong evidence it is; taught on the weaker out-of-fold posteriors it leaned on the
     # motion tokens, which the encoder fits more closely on its training clips than on new ones (demo: held-out
@@ -125,8 +128,8 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
 
     interp = Interpreter(Run(run.path, m, run.encoder), llm.eval())
     if m.calibration is None:
-        m.calibration = fit_calibration(interp, fsets, [oof[every.dataset_idx == i] for i in range(len(wsets))], oof,
-                                        every.y, m.llm.seed)
+        m.calibration = (Calibration(fitted_on=f"not fitted: {why}") if oof is None else fit_calibration(
+            interp, fsets, [oof[every.dataset_idx == i] for i in range(len(wsets))], oof, every.y, m.llm.seed))
         m.save(run_dir)
     if any(held) and not m.held_out_llm:
         m.held_out_llm = {r.name: interp.recognition_metrics(h, r, progress) for r, h in zip(m.datasets, held) if h}
