@@ -127,3 +127,17 @@ def test_the_program_ends_fast_with_all_its_output(synth_dir):
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "teardown" not in out.stderr
     out = run("synth")  # a usage error: the parser's one line, then the normal exit
     assert out.returncode == 2 and "teardown" in out.stderr
+
+
+def test_openmp_threads_sleep_unless_told_otherwise():
+    """eai's command line sets OMP_WAIT_POLICY=PASSIVE before torch loads (spinning threads beside another busy
+    process made a cold explain several times slower); a value in the environment wins."""
+    from pathlib import Path
+
+    code = "import eai.cli.main, os, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, want in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        e = {**env, "PYTHONPATH": src, **({"OMP_WAIT_POLICY": given} if given else {})}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e)
+        assert out.stdout.strip() == want, out.stderr

@@ -7,6 +7,11 @@ import os
 import sys
 import warnings
 
+# torch's OpenMP threads sleep when idle instead of spinning (set before torch loads; OMP_WAIT_POLICY=ACTIVE in the
+# environment restores spinning): beside another busy process on two cores, spinning threads made a cold
+# explain 13-39 s instead of 6 s, and an LLM training step 140 s instead of 3.6 s (bench/RESULTS.md)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from eai.cli.commands import (
     cmd_convert,
     cmd_data,
