@@ -92,7 +92,8 @@ class Interpreter:
         if store:
             from eai.llm.stems import StemStore, stem_cache_root, weights_fingerprint
 
-            llm.stem_store = StemStore(stem_cache_root(), weights_fingerprint(llm.lm))
+            llm.stem_store = StemStore(stem_cache_root(), weights_fingerprint(llm.lm),
+                                      getattr(llm.lm, "cache_of", None))
         n = llm.skeleton_tokenizer.cfg.n_tokens
         for d in run.manifest.datasets:
             llm.add_stem([recognition_prompt(n, d.tag, d.words)])

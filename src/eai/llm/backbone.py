@@ -79,11 +79,31 @@ def bundled_folder() -> Path:
 
 
 def load_tokenizer(name: str = BUNDLED):
+    """The text tokenizer of backbone `name`. The bundled model's is read as the fast tokenizer it is
+    (PreTrainedTokenizerFast, what AutoTokenizer resolves it to) without AutoTokenizer, whose config lookup
+    imports transformers' Llama modelling (about 1.5 s of a cold start)."""
     quiet_transformers()
-    from transformers import AutoTokenizer
-
     path, local = _resolve(name)
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=local)
+    if name == BUNDLED:
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
+    else:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=local)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def local_folder(name: str) -> Path | None:
+    """The folder holding backbone `name`'s weights on this machine: the bundled model's (converted on first
+    use), a local model folder, or None (tiny-random, a hub id)."""
+    if name == BUNDLED:
+        return bundled_folder()
+    p = Path(name).expanduser()
+    return p if name != TINY and p.is_dir() else None
 
 
 TINY_SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -128,8 +148,6 @@ def load_backbone(name: str = BUNDLED, seed: int = 0):
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, local_files_only=local)
         except OSError as e:
             raise EaiError(f"cannot load the language model {name!r}: {str(e).splitlines()[0]}") from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
     return model.eval(), tok
 
 

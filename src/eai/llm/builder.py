@@ -11,7 +11,9 @@ the LoRA adapter and its config) plus the skeleton tokenizer's weights (`skeleto
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -117,40 +119,138 @@ def plain_lora(adapter_config: dict) -> bool:
     return all(adapter_config.get(k, v) == v for k, v in _PLAIN_LORA.items())
 
 
-def merge_adapter(lm: torch.nn.Module, folder: Path) -> torch.nn.Module:
-    """Fold the LoRA adapter peft saved in `folder` (adapter_config.json, adapter_model.safetensors) into `lm`'s
-    linear weights, in place, as peft's `merge_and_unload` does: W += (B @ A) * scaling, B (out, r), A (r, in),
-    scaling alpha / r (alpha / sqrt(r) with rsLoRA), in the weights' dtype. Returns `lm`. Raises ValueError
-    when the adapter is not plain LoRA (`plain_lora`: use peft) or its weights do not fit `lm`."""
+def _read_adapter(folder: Path) -> tuple[dict, float]:
+    """A saved plain-LoRA adapter's weights (lora_A/lora_B pairs only) and its scaling alpha / r (alpha / sqrt(r)
+    with rsLoRA). Raises ValueError when it is not plain LoRA (`plain_lora`: use peft) or holds other tensors."""
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "adapter_config.json").read_text())
     if not plain_lora(cfg):
         raise ValueError("the adapter is not plain LoRA on linear layers")
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
-    scaling = alpha / r ** 0.5 if cfg.get("use_rslora") else alpha / r
     state = load_file(str(folder / ADAPTER_WEIGHTS))
-    modules = dict(lm.named_modules())
-    prefix = "base_model.model."
-    pairs = {k[:-len(".lora_A.weight")] for k in state if k.endswith(".lora_A.weight")}
+    pairs = [k for k in state if k.endswith(".lora_A.weight")]
     if not pairs or len(state) != 2 * len(pairs):
         raise ValueError(f"{ADAPTER_WEIGHTS} holds other tensors than LoRA A/B pairs")
+    if any(state[k].shape[0] != r for k in pairs):
+        raise ValueError(f"the adapter's lora_A does not fit its rank r = {r}")
+    return state, alpha / r ** 0.5 if cfg.get("use_rslora") else alpha / r
+
+
+def merge_adapter(lm: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    """Fold the LoRA adapter peft saved in `folder` (adapter_config.json, adapter_model.safetensors) into `lm`'s
+    linear weights, in place, as peft's `merge_and_unload` does: W += (B @ A) * scaling, B (out, r), A (r, in),
+    in the weights' dtype (eai.llm.llama.merged_state). Returns `lm`. Raises ValueError when the adapter is not
+    plain LoRA or its weights do not fit `lm`."""
+    from eai.llm.llama import merged_state
+
+    state, scaling = _read_adapter(folder)
+    params = dict(lm.named_parameters())
+    modules = dict(lm.named_modules())
+    if any(not isinstance(modules.get(n[:-len(".weight")]), torch.nn.Linear) for n in _targets(state)):
+        raise ValueError("the adapter changes a layer that is not a linear layer of the model")
+    merged = merged_state({n: params[n].detach() for n in _targets(state)}, state, scaling)
     with torch.no_grad():
-        for key in sorted(pairs):
-            name = key[len(prefix):] if key.startswith(prefix) else key
-            layer, a, b = modules.get(name), state[key + ".lora_A.weight"], state.get(key + ".lora_B.weight")
-            if not isinstance(layer, torch.nn.Linear) or b is None or a.shape != (r, layer.in_features) \
-                    or b.shape != (layer.out_features, r):
-                raise ValueError(f"the adapter's {name} does not fit the model")
-            w = layer.weight
-            w += (b.to(w.dtype) @ a.to(w.dtype)) * scaling  # peft's get_delta_weight, then its merge
+        for name, w in merged.items():
+            params[name].copy_(w)
     return lm
 
 
+def _targets(adapter: dict, prefix: str = "base_model.model.") -> list[str]:
+    """The base weights' names that adapter `adapter`'s LoRA pairs change."""
+    keys = [k[:-len(".lora_A.weight")] for k in adapter if k.endswith(".lora_A.weight")]
+    return [(k[len(prefix):] if k.startswith(prefix) else k) + ".weight" for k in keys]
+
+
+MERGED_KEEP = 3  # merged backbones kept (the most recently used)
+
+
+def merged_cache_root() -> Path:
+    """Where runs' merged backbone layers are kept: $EAI_MERGED_CACHE, else $EAI_CACHE/merged (default
+    ~/.cache/eai/merged); about 0.4 GB a run for the bundled model, the MERGED_KEEP most recently used."""
+    from eai.llm.backbone import cache_root
+
+    return Path(os.environ.get("EAI_MERGED_CACHE") or cache_root() / "merged")
+
+
+def _merged_weights(base_file: Path, folder: Path, base: dict) -> dict:
+    """The backbone weights run adapter `folder` changes, merged (`merged_state`), memory-mapped from
+    `merged_cache_root()`/<key>.safetensors: computed and written there (atomically) on a run's first load, keyed
+    by both files' path, size and modification time; computed in memory where the folder is not writable."""
+    from safetensors.torch import load_file, save_file
+
+    from eai.io.files import atomic_path
+    from eai.llm.llama import merged_state
+
+    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in (base_file, folder / ADAPTER_WEIGHTS,
+                                                                                 folder / "adapter_config.json")]
+    key = hashlib.sha256(json.dumps([MERGE_FORMAT, stamp]).encode()).hexdigest()[:32]
+    where = merged_cache_root()
+    path = where / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            out = load_file(str(path))
+            os.utime(path)
+            return out
+        except (OSError, RuntimeError, ValueError):
+            pass
+    state, scaling = _read_adapter(folder)
+    out = merged_state(base, state, scaling)
+    try:
+        with atomic_path(path) as tmp:
+            save_file(out, str(tmp))
+        for old in sorted(where.glob("*.safetensors"), key=lambda f: f.stat().st_mtime)[:-MERGED_KEEP]:
+            old.unlink(missing_ok=True)
+        return load_file(str(path))
+    except OSError:
+        return out
+
+
+MERGE_FORMAT = 1
+
+
+def _fast_backbone(cfg: LLMConfig, folder: Path):
+    """The run's backbone with its adapter merged, as eai.llm.llama's LlamaDecoder on memory-mapped weights, or
+    None where that decoder does not apply (not a plain Llama in one safetensors file, not plain LoRA)."""
+    from safetensors.torch import load_file
+
+    from eai.llm.backbone import local_folder
+    from eai.llm.llama import LlamaDecoder, LlamaSettings
+
+    base_dir = local_folder(cfg.backbone)
+    if base_dir is None or not (base_dir / "model.safetensors").is_file():
+        return None
+    settings = LlamaSettings.read(base_dir)
+    try:
+        adapter_cfg = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise EaiError(f"cannot read {ADAPTER}/adapter_config.json ({e})", folder.parent) from None
+    if settings is None or not plain_lora(adapter_cfg):
+        return None
+    base = load_file(str(base_dir / "model.safetensors"))
+    merged = _merged_weights(base_dir / "model.safetensors", folder, base)
+    return LlamaDecoder.from_state(settings, {**base, **merged})
+
+
+def _text_tokenizer(backbone: str):
+    """The backbone's text tokenizer for inference: eai.llm.chat_tokenizer's (no transformers import) where the
+    model folder is a plain fast tokenizer, else transformers' (eai.llm.backbone.load_tokenizer)."""
+    from eai.llm.backbone import load_tokenizer, local_folder
+    from eai.llm.chat_tokenizer import ChatTokenizer
+
+    try:
+        return ChatTokenizer.of(local_folder(backbone))
+    except ValueError:
+        return load_tokenizer(backbone)
+
+
 def load_merged_llm(run: Path, cfg: LLMConfig) -> EmotionLLM:
-    """The LLM a run folder saved, for inference (eval mode): the base rebuilt from `cfg` with the saved LoRA
-    adapter folded into its weights (`merge_adapter`; through peft when the adapter is not plain LoRA). Raises
-    EaiError when the saved weights do not fit the configuration."""
+    """The LLM a run folder saved, for inference (eval mode): the backbone with the saved LoRA adapter folded into
+    its weights. A plain Llama backbone in a local folder (the bundled SmolLM2) runs on eai.llm.llama's decoder
+    over memory-mapped weights, the merged layers cached per run (`_merged_weights`): no transformers model, no
+    copy of the weights. Any other backbone is rebuilt by transformers and merged in place (`merge_adapter`;
+    through peft when the adapter is not plain LoRA). Raises EaiError when the saved weights do not fit the
+    configuration."""
     from safetensors.torch import load_file
 
     _check_saved(run)
@@ -163,10 +263,19 @@ def load_merged_llm(run: Path, cfg: LLMConfig) -> EmotionLLM:
         llm = load_llm(run, cfg)
         llm.lm = llm.lm.merge_and_unload()
         return llm
-    llm = build_llm(cfg, lora=False)
     try:
+        lm = _fast_backbone(cfg, folder)
+        if lm is not None:
+            if cfg.tokenizer.hidden != lm.config.hidden_size:
+                raise ValueError(f"the skeleton tokenizer makes tokens of size {cfg.tokenizer.hidden}, but the "
+                                 f"language model reads {lm.config.hidden_size}")
+            torch.manual_seed(cfg.seed)
+            llm = EmotionLLM(lm, _text_tokenizer(cfg.backbone), SkeletonTokenizer(cfg.tokenizer))
+        else:
+            llm = build_llm(cfg, lora=False)
         llm.skeleton_tokenizer.load_state_dict(load_file(str(run / TOKENIZER_WEIGHTS)))
-        merge_adapter(llm.lm, folder)
+        if lm is None:
+            merge_adapter(llm.lm, folder)
     except (RuntimeError, ValueError, OSError) as e:
         raise EaiError(f"the run's LLM weights do not fit its configuration ({str(e).splitlines()[0]})",
                        run) from None

@@ -33,9 +33,9 @@ class FewRowsLinear(torch.nn.Linear):
 
 
 def few_rows_linears(lm: torch.nn.Module) -> torch.nn.Module:
-    """`lm` with every plain nn.Linear swapped for a FewRowsLinear sharing its parameters (inference only)."""
+    """`lm` with every plain nn.Linear (any subclass computing nn.Linear's forward) swapped for a FewRowsLinear sharing its parameters (inference only)."""
     for name, m in list(lm.named_modules()):
         for child_name, child in list(m.named_children()):
-            if type(child) is torch.nn.Linear:
+            if isinstance(child, torch.nn.Linear) and type(child).forward is torch.nn.Linear.forward:
                 setattr(m, child_name, FewRowsLinear.of(child))
     return lm

@@ -23,7 +23,7 @@ def stem_cache_root() -> Path:
 def weights_fingerprint(module: torch.nn.Module, per_tensor: int = 64) -> str:
     """A hash of every parameter's name, shape, dtype and device type and of `per_tensor` values spread over
     it: any other base model or adapter (whose merge changes every value of a layer) gives another."""
-    h = hashlib.sha256(torch.__version__.encode())
+    h = hashlib.sha256(f"{torch.__version__}{type(module).__name__}".encode())  # and the code computing it
     for name, p in module.state_dict(keep_vars=False).items():
         if not isinstance(p, torch.Tensor) or p.is_quantized:
             h.update(f"{name}{type(p).__name__}".encode())
@@ -39,24 +39,30 @@ class StemStore:
     """Stem caches of one model (`fingerprint`, weights_fingerprint) in `folder`, one safetensors file per stem;
     a file that cannot be read or written is ignored (the cache is computed as without a store)."""
 
-    def __init__(self, folder: str | Path, fingerprint: str):
-        self.folder, self.fingerprint = Path(folder), fingerprint
+    def __init__(self, folder: str | Path, fingerprint: str, make_cache=None):
+        """`make_cache(layers)`: the model's cache type from [(keys, values)] per layer (default transformers'
+        DynamicCache)."""
+        self.folder, self.fingerprint, self.make_cache = Path(folder), fingerprint, make_cache
 
     def path(self, ids: tuple[int, ...]) -> Path:
         key = hashlib.sha256(f"{self.fingerprint}:{','.join(map(str, ids))}".encode()).hexdigest()[:32]
         return self.folder / f"{key}.safetensors"
 
     def load(self, ids: tuple[int, ...], device: torch.device):
-        """The stored cache of stem `ids` (a transformers DynamicCache on `device`), or None."""
+        """The stored cache of stem `ids` (`make_cache`'s type, on `device`), or None."""
         from safetensors.torch import load_file
-        from transformers import DynamicCache
 
         try:
             t = load_file(str(self.path(ids)), device=str(device))
             if t["ids"].tolist() != list(ids):
                 return None
             n = len([k for k in t if k.startswith("k")])
-            return DynamicCache(ddp_cache_data=[(t[f"k{i}"], t[f"v{i}"]) for i in range(n)])
+            layers = [(t[f"k{i}"], t[f"v{i}"]) for i in range(n)]
+            if self.make_cache is not None:
+                return self.make_cache(layers)
+            from transformers import DynamicCache
+
+            return DynamicCache(ddp_cache_data=layers)
         except (OSError, KeyError, RuntimeError, ValueError):
             return None
 
