@@ -121,11 +121,18 @@ def test_train_init_none_is_todays_path_and_a_folder_skips_aux(pre_data, tmp_pat
     assert m.pretrain["sha256"] == weights.sha256(run / "pretrained.safetensors")
 
 
-def test_cli_pretrain_bad_data_is_one_line(tmp_path, capsys):
+def test_cli_pretrain(pre_data, tmp_path, cache_env, capsys):
     from eai.cli import main
 
+    assert main(["pretrain", "--data", str(pre_data), "--out", str(tmp_path / "ok"), "--objective", "masked",
+                 "--schedule", "smoke", "--epochs", "1", "--quiet"]) == 0
+    assert "wrote " in capsys.readouterr().out and (tmp_path / "ok" / "pretrained.json").is_file()
+
+    capsys.readouterr()
     assert main(["pretrain", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("eai: error:") and "nope" in err[0]
     assert main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--schedule", "x"]) == 2
-    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--init", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+    assert main(["train", "--data", str(pre_data), "--out", str(tmp_path / "r"), "--init", str(tmp_path / "x")]) == 2
+    assert "--init" in capsys.readouterr().err and not (tmp_path / "r").exists()

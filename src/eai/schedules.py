@@ -99,8 +99,9 @@ class PretrainConfig:
 
 PRETRAIN_SCHEDULES = {
     "gpu": PretrainConfig(epochs=100, batch=128, lr=2e-3, warmup=5),
-    # two cores: TODO(lead) the measured windows/s decide the size; see README "Pretraining"
-    "cpu": PretrainConfig(epochs=20, epoch_fraction=0.5, warmup=1),
+    # two cores: 10 epochs of half the windows (dataset-2 at stride 10: about 112k windows seen); measured at 11
+    # windows/s on a shared, niced 2-core machine (bench/RESULTS.md), so at most about 3 h, well under 1 h alone
+    "cpu": PretrainConfig(epochs=10, epoch_fraction=0.5, warmup=1),
     "smoke": PretrainConfig(epochs=2, batch=16, stride=30, warmup=0, max_held_out=64),
 }
 

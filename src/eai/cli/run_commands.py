@@ -24,6 +24,9 @@ def run_config(args):
 
 def cmd_train(args) -> None:
     from eai.run import Manifest
+    from eai.weights import resolve_init
+
+    resolve_init(args.init)  # a wrong --init is said before any clip is read
     from eai.train.llm_run import train_run
 
     run = train_run(run_config(args), progress=not args.quiet)
