@@ -52,6 +52,13 @@ def test_pretraining_lowers_its_loss(pre_data, tmp_path, cache_env, objective):
     assert info["licence"].startswith("CC BY-NC 4.0") and info["sha256"] == weights.sha256(run / "pretrained.safetensors")
     assert info["data"][0]["clips"] == 15 and "clips" in info["held_out"]
     assert (run / "pretrain-curves.png").is_file()
+    # the held-out clips as manifests a fine-tuning benchmark reads (eai bench recognition --data)
+    held = sum(len(v) for v in info["held_out"]["clips"].values())
+    assert held > 0 and info["held_out"]["manifests"] == ["held-out-style.csv", "held-out-content.csv"]
+    for kind in info["held_out"]["manifests"]:
+        from eai.data.datasets import open_dataset
+
+        assert len(open_dataset(run / kind).clips) == held
     assert all(k.startswith(weights.BACKBONE) for k in load_file(str(run / "pretrained.safetensors")))
 
 

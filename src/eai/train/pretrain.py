@@ -15,6 +15,8 @@ the outputs: pretrained.safetensors (the feature extractor), pretrained.json, lo
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import subprocess
@@ -154,14 +156,36 @@ def losses(out: dict, b: dict, cfg: PretrainConfig) -> dict[str, torch.Tensor]:
     the hidden entries, body heights), and their sum `total`."""
     got = {}
     for name in ("style", "content"):
-        if name in out and (b[name] >= 0).any():
-            got[name] = F.cross_entropy(out[name].float(), b[name], ignore_index=-1)
+        if name in out:  # a batch without the label still touches its head (DDP wants every parameter used)
+            got[name] = F.cross_entropy(out[name].float(), b[name], ignore_index=-1) if (b[name] >= 0).any() \
+                else out[name].sum() * 0.0
     if "positions" in out:
         hide = b["hide"][:, None].expand_as(b["target"])
         got["masked"] = (out["positions"].float() - b["target"]).abs()[hide].mean() if hide.any() else \
             out["positions"].sum() * 0
     got["total"] = sum(v * (cfg.masked_weight if k == "masked" else 1.0) for k, v in got.items())
     return got
+
+
+def _held_out_manifests(run: Path, caches: list[WindowCache], fraction: float) -> list[str]:
+    """CSV manifests (path,label,group) of the held-out clips by their style and by their content, for judging
+    fine-tuning on clips pretraining never saw (`eai bench recognition --data RUN/held-out-style.csv`)."""
+    written = []
+    for kind in ("style", "content"):
+        rows = []
+        for c in caches:
+            held = pretrain_holdout(c.clips, fraction)
+            clips, first = np.unique(c.clip, return_index=True)
+            for i, w in zip(clips, first):
+                y = int(getattr(c, kind)[w])
+                if held[i] and y >= 0:
+                    rows.append([c.sources[i], c.labels[kind][y], c.clips[i]])
+        if rows:
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="\n").writerows([["path", "label", "group"], *rows])
+            atomic_write_text(run / f"held-out-{kind}.csv", buf.getvalue())
+            written.append(f"held-out-{kind}.csv")
+    return written
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -355,6 +379,7 @@ def _write_outputs(run: Path, core: PretrainModel, data, caches, labels, held_id
         "licence": LICENCE if bandai else "inherited from the data: see each dataset's attribution",
         "versions": versions(),
     }
+    info["held_out"]["manifests"] = _held_out_manifests(run, caches, cfg.holdout)
     info["sha256"] = sha256(run / WEIGHTS)
     atomic_write_text(run / INFO, json.dumps(info, indent=2) + "\n")
     plot_pretrain_curves(history, run / "pretrain-curves.png",
