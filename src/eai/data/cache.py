@@ -88,13 +88,17 @@ def open_for_cache(path: str | Path) -> Dataset:
 def cache_key(ds: Dataset, labels: dict, size: int, stride: int, face: bool) -> str:
     """sha256 of the cache format, eai's version, the window parameters and each clip's file (path, size,
     modification time) and labels."""
-    import eai
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        eai_version = version("eai")
+    except PackageNotFoundError:  # a source tree not installed
+        eai_version = "source"
     files = []
     for c in ds.clips:
         st = c.path.stat()
         files.append([str(c.path.resolve()), st.st_size, st.st_mtime_ns, c.group, *labels[str(c.path)]])
-    blob = json.dumps({"format": CACHE_FORMAT, "eai": getattr(eai, "__version__", "0"), "size": size,
+    blob = json.dumps({"format": CACHE_FORMAT, "eai": eai_version, "size": size,
                        "stride": stride, "face": face, "joints": list(canonical().names), "files": files})
     return hashlib.sha256(blob.encode()).hexdigest()
 
