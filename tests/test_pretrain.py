@@ -143,3 +143,30 @@ def test_cli_pretrain(pre_data, tmp_path, cache_env, capsys):
     capsys.readouterr()
     assert main(["train", "--data", str(pre_data), "--out", str(tmp_path / "r"), "--init", str(tmp_path / "x")]) == 2
     assert "--init" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_train_disjoint_shards_to_the_same_weights(pre_data, tmp_path, cache_env):
+    """`accelerate launch` with 2 CPU processes: each trains on its own shard of every epoch's batches, and they
+    end each epoch with the same weights (the log's record of every epoch says both)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           "-m", "eai.cli", "pretrain", "--data", str(pre_data), "--out", str(out), "--objective", "mix",
+           "--schedule", "smoke", "--epochs", "2", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    hist = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len(hist) == 2  # written by the main process only
+    for h in hist:
+        assert h["processes"] == 2 and h["shards_disjoint"] and h["weights_agree"]
+        assert len(set(h["windows_per_process"])) == 1 and sum(h["windows_per_process"]) == h["windows"]
+    assert json.loads((out / "pretrained.json").read_text())["processes"] == 2

@@ -111,7 +111,8 @@ def make_batch(pool: Pool, rows: np.ndarray, cfg: PretrainConfig, enc: EncoderCo
     raw, mask = augment(raw, mask, rng, cfg.yaw_deg, cfg.scale, cfg.mirror_p, cfg.drop_p, cfg.speed)
     raw = raw[:, ::enc.frame_step]
     x = make_streams(raw, mask, enc.streams)
-    out = {"mask": torch.from_numpy(mask), "style": torch.from_numpy(style), "content": torch.from_numpy(content)}
+    out = {"mask": torch.from_numpy(mask), "style": torch.from_numpy(style), "content": torch.from_numpy(content),
+           "rows": torch.from_numpy(np.asarray(rows, np.int64))}
     if masked:
         N, T, K, _ = raw.shape
         hide = (rng.random((N, T, K)) < cfg.mask_joints) | (rng.random((N, T, 1)) < cfg.mask_frames)
@@ -197,6 +198,17 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return int(self.rows[i])
+
+
+def _shards(acc, rows: list[int], model: nn.Module) -> tuple[list[list[int]], bool]:
+    """Every process's trained rows of the epoch, and whether all processes hold the same weights (a checksum)."""
+    check = float(sum(p.detach().double().sum() for p in model.parameters()))
+    if acc.num_processes == 1:
+        return [rows], True
+    from accelerate.utils import gather_object
+
+    got = gather_object([(rows, check)])
+    return [r for r, _ in got], len({c for _, c in got}) == 1
 
 
 def _lr_factor(epoch: int, cfg: PretrainConfig) -> float:
@@ -307,7 +319,9 @@ def pretrain_run(data: list[str], out: str | Path, objective: str = "mix", sched
     model, opt = acc.prepare(model, opt)
     core = acc.unwrap_model(model)
     log = JsonlLog(run / "log.jsonl")
-    n, per_epoch = len(train), max(cfg.batch, round(len(train) * cfg.epoch_fraction))
+    # every process gets the same number of whole batches, so their shards are disjoint and none waits
+    step = cfg.batch * acc.num_processes
+    n, per_epoch = len(train), max(step, round(len(train) * cfg.epoch_fraction) // step * step)
     bar = tqdm(range(start, cfg.epochs), desc=f"pretrain ({objective})", unit="epoch", disable=not show,
                initial=start, total=cfg.epochs)
     for epoch in bar:
@@ -321,7 +335,9 @@ def pretrain_run(data: list[str], out: str | Path, objective: str = "mix", sched
         torch.manual_seed(cfg.seed * 100_003 + epoch * 101 + acc.process_index)  # dropout
         model.train()
         sums = torch.zeros(5, dtype=torch.float64, device=acc.device)  # total, style, content, masked, windows
+        mine = []  # the rows this process trained on
         for b in tqdm(loader, desc=f"epoch {epoch + 1}", unit="batch", disable=not show, leave=False):
+            mine.append(b["rows"].cpu().numpy())
             with acc.autocast():
                 out = model(b["x"].contiguous(memory_format=torch.channels_last), b["mask"])
             got = losses(out, b, cfg)
@@ -334,6 +350,7 @@ def pretrain_run(data: list[str], out: str | Path, objective: str = "mix", sched
             sums += torch.tensor([float(got[k].detach()) * w if k in got else 0.0 for k in ("total", "style", "content", "masked")] + [w],
                                  dtype=torch.float64, device=acc.device)
         sums = acc.reduce(sums, "sum")
+        shards, agree = _shards(acc, np.concatenate(mine).tolist(), core)
         w = float(sums[4])
         seen += int(w)
         rec = {"epoch": epoch, "windows": int(w), "loss": float(sums[0]) / max(w, 1), "lr": opt.param_groups[0]["lr"]}
@@ -344,6 +361,9 @@ def pretrain_run(data: list[str], out: str | Path, objective: str = "mix", sched
         spent += time.perf_counter() - t0
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         rec["windows_per_s"] = round(w / max(rec["seconds"], 1e-9), 1)
+        rec.update({"processes": acc.num_processes, "windows_per_process": [len(r) for r in shards],
+                    "shards_disjoint": len(set().union(*map(set, shards))) == sum(map(len, shards)),
+                    "weights_agree": agree})
         history.append(rec)
         if acc.is_main_process:
             log(rec)
