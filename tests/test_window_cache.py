@@ -43,9 +43,10 @@ def test_touching_a_file_invalidates_the_cache(bandai_like, tmp_path):
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     again = window_cache(bandai_like, progress=False, root=tmp_path / "cache")
     assert not again.hit and again.path != first.path
+    assert not first.path.exists()  # superseded: deleted
     # and other window parameters are another cache
     other = window_cache(bandai_like, stride=15, progress=False, root=tmp_path / "cache")
-    assert not other.hit and len(other) > len(again)
+    assert not other.hit and len(other) > len(again) and again.path.exists()  # both kept
 
 
 def test_an_interrupted_write_leaves_no_cache(bandai_like, tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ flat however many clips there are; later calls map those files (np.memmap) witho
 hashes eai's cache format and version, the window parameters and every clip's path, size, modification time
 and labels: touching, replacing or relabelling a file gives another key, hence a fresh cache. A cache is
 written in a temporary folder renamed into place when complete, so an interrupted write leaves nothing that
-a later call could mistake for a cache.
+a later call could mistake for a cache; a new cache deletes the one it supersedes (same dataset folder and
+window parameters).
 
 Folder: raw.f32 (N, T, K, 3) float32 faced windows in body heights; mask.u8 (N, K); arrays.npz (clip (N,)
 index into `clips`, frames (N,) real frames, style and content (N,) label indices, -1 where a clip has none);
@@ -21,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,8 +128,29 @@ def window_cache(data: str | Path | Dataset, size: int = WINDOW, stride: int = S
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        _drop_superseded(base, final)
         return _open(final, hit=False)
     return _open(final, hit=True)
+
+
+def _drop_superseded(base: Path, final: Path) -> None:
+    """Delete the caches `final` replaces (the same dataset folder and window parameters, files since changed) and
+    temporary folders a killed write left over a day ago: a cache of dataset-2 is hundreds of MB."""
+    meta = json.loads((final / "meta.json").read_text())
+    same = ("root", "window", "stride", "face")
+    for d in base.iterdir():
+        if d == final or not d.is_dir():
+            continue
+        if d.name.startswith(".tmp-"):
+            if time.time() - d.stat().st_mtime > 86400:
+                shutil.rmtree(d, ignore_errors=True)
+            continue
+        try:
+            other = json.loads((d / "meta.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if all(other.get(k) == meta[k] for k in same):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _write(out: Path, ds: Dataset, labels: dict, size: int, stride: int, face: bool, progress: bool,
