@@ -140,6 +140,7 @@ def test_cli_pretrain(pre_data, tmp_path, cache_env, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("eai: error:") and "nope" in err[0]
     assert main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "r"), "--schedule", "x"]) == 2
+    assert main(["pretrain", "--data", str(pre_data), "--out", str(tmp_path / "r"), "--objective", "x"]) == 2
     capsys.readouterr()
     assert main(["train", "--data", str(pre_data), "--out", str(tmp_path / "r"), "--init", str(tmp_path / "x")]) == 2
     assert "--init" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -45,6 +45,8 @@ def cmd_pretrain(args) -> None:
     from eai.data.datasets import open_dataset
     from eai.schedules import default_encoder_schedule, pretrain_schedule
 
+    if args.objective not in ("labels", "masked", "mix"):
+        raise EaiError(f"unknown objective {args.objective!r}; choose from labels, masked, mix")
     schedule = args.schedule or default_encoder_schedule()
     pretrain_schedule(schedule, args.epochs)  # a bad name is said before any data is read
     for d in args.data:
