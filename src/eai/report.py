@@ -119,8 +119,8 @@ def plot_pretrain_curves(history: list[dict], path: Path, title: str = "", attri
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
     for k in ("style", "content", "masked"):
         if any(k in h for h in history):
-            line, = ax[0].plot(ep, [h.get(k) for h in history], label=k)
-            ax[0].plot(ep, [h.get(f"held_out_{k}") for h in history], "--", color=line.get_color(),
+            line, = ax[0].plot(ep, [h.get(k) for h in history], marker=".", label=k)
+            ax[0].plot(ep, [h.get(f"held_out_{k}") for h in history], "--", marker=".", color=line.get_color(),
                        label=f"{k}, held out")
     ax[0].set_xlabel("epoch")
     ax[0].set_ylabel("loss")
