@@ -253,11 +253,16 @@ def score(model: PretrainModel, pool: Pool, cfg: PretrainConfig, enc: EncoderCon
 
 
 def commit() -> str | None:
-    """The git commit of the source tree this eai runs from, when it is a git checkout."""
+    """The git commit of the source tree this eai runs from, when it is a git checkout ("-dirty" when its tracked
+    files differ from that commit)."""
+    here = Path(__file__).parent
     try:
-        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True,
-                           timeout=5)
-        return r.stdout.strip() or None if r.returncode == 0 else None
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if r.returncode or not r.stdout.strip():
+            return None
+        d = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True,
+                           text=True, timeout=10)
+        return r.stdout.strip() + ("-dirty" if d.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
