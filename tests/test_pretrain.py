@@ -171,3 +171,25 @@ def test_two_processes_train_disjoint_shards_to_the_same_weights(pre_data, tmp_p
         assert h["processes"] == 2 and h["shards_disjoint"] and h["weights_agree"]
         assert len(set(h["windows_per_process"])) == 1 and sum(h["windows_per_process"]) == h["windows"]
     assert json.loads((out / "pretrained.json").read_text())["processes"] == 2
+
+
+def test_two_datasets_one_without_content_labels(pre_data, tmp_path, cache_env):
+    """A folder dataset (its labels count as style, no content) beside the Bandai layout: one label space, the
+    Bandai content head trained on its windows only; the pool's rows read back the right windows."""
+    from eai.data.synth import write_dataset
+
+    folder = tmp_path / "folder"
+    write_dataset(folder, ["kinect25"], clips_per_label=3, seconds=3.0, emotions=["happy", "proud"])
+    cfg = pre.pretrain_schedule("smoke")
+    caches, labels, train, held, _ = pre.open_pool([str(pre_data), str(folder)], cfg, False)
+    assert labels["style"] == ["angry", "happy", "proud", "sad"] and labels["content"] == ["stand", "walk"]
+    rows = np.arange(len(train))
+    raw, mask, style, content = train.take(rows[::-1])
+    second = train.which[rows[::-1]] == 1
+    assert (content[second] == -1).all() and (content[~second] >= 0).all() and (style >= 0).all()
+    i = int(np.flatnonzero(second)[0])
+    np.testing.assert_array_equal(raw[i], caches[1].raw[train.local[rows[::-1][i]]])
+    run = pre.pretrain_run([str(pre_data), str(folder)], tmp_path / "run", "labels", "smoke", epochs=1,
+                           progress=False)
+    info = json.loads((run / "pretrained.json").read_text())
+    assert [d["clips"] for d in info["data"]] == [15, 6] and info["licence"].startswith("inherited")
