@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--no-pretrain", action="store_true")
-    _init_arg(s)
+    _init_arg(s, "recognition, llm: ")
     s.add_argument("--out", help="llm: folder for the run of each fold (OUT/seed-S-fold-I); run again to resume")
     s.add_argument("--llm-schedule", help="llm: paper, gpu, cpu or smoke (default: --schedule's)")
     s.add_argument("--description-steps", type=int, help="llm: override the description stage's steps")
@@ -214,9 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _init_arg(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--init", default="pretrained", help="the encoder's initial weights: pretrained (the shipped "
-                   "ones, the default; from scratch when none are shipped), none, or a folder 'eai pretrain' wrote")
+def _init_arg(s: argparse.ArgumentParser, where: str = "") -> None:
+    s.add_argument("--init", default="pretrained", help=f"{where}the encoder's initial weights: pretrained (the "
+                   "shipped ones, the default; from scratch when none are shipped), none, or a folder 'eai pretrain' "
+                   "wrote")
 
 
 def _file_command(sub, name: str, help: str, fn) -> None:
