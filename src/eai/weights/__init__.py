@@ -71,4 +71,5 @@ def resolve_init(init: str) -> tuple[dict | None, dict]:
             raise EaiError("--init takes pretrained, none, or a folder that 'eai pretrain' wrote", folder)
     state, info = read_folder(folder)
     return state, {"init": init if init == "pretrained" else "folder", "source": str(folder),
-                   "sha256": info.get("sha256"), "objective": info.get("objective")}
+                   "sha256": info.get("sha256"), "objective": info.get("objective"), "licence": info.get("licence"),
+                   "data": [d.get("name") for d in info.get("data", [])]}
