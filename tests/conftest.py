@@ -116,3 +116,36 @@ def figures(monkeypatch):
 
     monkeypatch.setattr(eai.report, "save_figure", capture)
     return seen
+
+
+def write_bandai_like(out: Path, clips_per_label: int = 3, seconds: float = 3.0,
+                      emotions=("happy", "sad", "angry")) -> Path:
+    """A small generated dataset in the Bandai layout (cfg/style_label.txt, cfg/content_label.txt,
+    data/<clip>.bvh with a JSON label file each): styles are the emotions, contents walk and stand."""
+    import json
+    import shutil
+
+    from eai.data.synth import write_dataset
+
+    src = out / "src"
+    files = write_dataset(src, ["bandai22"], clips_per_label=clips_per_label, seconds=seconds,
+                          emotions=list(emotions))
+    (out / "cfg").mkdir(parents=True, exist_ok=True)
+    (out / "data").mkdir(exist_ok=True)
+    contents = ["walk", "stand"]
+    (out / "cfg" / "style_label.txt").write_text("\n".join(f"dataset-x_{e}" for e in emotions))
+    (out / "cfg" / "content_label.txt").write_text("\n".join(f"dataset-x_{c}" for c in contents))
+    for i, f in enumerate(files):
+        style, content = f.parent.name, f.name.split("_")[0]
+        stem = f"dataset-x_{content}_{style}_{i:03d}"
+        shutil.copy(f, out / "data" / f"{stem}.bvh")
+        (out / "data" / f"{stem}.json").write_text(json.dumps({"content": contents.index(content),
+                                                               "style": list(emotions).index(style)}))
+    shutil.rmtree(src)
+    return out
+
+
+@pytest.fixture
+def bandai_like(tmp_path):
+    """A small generated dataset in the Bandai layout (write_bandai_like)."""
+    return write_bandai_like(tmp_path / "bandai-like")

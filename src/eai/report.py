@@ -111,6 +111,32 @@ def plot_curves(history: list[dict], path: Path, title: str = "", attribution: s
     save_figure(fig, path)
 
 
+def plot_pretrain_curves(history: list[dict], path: Path, title: str = "", attribution: str = "") -> None:
+    """Encoder pretraining per epoch: each loss on the training windows (solid) and on the held-out clips
+    (dashed); held-out style and content accuracy where the objective has labels."""
+    plt = _pyplot()
+    ep = [h["epoch"] + 1 for h in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    for k in ("style", "content", "masked"):
+        if any(k in h for h in history):
+            line, = ax[0].plot(ep, [h.get(k) for h in history], marker=".", label=k)
+            ax[0].plot(ep, [h.get(f"held_out_{k}") for h in history], "--", marker=".", color=line.get_color(),
+                       label=f"{k}, held out")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("loss")
+    ax[0].legend(fontsize=7)
+    for k in ("style", "content"):
+        if any(f"held_out_{k}_accuracy" in h for h in history):
+            ax[1].plot(ep, [h.get(f"held_out_{k}_accuracy") for h in history], marker=".", label=f"{k}, held out")
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("window accuracy")
+    ax[1].set_ylim(0, 1)
+    if ax[1].lines:
+        ax[1].legend(fontsize=7)
+    _title(fig, title, attribution)
+    save_figure(fig, path)
+
+
 def plot_llm_curves(history: list[dict], stages: tuple[str, ...], path: Path, title: str = "", attribution: str = "",
                     chance: float | None = None, held_out: float | None = None) -> None:
     """The LLM stages one after the other: answer-token loss per step, and held-out window accuracy of recognition

@@ -57,6 +57,9 @@ class RunConfig:
     kinematic_token: bool = False  # a skeleton token of the window's descriptor z-scores
     posterior_token: bool = True  # a skeleton token of the encoder's class posterior (eai.llm.tokenizer)
     mix: str = "equal"  # several datasets: each one's share of an epoch (eai.data.joint.MIXES)
+    # the encoder's initial weights (eai.weights.resolve_init): pretrained (shipped; from scratch when none are),
+    # none, or a folder `eai pretrain` wrote; with weights, the auxiliary pre-training above is skipped
+    init: str = "pretrained"
 
     def __post_init__(self):
         if self.stage not in ("encoder", "all"):
@@ -91,7 +94,9 @@ class Manifest:
     format: int = FORMAT
     stage: str = "encoder"
     train_windows: int = 0
-    pretrain: dict | None = None  # {"labels", "windows"} of the auxiliary pre-training, when there was one
+    # how the encoder started: {"init": "none" | "pretrained" | "folder", "source", "sha256", ...} (eai.weights)
+    # and, after an auxiliary pre-training, its {"labels", "windows"}
+    pretrain: dict | None = None
     held_out: dict[str, dict] = field(default_factory=dict)
     train_seconds: float = 0.0
     llm: LLMConfig | None = None

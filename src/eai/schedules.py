@@ -66,6 +66,45 @@ ENCODER_SCHEDULES = {
     "smoke": TrainConfig(epochs=4, warmup=1, milestones=[3], train_stride=30),
 }
 
+@dataclass
+class PretrainConfig:
+    """The encoder's pretraining (`eai pretrain`): AdamW, linear warm-up epochs then cosine decay to 0 per epoch;
+    windows of `window` frames every `stride` (the window cache's); masked motion modelling hides a share
+    `mask_joints` of (frame, joint) entries and `mask_frames` of whole frames; `masked_weight` weighs the
+    reconstruction loss beside the label losses (objective mix); `holdout`, the share of clips kept out."""
+
+    epochs: int = 40
+    batch: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 2
+    window: int = 60
+    stride: int = 10
+    epoch_fraction: float = 1.0  # each epoch trains on this random share of the windows
+    mask_joints: float = 0.15
+    mask_frames: float = 0.1
+    masked_weight: float = 1.0
+    yaw_deg: float = 45.0
+    scale: float = 0.15
+    mirror_p: float = 0.5
+    drop_p: float = 0.05
+    speed: float = 0.1
+    holdout: float = 0.1
+    max_held_out: int = 2048  # held-out windows scored after each epoch (evenly spaced)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRETRAIN_SCHEDULES = {
+    "gpu": PretrainConfig(epochs=100, batch=128, lr=2e-3, warmup=5),
+    # two cores: 10 epochs of half the windows (dataset-2 at stride 10: about 112k windows seen); measured at 11
+    # windows/s on a shared, niced 2-core machine (bench/RESULTS.md), so at most about 3 h, well under 1 h alone
+    "cpu": PretrainConfig(epochs=10, epoch_fraction=0.5, warmup=1),
+    "smoke": PretrainConfig(epochs=2, batch=16, stride=30, warmup=0, max_held_out=64),
+}
+
 STAGES = ("description", "recognition")
 # the paper's step counts and learning rate; the cpu schedule is what 2 cores afford in a few minutes
 LLM_SCHEDULES = {
@@ -107,6 +146,14 @@ def encoder_schedule(name: str, epochs: int | None = None, **overrides) -> Train
         r = epochs / cfg.epochs
         cfg = dataclasses.replace(cfg, epochs=epochs, warmup=max(1, round(cfg.warmup * r)),
                                   milestones=[round(m * r) for m in cfg.milestones])
+    return cfg
+
+
+def pretrain_schedule(name: str, epochs: int | None = None) -> PretrainConfig:
+    """A named pretraining schedule; `epochs` overrides its epochs (warm-up capped at a tenth of them)."""
+    cfg = _named(PRETRAIN_SCHEDULES, name, "pretraining schedule")
+    if epochs:
+        cfg = dataclasses.replace(cfg, epochs=epochs, warmup=min(cfg.warmup, epochs // 10))
     return cfg
 
 

@@ -18,13 +18,15 @@ from eai.report import table
 from eai.schedules import default_encoder_schedule, encoder_schedule
 from eai.train.encoder import train_encoder
 from eai.train.encoder_run import pretrain, pretrain_windows
+from eai.weights import resolve_init
 
 FUSION = "encoder+baseline"  # the late fusion bench recognition adds when it runs both
 
 
 def bench_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: int = 1,
                     models: tuple[str, ...] = ("encoder", "baseline"), progress: bool = True,
-                    schedule_name: str | None = None, epochs: int | None = None, use_pretrain: bool = True) -> dict:
+                    schedule_name: str | None = None, epochs: int | None = None, use_pretrain: bool = True,
+                    init: str = "pretrained") -> dict:
     """Cross-validated recognition: {"dataset", "task", "folds", "seeds", "labels", "models": {name: ...}}.
 
     Every model sees the same folds of the same windows (the protocol's, as cut, with their descriptors).
@@ -34,7 +36,8 @@ def bench_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: in
     clips = load_clips(ds, progress=progress)
     labels = sorted({c.label for c in clips})
     w = window_set(clips, labels, descriptors="baseline" in models, face=False, progress=progress)
-    enc = _EncoderBench(ds, clips, labels, schedule_name, epochs, use_pretrain, progress) if "encoder" in models else None
+    enc = _EncoderBench(ds, clips, labels, schedule_name, epochs, use_pretrain, progress, init) \
+        if "encoder" in models else None
     splits = seed_folds(w.y, w.group, n_folds, n_seeds, ds.root)
     fuse = {"encoder", "baseline"} <= set(models)
     names = list(models) + [FUSION] * fuse
@@ -85,13 +88,15 @@ def late_fusion(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 class _EncoderBench:
     """The encoder under the protocol: windows and descriptors cut once, pre-training once per seed."""
 
-    def __init__(self, ds: Dataset, clips, labels, schedule_name, epochs, use_pretrain, progress):
+    def __init__(self, ds: Dataset, clips, labels, schedule_name, epochs, use_pretrain, progress, init="pretrained"):
         self.name = schedule_name or default_encoder_schedule()
         self.cfg = encoder_schedule(self.name, epochs)
         self.labels, self.progress = labels, progress
         self.train_ws = window_set(clips, labels, self.cfg.window, self.cfg.train_stride, self.cfg.descriptors)
         self.test_ws = window_set(clips, labels, self.cfg.window, STRIDE, self.cfg.descriptors)
-        self.pre = pretrain_windows([ds], self.cfg, progress) if use_pretrain else None
+        # pretrained weights (eai.weights; --init) replace the auxiliary pre-training
+        self.init, self.init_info = resolve_init(init)
+        self.pre = pretrain_windows([ds], self.cfg, progress) if use_pretrain and self.init is None else None
         self.pre_state: dict[int, dict] = {}
 
     def fit_predict(self, train_clips, test_clips, seed: int) -> np.ndarray:
@@ -99,12 +104,12 @@ class _EncoderBench:
         if self.pre is not None and seed not in self.pre_state:
             self.pre_state[seed] = pretrain(self.pre[0], len(self.pre[1]), cfg, EncoderConfig(), None, self.progress)
         model, _ = train_encoder(self.train_ws.subset(train_clips), len(self.labels), cfg, EncoderConfig(),
-                                 progress=self.progress, init=self.pre_state.get(seed))
+                                 progress=self.progress, init=self.pre_state.get(seed, self.init))
         return predict_proba(model, self.test_ws.subset(test_clips))
 
     def describe(self) -> dict:
         return {"schedule": self.name, "epochs": self.cfg.epochs, "train_stride": self.cfg.train_stride,
-                "pretrain_labels": self.pre[1] if self.pre else None}
+                "pretrain_labels": self.pre[1] if self.pre else None, "init": self.init_info}
 
 
 def recognition_table(result: dict) -> str:

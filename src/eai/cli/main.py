@@ -26,6 +26,7 @@ from eai.cli.run_commands import (
     cmd_bench,
     cmd_evaluate,
     cmd_explain,
+    cmd_pretrain,
     cmd_serve,
     cmd_train,
 )
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout", type=float, default=0.2, help="fraction of clips held out for evaluation")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-pretrain", action="store_true", help="skip pre-training on auxiliary clips")
+    _init_arg(s)
     s.add_argument("--backbone", default="smollm2-135m-instruct",
                    help="LLM: the bundled smollm2-135m-instruct (default), a local folder or a hub id")
     s.add_argument("--llm-schedule", help="paper, gpu, cpu or smoke (default: --schedule's name, else paper)")
@@ -117,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokens alone; on the cpu schedules it stays near chance)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("pretrain", help="pretrain the skeleton encoder on many clips (with or without labels) into a "
+                       "folder; 'eai train --init FOLDER' starts from it (resumes from its checkpoint)")
+    s.add_argument("--data", required=True, action="append",
+                   help="dataset folder or CSV manifest (give it again for several); clips are cached as windows")
+    s.add_argument("--out", required=True, help="folder for pretrained.safetensors, pretrained.json, log.jsonl, "
+                   "pretrain-curves.png and the checkpoint")
+    s.add_argument("--objective", default="mix", help="labels (the clips' style and content), masked (masked "
+                   "motion modelling) or mix (both; default)")
+    s.add_argument("--schedule", help="cpu, gpu or smoke (default: gpu with CUDA, else cpu)")
+    s.add_argument("--epochs", type=int, help="override the schedule's epochs")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(fn=cmd_pretrain)
 
     s = sub.add_parser("explain", help="emotion, probabilities and a checked explanation of motion files")
     s.add_argument("files", nargs="+")
@@ -163,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--no-pretrain", action="store_true")
+    _init_arg(s, "recognition, llm: ")
     s.add_argument("--out", help="llm: folder for the run of each fold (OUT/seed-S-fold-I); run again to resume")
     s.add_argument("--llm-schedule", help="llm: paper, gpu, cpu or smoke (default: --schedule's)")
     s.add_argument("--description-steps", type=int, help="llm: override the description stage's steps")
@@ -196,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_derive)
     return p
+
+
+def _init_arg(s: argparse.ArgumentParser, where: str = "") -> None:
+    s.add_argument("--init", default="pretrained", help=f"{where}the encoder's initial weights: pretrained (the "
+                   "shipped ones, the default; from scratch when none are shipped), none, or a folder 'eai pretrain' "
+                   "wrote")
 
 
 def _file_command(sub, name: str, help: str, fn) -> None:

@@ -19,11 +19,14 @@ def run_config(args):
                      epochs=args.epochs, llm_schedule=args.llm_schedule, description_steps=args.description_steps,
                      recognition_steps=args.recognition_steps, backbone=args.backbone, holdout=args.holdout,
                      seed=args.seed, pretrain=not args.no_pretrain, kinematic_token=args.kinematic_token,
-                     posterior_token=not args.no_posterior_token, mix=args.mix)
+                     posterior_token=not args.no_posterior_token, mix=args.mix, init=args.init)
 
 
 def cmd_train(args) -> None:
     from eai.run import Manifest
+    from eai.weights import resolve_init
+
+    resolve_init(args.init)  # a wrong --init is said before any clip is read
     from eai.train.llm_run import train_run
 
     run = train_run(run_config(args), progress=not args.quiet)
@@ -36,6 +39,26 @@ def cmd_train(args) -> None:
             x = m.held_out_llm[name]["llm"]
             print(f"held-out clips of {name}, LLM (label likelihood): window accuracy {x['window_accuracy']:.3f}, "
                   f"clip accuracy {x['clip_accuracy']:.3f}, macro-F1 {x['macro_f1']:.3f}, ECE {x['ece']:.3f}")
+
+
+def cmd_pretrain(args) -> None:
+    from eai.data.datasets import open_dataset
+    from eai.schedules import default_encoder_schedule, pretrain_schedule
+
+    if args.objective not in ("labels", "masked", "mix"):
+        raise EaiError(f"unknown objective {args.objective!r}; choose from labels, masked, mix")
+    schedule = args.schedule or default_encoder_schedule()
+    pretrain_schedule(schedule, args.epochs)  # a bad name is said before any data is read
+    for d in args.data:
+        open_dataset(d, "style" if (Path(d) / "cfg" / "style_label.txt").is_file() else None)
+    from eai.train.pretrain import pretrain_run
+
+    run = pretrain_run(args.data, args.out, args.objective, schedule, args.epochs, progress=not args.quiet)
+    info = json.loads((run / "pretrained.json").read_text())
+    last = info["final"] or {}
+    held = ", ".join(f"{k[9:]} {v:.3f}" for k, v in last.items() if k.startswith("held_out_"))
+    print(f"wrote {run / 'pretrained.safetensors'} ({info['objective']}, {info['epochs']} epochs, "
+          f"{info['windows_seen']} windows seen, {info['seconds']:.0f} s)" + (f"; held-out clips: {held}" if held else ""))
 
 
 def cmd_explain(args) -> None:
@@ -171,7 +194,7 @@ def cmd_bench(args) -> None:
                         schedule=args.schedule or default_encoder_schedule(), epochs=args.epochs,
                         llm_schedule=args.llm_schedule, description_steps=args.description_steps,
                         recognition_steps=args.recognition_steps, backbone=args.backbone or BUNDLED,
-                        pretrain=not args.no_pretrain)
+                        pretrain=not args.no_pretrain, init=args.init)
         result = bench_llm(cfg, args.folds, args.seeds, not args.quiet)
         print(llm_table(result))
         _write_results(args, result)
@@ -198,7 +221,8 @@ def cmd_bench(args) -> None:
             write_json(result, Path(args.json))
         return
     result = bench_recognition(args.data, args.task, args.folds, args.seeds, progress=not args.quiet,
-                             schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain)
+                             schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain,
+                             init=args.init)
     print(recognition_table(result))
     _write_results(args, result)
 

@@ -2,6 +2,8 @@
 clip is ever seen in training; the held-out fold of a training run is one of them."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -57,3 +59,11 @@ def holdout_split(clips: list, fraction: float, seed: int, fold: int = 0) -> tup
         raise EaiError(f"cannot hold out {fraction:.0%} of the clips by group and label ({e}); "
                        "use --holdout 0") from None
     return sorted(set(w.clip[train].tolist())), sorted(set(w.clip[test].tolist()))
+
+
+def pretrain_holdout(clip_ids: list[str], fraction: float = 0.1) -> np.ndarray:
+    """(n,) bool: the clips kept out of encoder pretraining, a fixed share `fraction` chosen by a hash of each
+    clip id (no seed, no order: a clip is held out in every run and on every machine), for fine-tuning to be
+    judged on clips pretraining never saw."""
+    h = [int(hashlib.sha256(f"eai-pretrain-holdout:{c}".encode()).hexdigest()[:8], 16) for c in clip_ids]
+    return np.array(h, dtype=np.int64) < fraction * 2**32

@@ -11,6 +11,11 @@ from eai.errors import FormatError
 DEFAULT_MAX_MB = 512
 
 
+def cache_root() -> Path:
+    """eai's cache folder: EAI_CACHE, else ~/.cache/eai (the bundled LLM's conversion, window caches)."""
+    return Path(os.environ.get("EAI_CACHE") or Path.home() / ".cache" / "eai")
+
+
 def is_number(s: str) -> bool:
     """Whether a text token parses as a float (the readers' test when naming a bad value)."""
     try:

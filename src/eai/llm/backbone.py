@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from eai.errors import EaiError
+from eai.io.files import cache_root
 
 BUNDLED = "smollm2-135m-instruct"
 TINY = "tiny-random"
@@ -30,10 +31,6 @@ def quiet_transformers():
     logging.set_verbosity_error()
     logging.disable_progress_bar()
     return transformers
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EAI_CACHE") or Path.home() / ".cache" / "eai")
 
 
 def _package_folder(name: str, pip_name: str) -> Path:

@@ -17,7 +17,8 @@ def model_card(m: Manifest, attributions: dict[str, str]) -> str:
     """The adapter's model card (Markdown with Hugging Face front matter) from a finished run's manifest;
     `attributions` maps each dataset's name to its attribution ("" for none known)."""
     lora, names = m.llm.lora, ", ".join(d.name for d in m.datasets)
-    nc = any("BY-NC" in a for a in attributions.values())
+    # weights learned from BY-NC data (the datasets, or the pretrained encoder's) keep that licence
+    nc = any("BY-NC" in a for a in attributions.values()) or "BY-NC" in str((m.pretrain or {}).get("licence"))
     lines = ["---", f"base_model: {m.llm.backbone}", "library_name: peft",
              f"license: {'cc-by-nc-4.0' if nc else 'other'}", "tags:", "- lora", "- emotion-recognition",
              "- skeleton", "- eai", "---", "",
@@ -43,6 +44,11 @@ def model_card(m: Manifest, attributions: dict[str, str]) -> str:
         credit = attributions.get(d.name) or "no attribution recorded"
         lines.append(f"- {d.name}: {d.n_clips} clips ({d.n_train_clips} for training, {len(d.held_out_groups)} "
                      f"held out), {d.layout} skeleton, labels {', '.join(d.words)}. Data: {credit}.")
+    pre = m.pretrain or {}
+    if pre.get("init") in ("pretrained", "folder"):  # the encoder started from weights learned on other data
+        lines.append(f"- The encoder started from pretrained weights ({pre.get('source')}, sha256 "
+                     f"{str(pre.get('sha256'))[:12]}...), learned from {', '.join(pre.get('data') or ['?'])}; "
+                     f"licence {pre.get('licence') or 'not recorded'}.")
     stages = ", ".join(f"{k} {v.steps} steps of batch {v.batch}" for k, v in m.llm.stages.items())
     secs = sum(m.llm_training.seconds.values())
     lines += ["", "## Training", "",

@@ -17,7 +17,9 @@ from eai.data.windows import WindowSet
 from eai.encoder.model import EncoderConfig, SkeletonEncoder, device
 from eai.encoder.streams import augment
 from eai.schedules import TrainConfig
+from eai.errors import EaiError
 from eai.train.checkpoint import load_checkpoint, save_checkpoint
+from eai.weights import BACKBONE
 
 
 def _lr_lambda(cfg: TrainConfig):
@@ -40,6 +42,19 @@ def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, allowed: torch.T
     return (w * ((1 - smoothing) * nll + smoothing * smooth)).sum() / w.sum()
 
 
+def load_init(model: SkeletonEncoder, init: dict) -> None:
+    """Start `model` from pre-trained weights `init` (a state dict): every tensor of the same name and shape; a head
+    of another label set (another shape) is left as initialised. The feature extractor (eai.weights.BACKBONE) must
+    match whole: EaiError when any of its tensors is missing from `init` or of another shape."""
+    own = model.state_dict()
+    fits = {k: v for k, v in init.items() if k in own and own[k].shape == v.shape}
+    bad = [k for k in own if k.startswith(BACKBONE) and k not in fits]
+    if bad:
+        raise EaiError(f"the initial weights do not fit this encoder's feature extractor ({len(bad)} of its tensors "
+                       f"missing or of another shape, e.g. {bad[0]}): they were pretrained for another architecture")
+    model.load_state_dict(fits, strict=False)
+
+
 def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: EncoderConfig | None = None,
                   checkpoint: Path | None = None, progress: bool = True, init: dict | None = None,
                   log=None, allowed: np.ndarray | None = None,
@@ -60,9 +75,8 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
     rng = np.random.default_rng(cfg.seed)
     dev = device()
     model = SkeletonEncoder(enc_cfg)
-    if init is not None:  # pre-trained weights: everything but a head of another size
-        own = model.state_dict()
-        model.load_state_dict({k: v for k, v in init.items() if k in own and own[k].shape == v.shape}, strict=False)
+    if init is not None:
+        load_init(model, init)
     model.to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)

@@ -27,7 +27,7 @@ from eai.data.joint import (
 from eai.data.splits import holdout_split
 from eai.data.windows import STRIDE, WindowSet, window_set
 from eai.encoder.model import EncoderConfig, predict_dataset_proba
-from eai.errors import EaiError
+from eai.errors import EaiError, warn
 from eai.io.files import atomic_write_text
 from eai.metrics import metrics, pick
 from eai.report import credit, plot_curves
@@ -43,6 +43,7 @@ from eai.schedules import TrainConfig, encoder_schedule
 from eai.skeleton.registry import canonical
 from eai.train.checkpoint import JsonlLog
 from eai.train.encoder import train_encoder
+from eai.weights import resolve_init
 
 PRETRAIN_WEIGHTS = "pretrain.safetensors"
 CHECKPOINT = "checkpoint.pt"
@@ -84,15 +85,17 @@ def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, 
     labels = joint_labels(datasets)
     splits = [holdout_split(d.clips, cfg.holdout, cfg.seed, cfg.fold) for d in datasets]
     joint = len(datasets) > 1
-    _check_resume(run, tcfg, labels, datasets, {"holdout": cfg.holdout, "fold": cfg.fold})
+    init, pre_info = resolve_init(cfg.init)
+    _check_resume(run, tcfg, labels, datasets, {"holdout": cfg.holdout, "fold": cfg.fold, "init": cfg.init})
     started = time.time()
-    init, pre_info = None, None
-    if cfg.pretrain:
+    if "note" in pre_info:
+        warn(pre_info["note"] + " (write weights with 'eai pretrain', use them with --init FOLDER)")
+    if init is None and cfg.pretrain:
         got = pretrain_windows([d.source for d in datasets], tcfg, progress)
         if got is not None:
             ws_pre, pre_labels = got
             init = pretrain(ws_pre, len(pre_labels), tcfg, enc, run, progress)
-            pre_info = {"labels": pre_labels, "windows": len(ws_pre.y)}
+            pre_info.update({"labels": pre_labels, "windows": len(ws_pre.y)})
     ws = WindowSet.concat([window_set([d.clips[i] for i in tr], labels, tcfg.window, tcfg.train_stride,
                                       tcfg.descriptors) for d, (tr, _) in zip(datasets, splits)],
                           dataset_idx=list(range(len(datasets))))
