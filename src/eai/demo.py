@@ -94,11 +94,35 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
     print(f"held-out clips ({h['clips']} clips, {h['windows']} windows; ECE after temperature scaling fitted on "
           f"training windows, and before):")
     print(table(rows, ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
+    scratch = scratch_encoder(data, out, epochs, m)
     if h["llm"]["macro_f1"] < h["encoder"]["macro_f1"]:
         print("the LLM reads the skeleton worse than the encoder's own head on these clips (see README, 'Posterior "
               "token'); train with --schedule gpu --llm-schedule gpu for the method's figures")
-    return {"run": str(out), "held_out": h, "encoder_seconds": m.train_seconds,
+    return {"run": str(out), "held_out": h, "encoder_init": m.pretrain, "encoder_before_pretraining": scratch,
+            "encoder_seconds": m.train_seconds,
             "llm_seconds": m.llm_training.seconds, "peak_memory_mb": m.llm_training.peak_memory_mb}
+
+
+def scratch_encoder(data: Path, out: Path, epochs: int, m) -> dict | None:
+    """Where the run's encoder started from the pretrained weights: the same encoder stage without them (as
+    before pretraining: from scratch after the dataset's auxiliary pre-training) on the same held-out clips, in
+    `out`/encoder-without-pretraining, and both figures printed. None when the run did not start from them."""
+    from eai.run import MANIFEST, Manifest, RunConfig
+    from eai.train.encoder_run import train_encoder_run
+
+    if (m.pretrain or {}).get("init", "none") == "none":
+        return None
+    folder = out / "encoder-without-pretraining"
+    if not (folder / MANIFEST).is_file():
+        print("\nthe same encoder stage without the pretrained weights (as before pretraining), same held-out clips:")
+        train_encoder_run(RunConfig(data=[str(data)], out=str(folder), stage="encoder", schedule="cpu", epochs=epochs,
+                                    holdout=0.2, seed=0, init="none"))
+    before = Manifest.load(folder).held_out[m.datasets[0].name]
+    after = m.held_out[m.datasets[0].name]
+    print(f"encoder on the held-out clips, without and with the pretrained weights ({m.pretrain.get('source', '')}):")
+    print(table([[name, r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]] for name, r in
+                 (("without", before), ("with", after))], ["encoder", "window acc", "clip acc", "macro-F1"]))
+    return before
 
 
 def explain_held_out(out: Path, data: Path, n: int) -> list[dict]:
