@@ -24,9 +24,12 @@ def run_config(args):
 
 def cmd_train(args) -> None:
     from eai.run import Manifest
+    from eai.train.encoder import launched
     from eai.train.llm_run import train_run
 
     run = train_run(run_config(args), progress=not args.quiet)
+    if launched()[0] != 0:  # one of several processes (accelerate launch): the main one reports
+        return
     m = Manifest.load(run)
     print(f"wrote run {run} ({m.train_windows} training windows, {m.train_seconds:.0f} s encoder)")
     for name, h in m.held_out.items():
