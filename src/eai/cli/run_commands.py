@@ -153,6 +153,8 @@ def _one(data: list[str], what: str) -> str:
 def cmd_bench(args) -> None:
     from eai.benchmarks.recognition import recognition_table, bench_recognition
 
+    if (args.controls or args.compare_init) and args.what != "recognition":
+        raise EaiError("--controls and --compare-init are options of 'eai bench recognition'")
     if args.what == "joint":
         from eai.benchmarks.joint import joint_table, plot_joint, bench_joint
 
@@ -201,7 +203,8 @@ def cmd_bench(args) -> None:
             write_json(result, Path(args.json))
         return
     result = bench_recognition(args.data, args.task, args.folds, args.seeds, progress=not args.quiet,
-                             schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain)
+                             schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain,
+                             controls=args.controls, compare_init=args.compare_init)
     print(recognition_table(result))
     _write_results(args, result)
 
