@@ -53,11 +53,14 @@ def launched() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _accelerator():
-    """An Accelerator on the GPU where there is one, else the CPU; several processes under `accelerate launch`."""
+def accelerator():
+    """This process's Accelerator: the GPU where there is one (bf16 autocast), else the CPU (float32); several
+    processes under `accelerate launch`. The encoder loop and the LLM stages (eai.train.stages) both ask here:
+    accelerate keeps one state per process and refuses an Accelerator of other settings after the first."""
     from accelerate import Accelerator  # here, not at import: the command line's cold start stays short
 
-    return Accelerator(cpu=not torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    return Accelerator(cpu=not cuda, mixed_precision="bf16" if cuda else "no")
 
 
 def masked_cross_entropy(logits: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor, weight: torch.Tensor,
@@ -87,7 +90,7 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
     enc_cfg.n_classes = n_classes
     enc_cfg.n_descriptors = train.desc.shape[1] if cfg.descriptors else 0
     enc_cfg.n_datasets = 1 if allowed is None else len(allowed)
-    acc = _accelerator()
+    acc = accelerator()
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the epochs' draws: the same in every process
@@ -116,7 +119,6 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
         sched.load_state_dict(state["scheduler"])
         start, history = state["epoch"] + 1, state["history"]
     ddp, opt = acc.prepare(model, opt)  # one process: the model itself; several: DDP, weights synced from rank 0
-    amp = dict(device_type="cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     n = len(train.y)
     descriptors = train.model_desc
     bar = tqdm(range(start, cfg.epochs), desc="encoder", unit="epoch", disable=not (progress and main),
@@ -138,7 +140,7 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
             d = torch.from_numpy(descriptors[idx]).to(dev)
             y = torch.from_numpy(train.y[idx]).to(dev)
             dataset_idx = torch.from_numpy(train.dataset_idx[idx]).to(dev)
-            with torch.autocast(**amp):
+            with acc.autocast():  # bf16 on a GPU; on the CPU nothing
                 _, logits, heads = ddp(x, m, d, dataset_idx)
                 # each expert learns as a classifier on its own (the descriptor one too, not only as a helper)
                 if allowed_t is None:
@@ -174,6 +176,7 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
             save_checkpoint(checkpoint, rng, model=model.state_dict(), optimizer=opt.state_dict(),
                             scheduler=sched.state_dict(), epoch=epoch, history=history)
     acc.wait_for_everyone()  # no process returns (and reads or removes a checkpoint) before the last is written
+    model = acc.unwrap_model(ddp, keep_fp32_wrapper=False)  # its own forward again: predictions in float32
     recalibrate_batchnorm(model, train)  # every process the same: the same weights, the same windows
     model.eval()
     return model.cpu(), history
