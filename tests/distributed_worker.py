@@ -1,5 +1,6 @@
 """One process of tests/test_distributed.py, started by `accelerate launch`: trains the encoder on the windows of
-the dataset at argv[1] and writes into folder argv[2] what this process saw and ended with."""
+the dataset at argv[1] and writes into folder argv[2] what this process saw and ended with; with argv[3] ==
+"kill", the main process dies after its first checkpoint (the launcher then stops the other)."""
 import dataclasses
 import json
 import os
@@ -31,6 +32,8 @@ def spy_shard(order, batch, r, world):  # the epoch's draw, and the windows this
 def spy_save(path, rng, **state):
     saves.append(state["epoch"])
     save(path, rng, **state)
+    if sys.argv[3:] == ["kill"]:
+        os._exit(3)
 
 
 loop.shard_batches, loop.save_checkpoint = spy_shard, spy_save

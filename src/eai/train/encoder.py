@@ -112,7 +112,9 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
     allowed_t = None if allowed is None or allowed.all() else torch.from_numpy(np.asarray(allowed, bool)).to(dev)
     history: list[dict] = []
     start = 0
-    state = load_checkpoint(checkpoint, rng, map_location=dev)  # every process resumes from the main one's
+    # every process resumes from the main one's checkpoint (on CPUs accelerate's device is "cpu:0", which
+    # torch.load cannot map to)
+    state = load_checkpoint(checkpoint, rng, map_location="cpu" if dev.type == "cpu" else dev)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
