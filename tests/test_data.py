@@ -83,6 +83,8 @@ def test_baseline_beats_chance_on_held_out_clips(synth_dir):
 def test_bandai_layout(bandai):
     ds = open_dataset(bandai)
     assert ds.kind == "bandai" and len(ds.clips) == 86 and Counter(c.label for c in ds.clips)["neutral"] == 20
+    # the 8 character styles (11 clips each) serve pre-training of the emotion task, never as its clips
+    assert len(ds.auxiliary) == 88 and not {c.label for c in ds.auxiliary} & set(ds.labels) and not ds.repairs
     assert len(open_dataset(bandai, "style").labels) == 15
     with pytest.raises(DatasetError, match="unknown task"):
         open_dataset(bandai, "colour")

@@ -179,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int)
     s.add_argument("--no-pretrain", action="store_true")
     _init_arg(s, "recognition, llm: ")
+    s.add_argument("--controls", action="store_true", help="recognition: also train a plain ST-GCN (joints + "
+                   "velocities, PYSKL's recipe) on the same folds: models.stgcn")
+    s.add_argument("--compare-init", action="store_true", help="recognition: also train the encoder from scratch "
+                   "(no initialisation, no auxiliary pre-training) on the same folds: models.encoder_scratch")
     s.add_argument("--out", help="llm: folder for the run of each fold (OUT/seed-S-fold-I); run again to resume")
     s.add_argument("--llm-schedule", help="llm: paper, gpu, cpu or smoke (default: --schedule's)")
     s.add_argument("--description-steps", type=int, help="llm: override the description stage's steps")

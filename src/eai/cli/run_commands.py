@@ -27,9 +27,12 @@ def cmd_train(args) -> None:
     from eai.weights import resolve_init
 
     resolve_init(args.init)  # a wrong --init is said before any clip is read
+    from eai.train.encoder import launched
     from eai.train.llm_run import train_run
 
     run = train_run(run_config(args), progress=not args.quiet)
+    if launched()[0] != 0:  # one of several processes (accelerate launch): the main one reports
+        return
     m = Manifest.load(run)
     print(f"wrote run {run} ({m.train_windows} training windows, {m.train_seconds:.0f} s encoder)")
     for name, h in m.held_out.items():
@@ -173,6 +176,8 @@ def _one(data: list[str], what: str) -> str:
 def cmd_bench(args) -> None:
     from eai.benchmarks.recognition import recognition_table, bench_recognition
 
+    if (args.controls or args.compare_init) and args.what != "recognition":
+        raise EaiError("--controls and --compare-init are options of 'eai bench recognition'")
     if args.what == "joint":
         from eai.benchmarks.joint import joint_table, plot_joint, bench_joint
 
@@ -222,7 +227,7 @@ def cmd_bench(args) -> None:
         return
     result = bench_recognition(args.data, args.task, args.folds, args.seeds, progress=not args.quiet,
                              schedule_name=args.schedule, epochs=args.epochs, use_pretrain=not args.no_pretrain,
-                             init=args.init)
+                             init=args.init, controls=args.controls, compare_init=args.compare_init)
     print(recognition_table(result))
     _write_results(args, result)
 

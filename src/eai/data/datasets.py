@@ -103,7 +103,7 @@ def _bandai(root: Path, task: str | None) -> Dataset:
             continue
         label = {"emotion": style, "style": style, "content": content}[task]
         clips.append(ClipRef(bvh, normalise_label(label), bvh.stem))
-    return Dataset(root.name, root, "bandai", task, clips, problems, aux,
+    return Dataset(root.name, root, "bandai", task, clips, problems, auxiliary=aux,
                    vocab=_vocab(styles if task != "content" else contents), attribution=BANDAI_ATTRIBUTION)
 
 

@@ -58,14 +58,24 @@ def partitioned_adjacency() -> np.ndarray:
 
 
 class GraphConv(nn.Module):
-    """Spatial graph convolution: per partition a 1x1 conv, aggregated over (A + learned B)."""
+    """Spatial graph convolution: per partition a 1x1 conv, aggregated over (A + learned B) (2s-AGCN's adaptive
+    adjacency), or with edges="importance" over (A * learned M) (ST-GCN's edge importance, the plain control's)."""
 
-    def __init__(self, c_in: int, c_out: int, A: torch.Tensor):
+    def __init__(self, c_in: int, c_out: int, A: torch.Tensor, edges: str = "adaptive"):
         super().__init__()
         self.register_buffer("A", A.clone(), persistent=False)  # the skeleton graph: rebuilt, not saved
-        self.B = nn.Parameter(torch.zeros_like(A))  # adaptive adjacency, starts at the skeleton's
+        if edges == "adaptive":
+            self.B = nn.Parameter(torch.zeros_like(A))  # adaptive adjacency, starts at the skeleton's
+        elif edges == "importance":
+            self.M = nn.Parameter(torch.ones_like(A))  # a weight per edge, starts at the skeleton's
+        else:
+            raise ValueError(f"unknown edges {edges!r}")
         self.conv = nn.Conv2d(c_in, c_out * A.shape[0], 1)
         self.parts = A.shape[0]
+
+    def adjacency(self) -> torch.Tensor:
+        """(P, K, K): the skeleton's partitions with what was learned of them."""
+        return self.A + self.B if hasattr(self, "B") else self.A * self.M
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (N, C, T, K), channels-last
         N, _, T, K = x.shape
@@ -73,7 +83,7 @@ class GraphConv(nn.Module):
         C = y.shape[1] // self.parts
         # out[n,c,t,q] = sum_p sum_k A[p,q,k] y[n,p*C+c,t,k]: per frame, (K, K*P) @ (K*P, C) on views of y,
         # so no copy of the activations is made and the result is channels-last as it stands
-        adj = (self.A + self.B).permute(1, 2, 0).reshape(K, K * self.parts)  # adj[q, k*P + p] = A[p, q, k]
+        adj = self.adjacency().permute(1, 2, 0).reshape(K, K * self.parts)  # adj[q, k*P + p] = A[p, q, k]
         out = torch.matmul(adj, y.permute(0, 2, 3, 1).reshape(N * T, K * self.parts, C))  # (N*T, K, C)
         return out.view(N, T, K, C).permute(0, 3, 1, 2)
 

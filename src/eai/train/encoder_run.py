@@ -42,7 +42,7 @@ from eai.run import (
 from eai.schedules import TrainConfig, encoder_schedule
 from eai.skeleton.registry import canonical
 from eai.train.checkpoint import JsonlLog
-from eai.train.encoder import train_encoder
+from eai.train.encoder import launched, train_encoder
 from eai.weights import resolve_init
 
 PRETRAIN_WEIGHTS = "pretrain.safetensors"
@@ -67,7 +67,7 @@ def pretrain(ws: WindowSet, n_labels: int, cfg: TrainConfig, enc: EncoderConfig,
     model, _ = train_encoder(ws, n_labels, cfg, enc, checkpoint=None if out is None else out / "pretrain.pt",
                              progress=progress)
     state = model.state_dict()
-    if out is not None:
+    if out is not None and launched()[0] == 0:  # several processes (accelerate launch): the main one writes
         save_weights(model, out / PRETRAIN_WEIGHTS)
         (out / "pretrain.pt").unlink(missing_ok=True)
     return state
@@ -112,6 +112,8 @@ def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, 
                                    init=init, log=JsonlLog(run / "log.jsonl"), allowed=allowed if joint else None,
                                    sample_p=mix_weights(ws.dataset_idx, len(datasets), cfg.mix) if joint else None,
                                    held_out=held_out_accuracy if held_sets else None)
+    if launched()[0] != 0:  # several processes (accelerate launch): the main one writes the run
+        return run
     held_out = {}
     for i, (d, (train_idx, held_idx)) in enumerate(zip(datasets, splits)):
         d.n_train_clips = len(train_idx)

@@ -35,6 +35,7 @@ from eai.schedules import STAGES, default_llm_schedule, llm_stages
 from eai.train.card import write_model_card
 from eai.train.checkpoint import JsonlLog
 from eai.train.crossfit import CROSSFIT, out_of_fold_posterior
+from eai.train.encoder import launched
 from eai.train.encoder_run import PRETRAIN_WEIGHTS, train_encoder_run
 from eai.train.stages import (
     FeatureSet,
@@ -50,6 +51,9 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     for stage 'all', the LLM stages; resumable at every step. Several datasets train one model: each dataset's
     examples carry its tag and its own label words, and datasets are drawn by `cfg.mix`. Returns the folder."""
     run_dir = Path(cfg.out)
+    if cfg.stage != "encoder" and launched()[1] > 1:
+        raise EaiError("the LLM stages train in one process: run 'eai train --stage encoder' under accelerate "
+                       "launch, then 'eai train --stage all' with the same --out in one process", run_dir)
     resuming = (run_dir / MANIFEST).is_file()
     if resuming and (cfg.stage == "encoder" or Manifest.load(run_dir).stage == "all"):
         raise EaiError("this folder already holds a finished run; choose a new --out", run_dir)

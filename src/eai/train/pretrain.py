@@ -289,12 +289,12 @@ def pretrain_run(data: list[str], out: str | Path, objective: str = "mix", sched
                  epochs: int | None = None, progress: bool = True) -> Path:
     """Pretrain the encoder on the clips of `data` (dataset paths) into the folder `out`, resuming from its
     checkpoint. Returns the folder."""
-    from accelerate import Accelerator
+    from eai.train.encoder import accelerator
 
     if objective not in OBJECTIVES:
         raise EaiError(f"unknown objective {objective!r}; choose from {', '.join(OBJECTIVES)}")
     cfg = pretrain_schedule(schedule, epochs)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    acc = accelerator()  # the encoder loop's: one Accelerator setting per process
     show = progress and acc.is_main_process
     caches, labels, train, held, held_ids = open_pool(data, cfg, show, acc)
     use_labels, masked = objective in ("labels", "mix"), objective in ("masked", "mix")

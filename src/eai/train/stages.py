@@ -24,6 +24,7 @@ from eai.llm.model import EmotionLLM
 from eai.llm.prompts import description_prompt, recognition_prompt
 from eai.schedules import StageConfig
 from eai.train.checkpoint import load_checkpoint, save_checkpoint
+from eai.train.encoder import accelerator
 
 
 @dataclass
@@ -168,10 +169,7 @@ def train_stage(llm: EmotionLLM, sampler: Sampler, stage: str, cfg: StageConfig,
     exists. The recognition stage keeps a share `cfg.mix` of description examples (against forgetting).
     `held_out(llm)`, the accuracy of the model (in eval mode) on held-out windows, is recorded as
     `held_out_accuracy` at every checkpoint step (every 20 and the last); it draws from no random stream."""
-    from accelerate import Accelerator
-
-    acc = Accelerator(cpu=not torch.cuda.is_available(),
-                      mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    acc = accelerator()  # the encoder loop's settings: one Accelerator state per process
     lora = [p for n, p in llm.named_parameters() if p.requires_grad and not n.startswith("skeleton_tokenizer.")]
     proj = [p for p in llm.skeleton_tokenizer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": lora, "lr": cfg.lr}, {"params": proj, "lr": cfg.projector_lr}],
