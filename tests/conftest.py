@@ -7,6 +7,10 @@ import pytest
 
 # the tests' prompt-stem caches (eai.llm.stems) stay out of the user's cache
 os.environ.setdefault("EAI_STEM_CACHE", tempfile.mkdtemp(prefix="eai-stems-"))
+# and so do runs' merged backbones (eai.llm.builder.merged_cache_root: 0.4 GB a bundled run)
+os.environ.setdefault("EAI_MERGED_CACHE", tempfile.mkdtemp(prefix="eai-merged-"))
+# OpenMP threads sleep when idle, as the command line sets it: spinning threads slow a busy machine several times
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 SHARED = Path(os.environ.get("EAI_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 BANDAI = SHARED / "data" / "bandai-namco-1"
 

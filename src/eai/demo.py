@@ -104,24 +104,25 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
 
 
 def scratch_encoder(data: Path, out: Path, epochs: int, m) -> dict | None:
-    """Where the run's encoder started from the pretrained weights: the same encoder stage without them (as
-    before pretraining: from scratch after the dataset's auxiliary pre-training) on the same held-out clips, in
-    `out`/encoder-without-pretraining, and both figures printed. None when the run did not start from them."""
+    """Where the run's encoder started from the pretrained weights: the same encoder stage from scratch (no
+    pretrained weights, no auxiliary pre-training: the demo's encoder before them) on the same held-out clips, in
+    `out`/encoder-from-scratch, and both figures printed. None when the run did not start from them."""
     from eai.run import MANIFEST, Manifest, RunConfig
     from eai.train.encoder_run import train_encoder_run
 
     if (m.pretrain or {}).get("init", "none") == "none":
         return None
-    folder = out / "encoder-without-pretraining"
+    folder = out / "encoder-from-scratch"
     if not (folder / MANIFEST).is_file():
-        print("\nthe same encoder stage without the pretrained weights (as before pretraining), same held-out clips:")
+        print("\nthe same encoder stage from scratch (no pretrained weights), same held-out clips:")
         train_encoder_run(RunConfig(data=[str(data)], out=str(folder), stage="encoder", schedule="cpu", epochs=epochs,
-                                    holdout=0.2, seed=0, init="none"))
+                                    holdout=0.2, seed=0, init="none", pretrain=False))
     before = Manifest.load(folder).held_out[m.datasets[0].name]
     after = m.held_out[m.datasets[0].name]
-    print(f"encoder on the held-out clips, without and with the pretrained weights ({m.pretrain.get('source', '')}):")
+    print(f"encoder on the held-out clips, from scratch and from the pretrained weights ({m.pretrain.get('source', '')}):")
     print(table([[name, r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]] for name, r in
-                 (("without", before), ("with", after))], ["encoder", "window acc", "clip acc", "macro-F1"]))
+                 (("from scratch", before), ("pretrained", after))],
+                ["encoder", "window acc", "clip acc", "macro-F1"]))
     return before
 
 
