@@ -105,7 +105,7 @@ def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
     assert len(cal.ece_fit["llm"]) == 2 and "held-out" not in cal.fitted_on
     assert (tiny_run / "crossfit.safetensors").is_file()
     assert m.llm.tokenizer.n_labels == len(m.labels)
-    h = next(iter(m.held_out_llm.values()))
+    h = next(iter(m.held_out_llm["datasets"].values()))
     for k in ("llm", "encoder"):
         assert {"ece", "ece_uncalibrated", "temperature", "reliability"} <= set(h[k])
     assert any(tiny_run.glob("reliability*.png"))

@@ -75,6 +75,6 @@ def test_a_finished_run_has_a_model_card_not_peft_s_template(tiny_run):
     (d,) = m.datasets
     assert card.startswith("---\nbase_model: tiny-random\nlibrary_name: peft\n")
     assert "More Information Needed" not in card and f"# eai emotion LLM adapter: {d.name}" in card
-    h = m.held_out_llm[d.name]["llm"]
-    assert f"| {d.name} ({m.held_out_llm[d.name]['clips']} clips) | llm | {h['window_accuracy']:.3f} |" in card
+    h = m.held_out_llm_of(d.name)["llm"]
+    assert f"| {d.name} ({m.held_out_llm_of(d.name)['clips']} clips) | llm | {h['window_accuracy']:.3f} |" in card
     assert f"rank {m.llm.lora.r}, alpha {m.llm.lora.lora_alpha}" in card

@@ -180,7 +180,7 @@ def test_joint_run_keeps_each_dataset_in_its_own_labels(joint_run, two_sets):
     m = json.loads((joint_run / "manifest.json").read_text())
     assert [d["name"] for d in m["datasets"]] == ["gait", "mocap"] and m["config"]["mix"] == "equal"
     assert m["encoder"]["n_datasets"] == 2  # a learned label prior per dataset (its tag, for the encoder)
-    assert set(m["held_out"]) == set(m["held_out_llm"]) == {"gait", "mocap"}
+    assert set(m["held_out"]) == set(m["held_out_llm"]["datasets"]) == {"gait", "mocap"}
     assert [d["words"] for d in m["datasets"]] == [["anger", "joy", "neutral", "sadness"],
                                                    ["angry", "happy", "proud", "tired"]]
     assert all(d["reference"]["neutral_label"] == ("neutral" if d["name"] == "gait" else None) for d in m["datasets"])

@@ -175,7 +175,9 @@ def test_stage_all_writes_a_run_that_reloads_to_identical_probabilities(tiny_run
 
     m = json.loads((tiny_run / "manifest.json").read_text())
     assert m["stage"] == "all" and m["llm_training"]["done"] == ["description", "recognition"]
-    assert {"llm", "encoder"} <= set(m["held_out_llm"][synth_dir.name]) and m["llm_training"]["peak_memory_mb"] > 0
+    assert {"llm", "encoder"} <= set(m["held_out_llm"]["datasets"][synth_dir.name])
+    assert m["held_out_llm"]["llm"] == m["held_out_llm"]["datasets"][synth_dir.name]["llm"]  # one dataset: its own
+    assert m["llm_training"]["peak_memory_mb"] > 0
     assert m["llm"]["tokenizer"]["parts"] and m["llm"]["tokenizer"]["hidden"] == 64  # the whole tokenizer config
     assert (tiny_run / "llm-adapter" / "adapter_config.json").is_file()
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)[:3]

@@ -88,7 +88,7 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
                             llm_schedule="cpu", backbone=backbone, holdout=0.2, seed=0))
         print(f"trained in {time.time() - t0:.0f} s")
         m = Manifest.load(out)
-    h = m.held_out_llm[m.datasets[0].name]
+    h = m.held_out_llm_of(m.datasets[0].name)
     rows = [[name, h[name]["window_accuracy"], h[name]["clip_accuracy"], h[name]["macro_f1"], h[name]["ece"],
              h[name]["ece_uncalibrated"]] for name in ("encoder", "llm")]
     print(f"held-out clips ({h['clips']} clips, {h['windows']} windows; ECE after temperature scaling fitted on "

@@ -252,11 +252,11 @@ class Interpreter:
         if low:
             notices.append(f"low confidence: {top:.2f} for the answer (chance {chance:.2f}), {margin:.2f} above the "
                            "next label")
-        h = self.run.manifest.held_out_llm.get(dataset.name, {}).get("llm")
+        of = self.run.manifest.held_out_llm_of(dataset.name) or {}
+        h = of.get("llm")
         held = None if h is None else {
             "window_accuracy": round(h["window_accuracy"], 4), "clip_accuracy": round(h["clip_accuracy"], 4),
-            "macro_f1": round(h["macro_f1"], 4), "chance": round(chance, 4),
-            "clips": self.run.manifest.held_out_llm[dataset.name].get("clips")}
+            "macro_f1": round(h["macro_f1"], 4), "chance": round(chance, 4), "clips": of.get("clips")}
         if held is None:
             notices.append("this run measured no held-out accuracy for its LLM: how often it is right is unknown")
         elif held["clip_accuracy"] < 2 * chance:

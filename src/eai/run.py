@@ -81,8 +81,9 @@ class Manifest:
     """manifest.json of a run folder: the run's configuration, parts and measurements.
 
     `labels` is the run's joint label set (unified names); each of `datasets` has its own subset and words.
-    `held_out` and `held_out_llm` map a dataset's name to its held-out metrics (eai.metrics.pick; the LLM's
-    entry is {"llm": ..., "encoder": ..., "windows", "clips"}: both models on the same windows)."""
+    `held_out` maps a dataset's name to the encoder's held-out metrics (eai.metrics.pick). `held_out_llm` is
+    {"llm": ..., "encoder": ..., "windows", "clips", "datasets": {name: the same of that dataset}}: both models on
+    the same held-out windows, the top level pooled over the datasets (`pool_held_out`)."""
 
     config: RunConfig
     labels: list[str]
@@ -101,9 +102,14 @@ class Manifest:
     train_seconds: float = 0.0
     llm: LLMConfig | None = None
     llm_training: LLMTraining | None = None
-    held_out_llm: dict[str, dict] = field(default_factory=dict)
+    held_out_llm: dict = field(default_factory=dict)
     calibration: Calibration | None = None  # temperatures of the encoder and the LLM (eai.calibration)
     versions: dict = field(default_factory=dict)
+
+    def held_out_llm_of(self, dataset: str) -> dict | None:
+        """The LLM's and the encoder's held-out metrics on one dataset ({"llm", "encoder", "windows", "clips"}),
+        or None where the run held none of it out."""
+        return self.held_out_llm.get("datasets", {}).get(dataset)
 
     @property
     def name(self) -> str:
@@ -204,3 +210,24 @@ def from_dict(cls, data):
     if origin is dict and len(args) == 2:
         return {k: from_dict(args[1], v) for k, v in data.items()}
     return data
+
+
+POOLED = ("window_accuracy", "clip_accuracy", "macro_f1", "ece", "ece_uncalibrated")
+
+
+def pool_held_out(per: dict[str, dict]) -> dict:
+    """`held_out_llm` from the per-dataset entries ({"llm", "encoder", "windows", "clips", ...} each): their own
+    figures for one dataset; over several, each model's POOLED figures as the window-weighted mean of the
+    datasets' (each dataset scored over its own labels), said in "pooled"."""
+    if not per:
+        return {}
+    if len(per) == 1:
+        (h,) = per.values()
+        return {"llm": h["llm"], "encoder": h["encoder"], "windows": h["windows"], "clips": h["clips"],
+                "datasets": per}
+    n = {k: v["windows"] for k, v in per.items()}
+    total = sum(n.values())
+    out = {m: {f: sum(per[k][m][f] * w for k, w in n.items()) / total for f in POOLED if
+               all(f in per[k][m] for k in per)} for m in ("llm", "encoder")}
+    return {**out, "windows": total, "clips": sum(v["clips"] for v in per.values()),
+            "pooled": "window-weighted mean over the datasets", "datasets": per}

@@ -84,7 +84,7 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
                                               fold=i), progress)
             m = Manifest.load(run)
             d = m.datasets[0]  # the run's one dataset
-            h = m.held_out_llm[d.name]
+            h = m.held_out_llm_of(d.name)
             labels = d.labels
             ex = _held_out_explanations(run, [u for u in clips if u.group in set(d.held_out_groups)])
             for k in per:

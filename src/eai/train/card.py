@@ -58,15 +58,15 @@ def model_card(m: Manifest, attributions: dict[str, str]) -> str:
               "", "## Held-out results (the run's own held-out clips; no clip of them was trained on)", "",
               "| dataset | model | window accuracy | clip accuracy | macro-F1 | chance |", "| --- | --- | --- | --- | --- | --- |"]
     for d in m.datasets:
-        h = m.held_out_llm.get(d.name)
+        h = m.held_out_llm_of(d.name)
         if not h:
             continue
         for model in ("llm", "encoder"):
             x = h[model]
             lines.append(f"| {d.name} ({h['clips']} clips) | {model} | {x['window_accuracy']:.3f} | "
                          f"{x['clip_accuracy']:.3f} | {x['macro_f1']:.3f} | {1 / len(d.labels):.3f} |")
-    weak = [d.name for d in m.datasets if d.name in m.held_out_llm
-            and m.held_out_llm[d.name]["llm"]["clip_accuracy"] < 2 / len(d.labels)]
+    weak = [d.name for d in m.datasets if m.held_out_llm_of(d.name)
+            and m.held_out_llm_of(d.name)["llm"]["clip_accuracy"] < 2 / len(d.labels)]
     lines += ["", "## Limitations", "",
               "- Recognised emotions are the labels of the training data only, in its words; a clip of another "
               "skeleton or frame rate than the training clips is answered with a notice.",

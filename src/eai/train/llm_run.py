@@ -30,7 +30,7 @@ from eai.llm.prompts import recognition_prompt
 from eai.llm.tokenizer import SkeletonTokenizerConfig
 from eai.metrics import expected_calibration_error
 from eai.report import credit, plot_confusion, plot_llm_curves, plot_reliability
-from eai.run import MANIFEST, LLMTraining, Manifest, Run, RunConfig, load_run
+from eai.run import MANIFEST, LLMTraining, Manifest, Run, RunConfig, load_run, pool_held_out
 from eai.schedules import STAGES, default_llm_schedule, llm_stages
 from eai.train.card import write_model_card
 from eai.train.checkpoint import JsonlLog
@@ -136,7 +136,8 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
             interp, fsets, [oof[every.dataset_idx == i] for i in range(len(wsets))], oof, every.y, m.llm.seed))
         m.save(run_dir)
     if any(held) and not m.held_out_llm:
-        m.held_out_llm = {r.name: interp.recognition_metrics(h, r, progress) for r, h in zip(m.datasets, held) if h}
+        m.held_out_llm = pool_held_out({r.name: interp.recognition_metrics(h, r, progress)
+                                        for r, h in zip(m.datasets, held) if h})
     m.stage = "all"
     m.save(run_dir)
     plot_run_figures(run_dir, m, datasets)
@@ -185,9 +186,8 @@ def plot_run_figures(run_dir: Path, m: Manifest, datasets: list[RunDataset]) -> 
     (confusion-llm[-NAME].png, confusion-encoder[-NAME].png), in the dataset's words, titled with the dataset and
     its attribution."""
     attribution = {d.name: d.source.attribution if d.source is not None else "" for d in datasets}
-    h = m.held_out_llm
-    n = {k: v["windows"] for k, v in h.items()}
-    final = sum(h[k]["llm"]["window_accuracy"] * w for k, w in n.items()) / sum(n.values()) if n else None
+    h = m.held_out_llm.get("datasets", {})
+    final = m.held_out_llm["llm"]["window_accuracy"] if h else None
     chance = float(np.mean([1 / len(d.labels) for d in m.datasets if d.name in h])) if h else None
     plot_llm_curves(m.llm_training.history, STAGES, run_dir / "llm-curves.png",
                     f"LLM stages on {m.name} ({m.llm.schedule} schedule); held-out: up to {PROBE_WINDOWS} windows per "
