@@ -58,8 +58,11 @@ def test_interpreter_on_the_decoder_answers_as_on_transformers(tiny_run, synth_d
     ref = Interpreter.load(tiny_run)
     assert not isinstance(ref.llm.lm, LlamaDecoder)  # the tiny backbone is built by transformers
     theirs = [ref.explain([c], 12)[0] for c in clips]
+    from eai.llm.cpu import few_rows_linears
+
     it = Interpreter.load(tiny_run)  # its prompt stems are made on first use: by the decoder here
-    it.llm.lm = _twin(it.llm.lm)
+    it.llm.lm = few_rows_linears(_twin(it.llm.lm))  # as Interpreter.of runs it on a CPU
+    assert type(it.llm.lm.model.layers[0].mlp.up_proj).__name__ == "FewRowsLinear"
     it = Interpreter.ready(it.run, it.llm)  # a stem store of the decoder's fingerprint, with its cache type
     ours = [it.explain([c], 12)[0] for c in clips]
     for a, b in zip(ours, theirs):
@@ -134,7 +137,12 @@ def test_bundled_backbone_merged_on_the_decoder_gives_transformers_logits(tmp_pa
     with torch.no_grad():
         a, b = ours(input_ids=ids).logits, ref(input_ids=ids).logits
     assert torch.allclose(a, b, atol=1e-4) and int(a[0, -1].argmax()) == int(b[0, -1].argmax())
-    again = _fast_backbone(LLMConfig(backbone=BUNDLED), tmp_path / ADAPTER)
+    calls = []
+    monkeypatch.setattr("eai.llm.llama.merged_state", lambda *a: calls.append(a))
+    again = _fast_backbone(LLMConfig(backbone=BUNDLED), tmp_path / ADAPTER)  # read back, not merged again
+    assert calls == []
+    monkeypatch.undo()
+    monkeypatch.setenv("EAI_MERGED_CACHE", str(tmp_path / "merged"))
     assert torch.equal(again.model.layers[3].self_attn.q_proj.weight, ours.model.layers[3].self_attn.q_proj.weight)
     assert list((tmp_path / "merged").glob("*.safetensors")) == cached
     cfg = json.loads((tmp_path / ADAPTER / "adapter_config.json").read_text())
@@ -143,3 +151,51 @@ def test_bundled_backbone_merged_on_the_decoder_gives_transformers_logits(tmp_pa
     assert len(list((tmp_path / "merged").glob("*.safetensors"))) == 2
     assert builder.MERGED_KEEP >= 2
     assert torch.equal(ours.model.embed_tokens.weight, ref.model.embed_tokens.weight)  # untouched by the adapter
+
+
+def _tiny_adapter(tmp_path):
+    from eai.llm.builder import ADAPTER, LoraSettings, add_lora
+
+    lm, _ = load_backbone(TINY, seed=1)
+    peft_lm = add_lora(lm, LoraSettings(r=4, lora_alpha=8))
+    with torch.no_grad():
+        for name, p in peft_lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    peft_lm.save_pretrained(tmp_path / ADAPTER)
+    return tmp_path / ADAPTER, {k: v.detach().clone() for k, v in load_backbone(TINY, seed=1)[0].state_dict().items()}
+
+
+def test_merged_cache_survives_damage_and_evicts_only_its_own_entries(tmp_path, monkeypatch):
+    from eai.llm import builder
+
+    monkeypatch.setenv("EAI_MERGED_CACHE", str(tmp_path / "merged"))
+    folder, base = _tiny_adapter(tmp_path)
+    (tmp_path / "merged").mkdir()
+    other = tmp_path / "merged" / "not-ours.safetensors"
+    other.write_bytes(b"a user's file")
+    for i in range(builder.MERGED_KEEP + 2):  # older entries of other runs
+        (tmp_path / "merged" / f"{i:032x}.safetensors").write_bytes(b"x")
+    base_file = tmp_path / "model.safetensors"
+    base_file.write_bytes(b"stands for the backbone's file")
+    first = {k: v.clone() for k, v in builder._merged_weights(base_file, folder, base).items()}  # off the file
+    ours = [f for f in (tmp_path / "merged").glob("*.safetensors") if f != other]
+    assert len(ours) == builder.MERGED_KEEP and other.is_file()  # the newest kept, a foreign file untouched
+    entry = max(ours, key=lambda f: f.stat().st_mtime)
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated, as after a power loss
+    again = builder._merged_weights(base_file, folder, base)  # made again, no traceback
+    assert set(again) == set(first) and all(torch.equal(again[k], first[k]) for k in first)
+    assert entry.stat().st_size > 100
+    monkeypatch.setenv("EAI_MERGED_CACHE", str(other))  # a folder that cannot be made: merged in memory
+    assert all(torch.equal(v, first[k]) for k, v in builder._merged_weights(base_file, folder, base).items())
+
+
+def test_a_backbone_folder_not_in_float32_stays_on_transformers(tmp_path):
+    from eai.llm.builder import LLMConfig, _fast_backbone
+
+    folder, _ = _tiny_adapter(tmp_path)
+    lm, tok = load_backbone(TINY, seed=1)
+    lm.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert _fast_backbone(LLMConfig(backbone=str(tmp_path / "bf16")), folder) is None
+    lm.float().save_pretrained(tmp_path / "f32")
+    assert isinstance(_fast_backbone(LLMConfig(backbone=str(tmp_path / "f32")), folder), LlamaDecoder)

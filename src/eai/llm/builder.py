@@ -176,34 +176,55 @@ def merged_cache_root() -> Path:
 def _merged_weights(base_file: Path, folder: Path, base: dict) -> dict:
     """The backbone weights run adapter `folder` changes, merged (`merged_state`), memory-mapped from
     `merged_cache_root()`/<key>.safetensors: computed and written there (atomically) on a run's first load, keyed
-    by both files' path, size and modification time; computed in memory where the folder is not writable."""
+    by both files' path, inode, size, modification and change times (a rewritten adapter gets a new key, even
+    within a filesystem's mtime resolution). An entry that cannot be read is deleted and made again; where the
+    folder cannot be written (read-only, full), the merge stays in memory."""
     from safetensors.torch import load_file, save_file
 
     from eai.io.files import atomic_path
     from eai.llm.llama import merged_state
 
-    stamp = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in (base_file, folder / ADAPTER_WEIGHTS,
-                                                                                 folder / "adapter_config.json")]
+    stamp = [(str(f.resolve()), f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ctime_ns)
+             for f in (base_file, folder / ADAPTER_WEIGHTS, folder / "adapter_config.json")]
     key = hashlib.sha256(json.dumps([MERGE_FORMAT, stamp]).encode()).hexdigest()[:32]
     where = merged_cache_root()
     path = where / f"{key}.safetensors"
     if path.is_file():
         try:
             out = load_file(str(path))
-            os.utime(path)
+        except Exception:  # safetensors raises a bare SafetensorError on a truncated or damaged file
+            path.unlink(missing_ok=True)
+        else:
+            try:
+                os.utime(path)  # most recently used (a shared, read-only entry is still read)
+            except OSError:
+                pass
             return out
-        except (OSError, RuntimeError, ValueError):
-            pass
     state, scaling = _read_adapter(folder)
     out = merged_state(base, state, scaling)
     try:
         with atomic_path(path) as tmp:
             save_file(out, str(tmp))
-        for old in sorted(where.glob("*.safetensors"), key=lambda f: f.stat().st_mtime)[:-MERGED_KEEP]:
-            old.unlink(missing_ok=True)
+        _evict(where)
         return load_file(str(path))
-    except OSError:
+    except Exception:  # OSError, or safetensors' own error where it cannot write (a full disk)
         return out
+
+
+def _evict(where: Path) -> None:
+    """Delete all but the MERGED_KEEP most recently used merged entries (eai's own names only)."""
+    entries = []
+    for f in where.glob("*.safetensors"):
+        if len(f.stem) == 32 and all(c in "0123456789abcdef" for c in f.stem):
+            try:
+                entries.append((f.stat().st_mtime, f))
+            except OSError:  # another process evicted it
+                pass
+    for _, f in sorted(entries)[:-MERGED_KEEP]:
+        try:
+            f.unlink()
+        except OSError:
+            pass
 
 
 MERGE_FORMAT = 1
@@ -211,7 +232,8 @@ MERGE_FORMAT = 1
 
 def _fast_backbone(cfg: LLMConfig, folder: Path):
     """The run's backbone with its adapter merged, as eai.llm.llama's LlamaDecoder on memory-mapped weights, or
-    None where that decoder does not apply (not a plain Llama in one safetensors file, not plain LoRA)."""
+    None where that decoder does not apply: not a plain Llama in one float32 safetensors file (another dtype
+    would run in it, not as the float32 model transformers builds), weights of other names, not plain LoRA."""
     from safetensors.torch import load_file
 
     from eai.llm.backbone import local_folder
@@ -227,21 +249,30 @@ def _fast_backbone(cfg: LLMConfig, folder: Path):
         raise EaiError(f"cannot read {ADAPTER}/adapter_config.json ({e})", folder.parent) from None
     if settings is None or not plain_lora(adapter_cfg):
         return None
-    base = load_file(str(base_dir / "model.safetensors"))
+    try:
+        base = load_file(str(base_dir / "model.safetensors"))
+    except Exception:  # a file safetensors cannot read: left to transformers, which says why
+        return None
+    base = {k: v for k, v in base.items() if not k.endswith("rotary_emb.inv_freq")}  # older checkpoints' buffers
+    if any(v.dtype != torch.float32 for v in base.values()) or not LlamaDecoder.fits(settings, base):
+        return None
     merged = _merged_weights(base_dir / "model.safetensors", folder, base)
     return LlamaDecoder.from_state(settings, {**base, **merged})
 
 
 def _text_tokenizer(backbone: str):
-    """The backbone's text tokenizer for inference: eai.llm.chat_tokenizer's (no transformers import) where the
-    model folder is a plain fast tokenizer, else transformers' (eai.llm.backbone.load_tokenizer)."""
-    from eai.llm.backbone import load_tokenizer, local_folder
+    """The backbone's text tokenizer for inference: for the bundled model, eai.llm.chat_tokenizer's (no
+    transformers import; tests check it gives transformers' ids and prompts), else transformers'
+    (eai.llm.backbone.load_tokenizer)."""
+    from eai.llm.backbone import BUNDLED, bundled_folder, load_tokenizer
     from eai.llm.chat_tokenizer import ChatTokenizer
 
-    try:
-        return ChatTokenizer.of(local_folder(backbone))
-    except ValueError:
-        return load_tokenizer(backbone)
+    if backbone == BUNDLED:
+        try:
+            return ChatTokenizer.of(bundled_folder())
+        except ValueError:
+            pass
+    return load_tokenizer(backbone)
 
 
 def load_merged_llm(run: Path, cfg: LLMConfig) -> EmotionLLM:

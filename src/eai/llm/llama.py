@@ -60,12 +60,12 @@ class LlamaSettings:
 
     @staticmethod
     def read(folder: str | Path) -> "LlamaSettings | None":
-        """The settings of a model folder's config.json; None when it is missing or not `supported`."""
+        """The settings of a model folder's config.json; None when it is missing, lacks a field or is not
+        `supported`."""
         try:
-            cfg = json.loads((Path(folder) / "config.json").read_text())
-        except (OSError, ValueError):
+            return LlamaSettings.from_config(json.loads((Path(folder) / "config.json").read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        return LlamaSettings.from_config(cfg) if LlamaSettings.supported(cfg) else None
 
 
 class KVCache:
@@ -203,6 +203,16 @@ class LlamaDecoder(nn.Module):
         self.lm_head = Linear(s.hidden_size, s.vocab_size)
 
     @staticmethod
+    def fits(s: LlamaSettings, state: dict[str, torch.Tensor]) -> bool:
+        """Whether `state` holds exactly this decoder's weights, of its shapes (the output layer may be absent
+        when tied)."""
+        want = {k: tuple(v.shape) for k, v in LlamaDecoder(s).state_dict().items()}
+        if s.tie_word_embeddings:
+            want.pop("lm_head.weight")
+            state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        return want == {k: tuple(v.shape) for k, v in state.items()}
+
+    @staticmethod
     def from_state(s: LlamaSettings, state: dict[str, torch.Tensor]) -> "LlamaDecoder":
         """The decoder holding `state`'s tensors themselves (no copy: built on the meta device, then assigned);
         a tied output layer shares the token embeddings. Raises RuntimeError when keys or shapes differ."""
@@ -213,6 +223,9 @@ class LlamaDecoder(nn.Module):
         m.load_state_dict(state, strict=True, assign=True)
         if s.tie_word_embeddings:
             m.lm_head.weight = m.model.embed_tokens.weight
+        d = s.head_dim  # the rotary frequencies, as transformers computes them (on the CPU, once)
+        m.register_buffer("inv_freq", 1.0 / (s.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d)),
+                          persistent=False)
         return m.eval()
 
     @staticmethod
@@ -224,9 +237,7 @@ class LlamaDecoder(nn.Module):
         return self.model.embed_tokens
 
     def _rotary(self, pos: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        d = self.settings.head_dim
-        inv = 1.0 / (self.settings.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=pos.device).float() / d))
-        ang = pos[:, :, None].float() * inv  # (N, L, d/2)
+        ang = pos[:, :, None].float() * self.inv_freq  # (N, L, d/2)
         emb = torch.cat([ang, ang], -1)[:, None]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -254,6 +265,8 @@ class LlamaDecoder(nn.Module):
     def _mask(att, N: int, L: int, past: int, x: torch.Tensor) -> torch.Tensor:
         low = torch.finfo(x.dtype).min  # finite: a row that may see nothing (padding) averages, never gives NaN
         if att is not None and att.dim() == 4:
+            if not att.is_floating_point():
+                raise ValueError("a 4-D attention mask is additive (float): 0 where attended, a large negative else")
             return att.to(x.dtype)
         cols = torch.arange(past + L, device=x.device)
         ok = (cols[None, :] <= past + torch.arange(L, device=x.device)[:, None])[None]  # (1, L, past + L)
