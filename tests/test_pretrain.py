@@ -159,7 +159,8 @@ def test_two_processes_train_disjoint_shards_to_the_same_weights(pre_data, tmp_p
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    # --multi_gpu: accelerate's multi-process launcher, over gloo without a GPU (--cpu wants MPI for several)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
            "-m", "eai.cli", "pretrain", "--data", str(pre_data), "--out", str(out), "--objective", "mix",
            "--schedule", "smoke", "--epochs", "2", "--quiet"]
