@@ -39,7 +39,8 @@ def default_clip() -> Path:
     from eai.skeleton.unify import unify
 
     clips = [unify(read_motion(p)) for p in paths]
-    return paths[clips.index(clip_nearest(clips, 10.0))]
+    nearest = clip_nearest(clips, 10.0)
+    return next(p for p, c in zip(paths, clips) if c is nearest)  # by identity: clips compare arrays
 
 
 def main() -> None:
@@ -72,8 +73,13 @@ def main() -> None:
             others.append(v)
     others_s = [median_time(lambda: it.explain([v], args.tokens), 1, warmup=0) for v in others]
     n_new = len(it.llm._ids(row["explanation"])) - len(it.llm._ids(label_text(row["emotion"])))
-    # reference: transformers' generate on the same LM (adapters merged in the forward) and prompt length
-    lm, tok = it.llm.lm, it.llm.tok
+    # reference: transformers' generate on the same LM (transformers' Llama with the adapter merged; eai explains
+    # on eai.llm.llama's decoder over the same weights) and prompt length
+    from eai.llm.backbone import load_backbone
+    from eai.llm.builder import ADAPTER, merge_adapter
+
+    lm, tok = load_backbone(it.run.manifest.llm.backbone)
+    lm = merge_adapter(lm, Path(args.model) / ADAPTER)
     prompt = torch.randint(100, 1000, (1, 100))
     ref_tokens = max(n_new, 1)
 
