@@ -1,8 +1,11 @@
 """The command line as a new user meets it (issue 24): one-line errors before any model loads, --version,
 files others can read."""
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from eai.cli.main import main
 from eai.io.files import atomic_write_text
@@ -141,3 +144,18 @@ def test_openmp_threads_sleep_unless_told_otherwise():
         e = {**env, "PYTHONPATH": src, **({"OMP_WAIT_POLICY": given} if given else {})}
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e)
         assert out.stdout.strip() == want, out.stderr
+
+
+def test_make_demo_on_an_older_run_folder_says_so_in_one_line_and_keeps_it(tmp_path, capsys):
+    """A runs/demo written by an older eai (another manifest format) is refused with one line and exit 2, and
+    left as it is (the user deletes it to retrain)."""
+    from eai.demo import train_demo_run
+
+    old = tmp_path / "demo"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format": 3, "config": {}}))
+    with pytest.raises(SystemExit) as e:
+        train_demo_run(tmp_path / "data", old, 8, "tiny-random")
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.count("\n") == 0 and "format 3" in err and f"delete {old}" in err
+    assert json.loads((old / "manifest.json").read_text())["format"] == 3

@@ -77,7 +77,13 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
     from eai.run import MANIFEST, Manifest, RunConfig
     from eai.train.llm_run import train_run
 
-    m = Manifest.load(out) if (out / MANIFEST).is_file() else None
+    from eai.errors import EaiError
+
+    try:
+        m = Manifest.load(out) if (out / MANIFEST).is_file() else None
+    except EaiError as e:  # a run of another eai (an older manifest format): the user's folder is left as it is
+        print(f"eai: error: {e}; delete {out} to train the demo run again", file=sys.stderr)
+        raise SystemExit(2) from None
     if m is not None and m.stage == "all":
         print(f"\nreusing the finished run in {out}")
     else:
