@@ -199,26 +199,34 @@ def train_encoder(train: WindowSet, n_classes: int, cfg: TrainConfig, enc_cfg: E
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: SkeletonEncoder, ws: WindowSet, batch: int = 256) -> None:
-    """Set BatchNorm statistics to their exact averages over the (unaugmented) training windows.
+def reestimate_batchnorm(model: nn.Module, n: int, run: Callable[[int, int], object], batch: int = 256) -> None:
+    """Set `model`'s BatchNorm statistics to their exact averages over `n` windows, run through the model in
+    batches by `run(start, stop)` (training mode, dropout off); leaves the model in eval mode.
 
     The running averages trail weights that moved fast under a high learning rate; on small datasets that
-    gap alone can take evaluation accuracy far below training accuracy.
-    """
+    gap alone can take evaluation accuracy far below training accuracy."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average over the pass
     model.train()
-    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
-    for d in drops:
+    for d in (m for m in model.modules() if isinstance(m, nn.Dropout)):
         d.eval()
-    dev = next(model.parameters()).device
-    descriptors = ws.model_desc
-    for b in range(0, len(ws.y), batch):
-        x, m = model.prepare(ws.raw[b:b + batch], ws.mask[b:b + batch])
-        d = torch.from_numpy(descriptors[b:b + batch]).to(dev) if model.cfg.n_descriptors else None
-        model(x, m, d, torch.from_numpy(ws.dataset_idx[b:b + batch]).to(dev))
+    for b in range(0, n, batch):
+        run(b, b + batch)
     for bn in bns:
         bn.momentum = 0.1
     model.eval()
+
+
+def recalibrate_batchnorm(model: SkeletonEncoder, ws: WindowSet, batch: int = 256) -> None:
+    """The encoder's BatchNorm statistics over the (unaugmented) training windows `ws` (reestimate_batchnorm)."""
+    dev = next(model.parameters()).device
+    descriptors = ws.model_desc
+
+    def run(b: int, e: int) -> None:
+        x, m = model.prepare(ws.raw[b:e], ws.mask[b:e])
+        d = torch.from_numpy(descriptors[b:e]).to(dev) if model.cfg.n_descriptors else None
+        model(x, m, d, torch.from_numpy(ws.dataset_idx[b:e]).to(dev))
+
+    reestimate_batchnorm(model, len(ws.y), run, batch)

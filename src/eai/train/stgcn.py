@@ -12,6 +12,7 @@ from eai.data.windows import WindowSet
 from eai.encoder.model import device
 from eai.encoder.stgcn import STGCN, STGCNConfig
 from eai.schedules import ControlConfig
+from eai.train.encoder import reestimate_batchnorm
 
 
 def train_stgcn(train: WindowSet, n_classes: int, cfg: ControlConfig, progress: bool = True) -> tuple[STGCN, list[dict]]:
@@ -53,21 +54,11 @@ def train_stgcn(train: WindowSet, n_classes: int, cfg: ControlConfig, progress: 
     return model.cpu(), history
 
 
-@torch.no_grad()
 def recalibrate_batchnorm(model: STGCN, ws: WindowSet, batch: int = 256) -> None:
-    """BatchNorm statistics set to their exact averages over the training windows, as the encoder's are (eai.train.
-    encoder.recalibrate_batchnorm): a schedule of few steps is judged by its weights, not by running averages
-    that trail them (with PYSKL's thousands of steps the two agree). Leaves the model in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the pass
-    model.train()
-    for b in range(0, len(ws.y), batch):
-        model(model.prepare(ws.raw[b:b + batch], ws.mask[b:b + batch]))
-    for bn in bns:
-        bn.momentum = 0.1
-    model.eval()
+    """BatchNorm statistics set to their exact averages over the training windows, as the encoder's are
+    (eai.train.encoder.reestimate_batchnorm): a schedule of few steps is judged by its weights, not by running
+    averages that trail them (with PYSKL's thousands of steps the two agree). Leaves the model in eval mode."""
+    reestimate_batchnorm(model, len(ws.y), lambda b, e: model(model.prepare(ws.raw[b:e], ws.mask[b:e])), batch)
 
 
 def control_setup(cfg: ControlConfig) -> dict:
