@@ -11,6 +11,10 @@ from eai.llm.backbone import BUNDLED, TINY, load_backbone
 from eai.llm.llama import KVCache, LlamaDecoder, LlamaSettings
 
 
+def _adapter_cfg(folder) -> dict:
+    return json.loads((folder / "adapter_config.json").read_text())
+
+
 def _twin(lm) -> LlamaDecoder:
     state = {k: v.detach().clone() for k, v in lm.state_dict().items()}
     return LlamaDecoder.from_state(LlamaSettings.from_config(lm.config.to_dict()), state)
@@ -130,7 +134,7 @@ def test_bundled_backbone_merged_on_the_decoder_gives_transformers_logits(tmp_pa
                 p.normal_(0, 0.02)
     peft_lm.save_pretrained(tmp_path / ADAPTER)
     ids = torch.tensor([[1, 504, 3458, 28, 253, 1216, 30, 2]])
-    ours = _fast_backbone(LLMConfig(backbone=BUNDLED), tmp_path / ADAPTER)
+    ours = _fast_backbone(LLMConfig(backbone=BUNDLED), tmp_path / ADAPTER, _adapter_cfg(tmp_path / ADAPTER))
     cached = list((tmp_path / "merged").glob("*.safetensors"))
     assert isinstance(ours, LlamaDecoder) and len(cached) == 1
     ref = merge_adapter(load_backbone(BUNDLED)[0], tmp_path / ADAPTER)
@@ -139,7 +143,7 @@ def test_bundled_backbone_merged_on_the_decoder_gives_transformers_logits(tmp_pa
     assert torch.allclose(a, b, atol=1e-4) and int(a[0, -1].argmax()) == int(b[0, -1].argmax())
     calls = []
     monkeypatch.setattr("eai.llm.llama.merged_state", lambda *a: calls.append(a))
-    again = _fast_backbone(LLMConfig(backbone=BUNDLED), tmp_path / ADAPTER)  # read back, not merged again
+    again = _fast_backbone(LLMConfig(backbone=BUNDLED), tmp_path / ADAPTER, _adapter_cfg(tmp_path / ADAPTER))  # read back, not merged again
     assert calls == []
     monkeypatch.undo()
     monkeypatch.setenv("EAI_MERGED_CACHE", str(tmp_path / "merged"))
@@ -147,7 +151,7 @@ def test_bundled_backbone_merged_on_the_decoder_gives_transformers_logits(tmp_pa
     assert list((tmp_path / "merged").glob("*.safetensors")) == cached
     cfg = json.loads((tmp_path / ADAPTER / "adapter_config.json").read_text())
     (tmp_path / ADAPTER / "adapter_config.json").write_text(json.dumps({**cfg, "lora_alpha": 4}))
-    _fast_backbone(LLMConfig(backbone=BUNDLED), tmp_path / ADAPTER)
+    _fast_backbone(LLMConfig(backbone=BUNDLED), tmp_path / ADAPTER, _adapter_cfg(tmp_path / ADAPTER))
     assert len(list((tmp_path / "merged").glob("*.safetensors"))) == 2
     assert builder.MERGED_KEEP >= 2
     assert torch.equal(ours.model.embed_tokens.weight, ref.model.embed_tokens.weight)  # untouched by the adapter
@@ -196,6 +200,6 @@ def test_a_backbone_folder_not_in_float32_stays_on_transformers(tmp_path):
     folder, _ = _tiny_adapter(tmp_path)
     lm, tok = load_backbone(TINY, seed=1)
     lm.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
-    assert _fast_backbone(LLMConfig(backbone=str(tmp_path / "bf16")), folder) is None
+    assert _fast_backbone(LLMConfig(backbone=str(tmp_path / "bf16")), folder, _adapter_cfg(folder)) is None
     lm.float().save_pretrained(tmp_path / "f32")
-    assert isinstance(_fast_backbone(LLMConfig(backbone=str(tmp_path / "f32")), folder), LlamaDecoder)
+    assert isinstance(_fast_backbone(LLMConfig(backbone=str(tmp_path / "f32")), folder, _adapter_cfg(folder)), LlamaDecoder)

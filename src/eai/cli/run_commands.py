@@ -38,8 +38,8 @@ def cmd_train(args) -> None:
     for name, h in m.held_out.items():
         print(f"held-out clips of {name}, encoder: window accuracy {h['window_accuracy']:.3f}, clip accuracy "
               f"{h['clip_accuracy']:.3f}, macro-F1 {h['macro_f1']:.3f}")
-        if m.held_out_llm_of(name):
-            x = m.held_out_llm_of(name)["llm"]
+        if h_llm := m.held_out_llm_of(name):
+            x = h_llm["llm"]
             print(f"held-out clips of {name}, LLM (label likelihood): window accuracy {x['window_accuracy']:.3f}, "
                   f"clip accuracy {x['clip_accuracy']:.3f}, macro-F1 {x['macro_f1']:.3f}, ECE {x['ece']:.3f}")
 

@@ -147,22 +147,17 @@ def merge_adapter(lm: torch.nn.Module, folder: Path) -> torch.nn.Module:
     state, scaling = _read_adapter(folder)
     params = dict(lm.named_parameters())
     modules = dict(lm.named_modules())
-    if any(not isinstance(modules.get(n[:-len(".weight")]), torch.nn.Linear) for n in _targets(state)):
+    merged = merged_state({n: p.detach() for n, p in params.items()}, state, scaling)
+    if any(not isinstance(modules.get(n[:-len(".weight")]), torch.nn.Linear) for n in merged):
         raise ValueError("the adapter changes a layer that is not a linear layer of the model")
-    merged = merged_state({n: params[n].detach() for n in _targets(state)}, state, scaling)
     with torch.no_grad():
         for name, w in merged.items():
             params[name].copy_(w)
     return lm
 
 
-def _targets(adapter: dict, prefix: str = "base_model.model.") -> list[str]:
-    """The base weights' names that adapter `adapter`'s LoRA pairs change."""
-    keys = [k[:-len(".lora_A.weight")] for k in adapter if k.endswith(".lora_A.weight")]
-    return [(k[len(prefix):] if k.startswith(prefix) else k) + ".weight" for k in keys]
-
-
 MERGED_KEEP = 3  # merged backbones kept (the most recently used)
+MERGE_FORMAT = 1  # in the cache key: a change to what an entry holds makes new entries
 
 
 def merged_cache_root() -> Path:
@@ -184,8 +179,8 @@ def _merged_weights(base_file: Path, folder: Path, base: dict) -> dict:
     from eai.io.files import atomic_path
     from eai.llm.llama import merged_state
 
-    stamp = [(str(f.resolve()), f.stat().st_ino, f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ctime_ns)
-             for f in (base_file, folder / ADAPTER_WEIGHTS, folder / "adapter_config.json")]
+    stats = [(f, f.stat()) for f in (base_file, folder / ADAPTER_WEIGHTS, folder / "adapter_config.json")]
+    stamp = [(str(f.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) for f, st in stats]
     key = hashlib.sha256(json.dumps([MERGE_FORMAT, stamp]).encode()).hexdigest()[:32]
     where = merged_cache_root()
     path = where / f"{key}.safetensors"
@@ -227,10 +222,7 @@ def _evict(where: Path) -> None:
             pass
 
 
-MERGE_FORMAT = 1
-
-
-def _fast_backbone(cfg: LLMConfig, folder: Path):
+def _fast_backbone(cfg: LLMConfig, folder: Path, adapter_cfg: dict):
     """The run's backbone with its adapter merged, as eai.llm.llama's LlamaDecoder on memory-mapped weights, or
     None where that decoder does not apply: not a plain Llama in one float32 safetensors file (another dtype
     would run in it, not as the float32 model transformers builds), weights of other names, not plain LoRA."""
@@ -243,10 +235,6 @@ def _fast_backbone(cfg: LLMConfig, folder: Path):
     if base_dir is None or not (base_dir / "model.safetensors").is_file():
         return None
     settings = LlamaSettings.read(base_dir)
-    try:
-        adapter_cfg = json.loads((folder / "adapter_config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise EaiError(f"cannot read {ADAPTER}/adapter_config.json ({e})", folder.parent) from None
     if settings is None or not plain_lora(adapter_cfg):
         return None
     try:
@@ -295,7 +283,7 @@ def load_merged_llm(run: Path, cfg: LLMConfig) -> EmotionLLM:
         llm.lm = llm.lm.merge_and_unload()
         return llm
     try:
-        lm = _fast_backbone(cfg, folder)
+        lm = _fast_backbone(cfg, folder, adapter_cfg)
         if lm is not None:
             if cfg.tokenizer.hidden != lm.config.hidden_size:
                 raise ValueError(f"the skeleton tokenizer makes tokens of size {cfg.tokenizer.hidden}, but the "

@@ -65,8 +65,8 @@ def model_card(m: Manifest, attributions: dict[str, str]) -> str:
             x = h[model]
             lines.append(f"| {d.name} ({h['clips']} clips) | {model} | {x['window_accuracy']:.3f} | "
                          f"{x['clip_accuracy']:.3f} | {x['macro_f1']:.3f} | {1 / len(d.labels):.3f} |")
-    weak = [d.name for d in m.datasets if m.held_out_llm_of(d.name)
-            and m.held_out_llm_of(d.name)["llm"]["clip_accuracy"] < 2 / len(d.labels)]
+    weak = [d.name for d in m.datasets if (h := m.held_out_llm_of(d.name))
+            and h["llm"]["clip_accuracy"] < 2 / len(d.labels)]
     lines += ["", "## Limitations", "",
               "- Recognised emotions are the labels of the training data only, in its words; a clip of another "
               "skeleton or frame rate than the training clips is answered with a notice.",
