@@ -138,3 +138,63 @@ def test_a_close_call_names_both_labels(tiny_run, synth_dir, monkeypatch):
     monkeypatch.setattr(interpret, "CLOSE", 0.0)  # never close
     assert it.explain([clip])[0]["runner_up"] is None
     json.dumps(row)
+
+
+def test_the_posterior_token_reads_the_encoder_fused_with_the_run_s_descriptor_forest(tiny_run, synth_dir):
+    """The run keeps one forest per dataset; the token's posterior is the renormalised geometric mean of the
+    encoder head's and that forest's on the same windows, and a reloaded run reads the same, to the bit."""
+    from eai.encoder.forest import FUSED, DescriptorForest, forest_path, late_fusion
+    from eai.interpret import Interpreter
+    from eai.io.inputs import read_clip
+    from eai.run import Manifest
+
+    m = Manifest.load(tiny_run)
+    assert m.llm.posterior == FUSED and forest_path(tiny_run, 0).is_file()
+    it = Interpreter.load(tiny_run)
+    clips = [read_clip(p)[1] for p in sorted(synth_dir.rglob("*.bvh"))[:3]]
+    d = it.dataset(layout=clips[0].layout)
+    ws = it.windows(clips, d)
+    enc = it.encoder_proba(ws, d, calibrated=False)
+    forest = DescriptorForest.load(forest_path(tiny_run, 0)).predict_proba(ws.desc, len(m.labels))
+    post = it.posterior(ws, d)
+    assert post.shape == (len(ws.y), len(m.labels)) and np.allclose(post.sum(1), 1, atol=1e-5)
+    assert np.allclose(post, late_fusion(enc.astype(np.float64), forest), atol=1e-6)
+    assert not np.allclose(post, enc, atol=1e-3)  # the forest moves it
+    assert np.array_equal(Interpreter.load(tiny_run).posterior(ws, d), post)
+
+
+def test_a_stored_forest_reloads_exactly_and_a_file_of_other_types_is_refused(tmp_path):
+    import collections
+
+    import skops.io as sio
+    from sklearn.linear_model import LogisticRegression
+
+    from eai.encoder.forest import DescriptorForest, out_of_fold_forest
+    from eai.errors import EaiError
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 40)
+    F = rng.normal(size=(120, 5)) + y[:, None]
+    F[:, 4] = np.nan  # a descriptor no window has: dropped
+    f = DescriptorForest(0, trees=50).fit(F, y)
+    f.save(tmp_path / "f.skops")
+    back = DescriptorForest.load(tmp_path / "f.skops")
+    assert np.array_equal(back.predict_proba(F, 4), f.predict_proba(F, 4)) and (back.predict_proba(F, 4)[:, 3] == 0).all()
+    sio.dump({"model": LogisticRegression().fit(F[:, :4], y), "columns": f.columns}, str(tmp_path / "other.skops"))
+    with pytest.raises(EaiError, match="no random forest"):
+        DescriptorForest.load(tmp_path / "other.skops")
+    sio.dump({"model": collections.Counter("abc"), "columns": f.columns}, str(tmp_path / "untrusted.skops"))
+    with pytest.raises(EaiError, match="UntrustedTypesFoundException"):
+        DescriptorForest.load(tmp_path / "untrusted.skops")
+    (tmp_path / "bad.skops").write_bytes(b"not a zip")
+    with pytest.raises(EaiError, match="not a descriptor forest"):
+        DescriptorForest.load(tmp_path / "bad.skops")
+    # out of fold: labels drawn per clip at random and descriptors that only name the clip. A forest that saw a
+    # clip knows its label; out of fold, none did, and the labels are read at chance
+    group = np.repeat(np.arange(24), 5)
+    yc = rng.permutation(np.repeat(np.arange(3), 8))[group]
+    G = np.stack([group + rng.normal(0, 0.01, len(group)), rng.normal(size=len(group))], 1)
+    assert (DescriptorForest(0, trees=50).fit(G, yc).predict_proba(G, 3).argmax(1) == yc).mean() > 0.95
+    oof = out_of_fold_forest(G, yc, group, 3, trees=50)
+    assert oof.shape == (120, 3) and np.allclose(oof.sum(1), 1)
+    assert (oof.argmax(1) == yc).mean() < 0.6

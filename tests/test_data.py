@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from eai.benchmarks.baseline import DescriptorForest
+from eai.encoder.forest import DescriptorForest
 from eai.data.datasets import load_clips, normalise_label, open_dataset
 from eai.data.splits import folds
 from eai.data.windows import window_set

@@ -160,7 +160,7 @@ def test_a_run_of_another_manifest_format_is_refused_in_one_line(synth_clips, tm
 
 
 def test_descriptor_expert_is_fused_as_a_geometric_mean():
-    from eai.benchmarks.recognition import late_fusion
+    from eai.encoder.forest import late_fusion
 
     torch.manual_seed(0)
     model = SkeletonEncoder(dataclasses.replace(TINY, n_classes=3, n_descriptors=4)).eval()
@@ -285,7 +285,7 @@ def test_bench_recognition_json(synth_dir, tmp_path, capsys):
 
 
 def test_late_fusion_is_a_renormalised_geometric_mean():
-    from eai.benchmarks.recognition import late_fusion
+    from eai.encoder.forest import late_fusion
 
     p = np.array([[0.6, 0.4, 0.0], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
     q = np.array([[0.0, 0.9, 0.1], [0.0, 0.0, 1.0], [0.2, 0.3, 0.5]])

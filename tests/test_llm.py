@@ -642,3 +642,39 @@ def test_stem_caches_kept_between_processes_change_no_answer(tiny_run, synth_dir
     with torch.no_grad():
         next(it.llm.lm.parameters()).add_(1e-3)
     assert weights_fingerprint(it.llm.lm) != before
+
+
+def test_decoding_held_to_a_clip_s_grounded_claims_makes_only_claims_the_checker_accepts(tiny):
+    """Random clips and labels, an untrained LM: free decoding in the lexicon makes claims the clip does not
+    bear out; held to evidence.sayable, every claim is verified and supports the label, and a row whose label
+    nothing supports says so."""
+    rng = np.random.default_rng(4)
+    desc = rng.normal(0, 1, (40, len(ev.NAMES)))
+    labs = [LABELS[i % 4] for i in range(40)] + ["neutral"] * 20
+    desc = np.concatenate([desc + np.eye(4, len(ev.NAMES))[[i % 4 for i in range(40)]] * 2,
+                           rng.normal(0, 1, (20, len(ev.NAMES)))])
+    ref = ev.Reference.fit(desc, labs)
+    f, mask = _inputs(8, seed=5)
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
+    clips = rng.normal(0, 1.5, (8, len(ev.NAMES))) * ref.scale + ref.mean
+    labels = [LABELS[i % 4] for i in range(8)]
+    grounds = [ref.grounds(lab, c) for lab, c in zip(labels, clips)]
+    zs = [ref.z(c) for c in clips]
+    args = (tiny, f, mask, [recognition_prompt(n, "t", LABELS)] * 8, [ev.label_text(x) for x in labels], 40)
+    free = generate(*args)
+    held = generate(*args, allow=[ev.sayable(z, g) for z, g in zip(zs, grounds)])
+    judged_free = [c for t, z, g in zip(free, zs, grounds) for c in ev.check(t, z, g)]
+    assert not all(c.verified and c.supports is not False for c in judged_free)  # the test can tell
+    for t, z, g in zip(held, zs, grounds):
+        claims = ev.check(t, z, g)
+        assert claims and t.endswith("."), t
+        assert all(c.verified and c.supports is not False for c in claims), (t, [c.to_dict() for c in claims])
+        if ev.sayable(z, g) == {(ev.NO_SUPPORT_KEY, 0)}:
+            assert ev.NO_SUPPORT in t
+    # the set is the checker's own: every wording of an allowed claim passes, every other movement claim fails
+    z, g = zs[0], grounds[0]
+    ok = ev.sayable(z, g)
+    for phrase, d, s in ev.LEXICON:
+        if d not in (ev.NEUTRAL, ev.NO_SUPPORT_KEY):
+            c = ev.check(phrase, z, g)[0]
+            assert ((d, s) in ok) == (c.verified and c.supports is not False)

@@ -19,6 +19,7 @@ import torch
 from eai.calibration import Calibration, scale_proba
 from eai.data.joint import RunDataset, dataset_for_clip, label_mask
 from eai.data.windows import STRIDE, WindowSet, window_set
+from eai.encoder.forest import FUSED, DescriptorForest, forest_path, fused_posterior
 from eai.encoder.model import encoder_features, predict_dataset_proba
 from eai.errors import EaiError
 from eai.features import DESCRIPTOR_BY_NAME, clip_descriptors
@@ -63,6 +64,7 @@ class Interpreter:
 
     def __post_init__(self):
         self.decoder = ExplanationDecoder(self.llm)
+        self._forests: dict[int, DescriptorForest] = {}  # the run's descriptor forests, read when first needed
 
     @staticmethod
     def load(run_dir: str | Path) -> "Interpreter":
@@ -144,13 +146,18 @@ class Interpreter:
         return np.concatenate(out) if out else np.zeros((0, len(dataset.labels)))
 
     def posterior(self, ws: WindowSet, dataset: RunDataset) -> np.ndarray | None:
-        """(N, n_labels) float32 the encoder head's posterior of each window over the run's labels (0 outside
-        the dataset's), what a posterior token reads; None for a run without one."""
+        """(N, n_labels) float32 what a posterior token reads of each window, over the run's labels (0 outside the
+        dataset's): the encoder head's posterior, fused with the run's descriptor forest's where the run's LLM
+        reads both (LLMConfig.posterior); None for a run without a posterior token."""
         if not self.llm.skeleton_tokenizer.cfg.n_labels:
             return None
         out = np.zeros((len(ws.y), len(self.labels)), np.float32)
-        out[:, label_mask(self.datasets, self.labels)[self.datasets.index(dataset)]] = self.encoder_proba(
-            ws, dataset, calibrated=False)
+        i = self.datasets.index(dataset)
+        out[:, label_mask(self.datasets, self.labels)[i]] = self.encoder_proba(ws, dataset, calibrated=False)
+        if self.run.manifest.llm.posterior == FUSED:  # the run's descriptor forest beside (eai.encoder.forest)
+            if i not in self._forests:
+                self._forests[i] = DescriptorForest.load(forest_path(self.run.path, i))
+            out = fused_posterior(out, self._forests[i], ws.desc)
         return out
 
     def windows(self, clips: list[UnifiedMotion], dataset: RunDataset) -> WindowSet:
@@ -266,7 +273,11 @@ class Interpreter:
         return {"confidence": round(top, 4), "margin": round(margin, 4), "low_confidence": bool(low),
                 "held_out": held, "notices": notices}
 
-    def _explain(self, clips: list[UnifiedMotion], dataset: RunDataset, max_new_tokens: int) -> list[dict]:
+    def _explain(self, clips: list[UnifiedMotion], dataset: RunDataset, max_new_tokens: int,
+                 grounded: bool = True) -> list[dict]:
+        """Explanation rows (see `explain`). With `grounded`, each row's decoding is held to the claims its clip
+        grounds (eai.llm.evidence.sayable: verified on the clip and supporting the answer); without, to the
+        lexicon's grammar only: the LM's own choice of claims, which `assess` scores beside."""
         ref, n = self.reference(dataset), self.llm.skeleton_tokenizer.cfg.n_tokens
         ws, feats, post, probs = self._clip_proba(clips, dataset)
         desc = clip_descriptors(clips)
@@ -297,7 +308,8 @@ class Interpreter:
                   if len(clips) <= DRAFT_ROWS or self.llm.device.type == "cuda" else None)
         texts = self.decoder.generate(torch.from_numpy(np.stack(cf)), torch.from_numpy(np.stack(cm)), prompts, starts,
                                       max_new_tokens, z=zc, real_fraction=torch.tensor(cfrac, dtype=torch.float32),
-                                      drafts=drafts,
+                                      drafts=drafts, allow=[ev.sayable(z, g) for (z, _), g in zip(zs, grounds)]
+                                      if grounded else None,
                                       posterior=None if post is None else torch.from_numpy(
                                           np.stack([post[ws.clip == i].mean(0) for i in range(len(clips))])))
         for r, t, (z, d), g in zip(rows, texts, zs, grounds):
@@ -323,11 +335,14 @@ class Interpreter:
         with its clip's true label, in the dataset's words)."""
         rows = self.explanations(clips, dataset)
         return {"recognition": self.recognition_metrics(clips, dataset, progress, present_only, probas),
-                "explanations": explanation_scores(rows)}, rows
+                "explanations": explanation_scores(rows),
+                "explanations_unconstrained": explanation_scores(self.explanations(clips, dataset, grounded=False),
+                                                                 similarity=False)}, rows
 
-    def explanations(self, clips: list[UnifiedMotion], dataset: RunDataset) -> list[dict]:
-        """Explanation rows of labelled clips, each with its clip's true label in the dataset's words."""
-        rows = self._explain(clips, dataset, 40)
+    def explanations(self, clips: list[UnifiedMotion], dataset: RunDataset, grounded: bool = True) -> list[dict]:
+        """Explanation rows of labelled clips, each with its clip's true label in the dataset's words; `grounded`
+        as in `_explain`."""
+        rows = self._explain(clips, dataset, 40, grounded)
         for r, u in zip(rows, clips):
             r["label"] = dataset.word(u.label)
         return rows

@@ -86,13 +86,13 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
             d = m.datasets[0]  # the run's one dataset
             h = m.held_out_llm_of(d.name)
             labels = d.labels
-            ex = _held_out_explanations(run, [u for u in clips if u.group in set(d.held_out_groups)])
+            ex, free = _held_out_explanations(run, [u for u in clips if u.group in set(d.held_out_groups)])
             for k in per:
                 per[k].append(h[k])
             folds_out.append({"seed": seed, "fold": i, "run": str(run), "clips": h["clips"], "windows": h["windows"],
                               **{k: {a: h[k].get(a) for a in HEADLINE + ("ece", "ece_uncalibrated", "temperature")}
                                  for k in per},
-                              "explanations": ex, "llm_seconds": m.llm_training.seconds,
+                              "explanations": ex, "explanations_unconstrained": free, "llm_seconds": m.llm_training.seconds,
                               "encoder_seconds": m.train_seconds})
             if progress:  # a protocol run across sessions: each fold's figures as soon as it is done
                 tqdm.write(f"seed {seed} fold {i}: window accuracy LLM {h['llm']['window_accuracy']:.3f} / encoder "
@@ -110,6 +110,7 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
                          "epochs": cfg.epochs, "steps": {"description": cfg.description_steps,
                                                          "recognition": cfg.recognition_steps}},
             "models": models, "explanations": pooled_scores([f["explanations"] for f in folds_out]),
+            "explanations_unconstrained": pooled_scores([f["explanations_unconstrained"] for f in folds_out]),
             "llm_at_least_encoder_folds": sum(f["llm"]["window_accuracy"] >= f["encoder"]["window_accuracy"]
                                               for f in folds_out),
             "per_fold": folds_out}
@@ -118,25 +119,29 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
 EXPLANATIONS = "held-out-explanations.json"
 
 
-def _held_out_explanations(run, clips: list) -> dict:
-    """The scores of a finished fold's explanations of its held-out clips. The rows and scores are kept in the
-    run folder (EXPLANATIONS, with a digest of the LLM weights that wrote them), so a benchmark run again reads
-    them back instead of explaining every clip again; new weights explain anew."""
+def _held_out_explanations(run, clips: list) -> tuple[dict, dict]:
+    """The scores of a finished fold's explanations of its held-out clips, as served (held to the claims each
+    clip grounds) and as the LM chooses in the lexicon's grammar alone (Interpreter.explanations `grounded`).
+    The rows and scores are kept in the run folder (EXPLANATIONS, with a digest of the LLM weights that wrote
+    them), so a benchmark run again reads them back instead of explaining every clip again; new weights explain
+    anew."""
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted((run / ADAPTER).glob("*.safetensors")))
                             + (run / TOKENIZER_WEIGHTS).read_bytes()).hexdigest()
     kept = run / EXPLANATIONS
     if kept.is_file():
         old = json.loads(kept.read_text())
         if (old.get("llm_weights_sha256") == digest and len(old["rows"]) == len(clips)
-                and "support_rate" in old["scores"]):  # scored before support was: explained anew
-            return old["scores"]
+                and "unconstrained" in old):  # scored before the unconstrained figures were: explained anew
+            return old["scores"], old["unconstrained"]
     it = Interpreter.load(run)
     rows = it.explanations(clips, it.datasets[0])  # the run's one dataset
     for r, u in zip(rows, clips):
         r["clip"] = u.source
     scores = explanation_scores(rows)
-    atomic_write_text(kept, json.dumps({"llm_weights_sha256": digest, "scores": scores, "rows": rows}, indent=1))
-    return scores
+    free = explanation_scores(it.explanations(clips, it.datasets[0], grounded=False), similarity=False)
+    atomic_write_text(kept, json.dumps({"llm_weights_sha256": digest, "scores": scores, "unconstrained": free,
+                                        "rows": rows}, indent=1))
+    return scores, free
 
 
 def llm_table(result: dict) -> str:
@@ -151,6 +156,19 @@ def llm_table(result: dict) -> str:
     return (f"{recognition_table(result)}\n\nECE after temperature scaling (before): LLM {mo['llm']['ece']:.3f} "
             f"({mo['llm']['ece_uncalibrated']:.3f}), encoder {mo['encoder']['ece']:.3f} "
             f"({mo['encoder']['ece_uncalibrated']:.3f}); LLM window accuracy >= the encoder's in "
-            f"{result['llm_at_least_encoder_folds']} of {n} folds\nheld-out explanations, all folds:\n{t}")
+            f"{result['llm_at_least_encoder_folds']} of {n} folds\nheld-out explanations, all folds:\n{t}\n"
+            f"{unconstrained_line(result['explanations_unconstrained'])}")
+
+
+def unconstrained_line(ex: dict) -> str:
+    """One line on the LM's own choice of claims: the explanations decoded in the lexicon's grammar without
+    being held to the claims each clip grounds (Interpreter.explanations `grounded`)."""
+    return (f"the LM's own choice of claims (decoded in the grammar, not held to the clip's grounded claims): "
+            f"faithfulness {_fmt(ex['faithfulness'])}, support rate {_fmt(ex.get('support_rate'))} "
+            f"({ex['claims']} claims)")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 

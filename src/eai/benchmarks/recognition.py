@@ -8,7 +8,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from eai.benchmarks.baseline import DescriptorForest
+from eai.encoder.forest import DescriptorForest, late_fusion
 from eai.data.datasets import Dataset, load_clips, open_dataset
 from eai.data.splits import seed_folds
 from eai.data.windows import STRIDE, window_set
@@ -86,15 +86,6 @@ def bench_recognition(data: str, task: str | None, n_folds: int = 5, n_seeds: in
                        "runs": [{k: r[k] for k in ("seed", "fold") + HEADLINE} for r in runs[m]]}
                    for m in names},
     }
-
-
-def late_fusion(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Two models' class probabilities (N, C) fused without training: their geometric mean, renormalised
-    (a class either model rules out stays out); a row where the two rule out every class gets their mean."""
-    out, g = (p + q) / 2, np.sqrt(p * q)
-    s = g.sum(1)
-    out[s > 0] = g[s > 0] / s[s > 0, None]
-    return out
 
 
 class _EncoderBench:

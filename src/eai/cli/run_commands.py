@@ -153,6 +153,9 @@ def cmd_evaluate(args) -> None:
                     ["LLM ECE", "uncalibrated", "label consistency", "faithfulness", "support rate", "BLEU-4", "ROUGE-L",
                      "MiniLM sim."]))
         _support_note(ex)
+        from eai.benchmarks.llm import unconstrained_line
+
+        print(unconstrained_line(r["llm"]["explanations_unconstrained"]))
     print("wrote " + ", ".join(r["written"]))
 
 
@@ -205,7 +208,7 @@ def cmd_bench(args) -> None:
         _write_results(args, result)
         return
     if args.what == "explain":
-        from eai.benchmarks.llm import bench_explain
+        from eai.benchmarks.llm import bench_explain, unconstrained_line
 
         if not args.model:
             raise EaiError("bench explain needs --model RUN")
@@ -220,6 +223,7 @@ def cmd_bench(args) -> None:
                     ["label consistency", "faithfulness", "support rate", "claims/expl.", "BLEU-4", "ROUGE-L",
                      "MiniLM sim."]))
         _support_note(ex)
+        print(unconstrained_line(result["explanations_unconstrained"]))
         print(f"latency ({lat['clip_seconds']} s clip, model loaded, median of {lat['repeats']}): explain "
               f"{lat['explain_s_median']:.3f} s, label scoring alone {lat['label_scoring_s_median']:.3f} s")
         if args.json:

@@ -15,8 +15,9 @@ from eai.motion import Motion
 MANIFEST = "manifest.json"
 # manifest.json's layout (eai.run.Manifest); 1 (no "format" field): eai before 2026-11-30; 2: before the
 # datasets recorded their clips' layouts and frame rates (2026-12-01); 3: before config.init (the encoder's initial
-# weights, eai pretrain); older ones are not read
-FORMAT = 4
+# weights, eai pretrain); 4: before llm.posterior (the posterior token fused with a descriptor forest, 2026-12-01);
+# older ones are not read
+FORMAT = 5
 _GLOB = re.compile(r"[*?\[]")
 _DOC_STEMS = {"readme", "license", "licence", "source", "notice", "changelog", "copying"}
 

@@ -60,6 +60,9 @@ class LLMConfig:
     tokenizer: SkeletonTokenizerConfig = field(default_factory=SkeletonTokenizerConfig)
     schedule: str = "paper"
     stages: dict[str, StageConfig] = field(default_factory=dict)
+    # what the posterior token reads: the encoder head's posterior ("encoder"), or that fused with the run's
+    # descriptor forest's ("encoder+forest", eai.encoder.forest.fused_posterior)
+    posterior: str = "encoder+forest"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,8 @@ class ExplanationDecoder:
     @torch.no_grad()
     def generate(self, feats, mask, prompts: list[str], starts: list[str], max_new_tokens: int = 40,
                  constrained: bool = True, z=None, real_fraction=None, jump: bool = True,
-                 drafts: list[list[str]] | None = None, posterior=None) -> list[str]:
+                 drafts: list[list[str]] | None = None, posterior=None,
+                 allow: list[set | None] | None = None) -> list[str]:
         """Greedy continuation of each answer start (returned with it), stopping at the end of turn; with
         `constrained`, in the grammar of grounded descriptions (ClaimDecoder), else free text. In the grammar,
         a token that is the only one allowed is taken without asking the model (the rest of a claim once its
@@ -39,7 +40,10 @@ class ExplanationDecoder:
         the same answer start before: the lead it most often chose after it (`leads_chosen`), then the claims.
         The text is the same as without drafts; a draft the model agrees with saves a pass per claim and
         separator. Worth it where a pass costs the same for one token as for twenty (a few rows, bound by
-        reading the weights), not in a large batch bound by arithmetic."""
+        reading the weights), not in a large batch bound by arithmetic.
+
+        `allow` (constrained only): per row, the claims it may make (eai.llm.grammar.GrammarState.allow, from
+        eai.llm.evidence.sayable); None, or a row's None, for any claim of the lexicon."""
         llm = self.llm
         dev = llm.device
         rows = [llm._prompt_ids(p) + llm._ids(s) for p, s in zip(prompts, starts)]
@@ -47,7 +51,7 @@ class ExplanationDecoder:
         done = [False] * N
         gen: list[list[int]] = [[] for _ in rows]
         grammar = ClaimDecoder(llm.tok, llm.eos) if constrained else None
-        states = [grammar.start() for _ in rows] if grammar else None
+        states = [grammar.start(a) for a in (allow or [None] * N)] if grammar else None
         expect = drafts if grammar and drafts else [None] * N
         # the prompt pass drafts too: the lead this start was most often followed by, then the expected claims
         first = [self._lead_draft(grammar, s, e)[:max_new_tokens] for s, e in zip(starts, expect)]

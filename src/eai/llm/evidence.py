@@ -331,6 +331,19 @@ def check(text: str, z: np.ndarray, grounds: Grounds | None = None) -> list[Clai
     return out
 
 
+def sayable(z: np.ndarray, grounds: Grounds | None = None) -> set[tuple[str, int]]:
+    """The claims `check` would verify on a clip of z-scores `z` (D,) and, where the grounds know the label's
+    way, count as supporting it: (descriptor, direction) pairs, (NEUTRAL, 0) for the neutral claim and
+    (NO_SUPPORT_KEY, 0) for the no-support sentence. What the explanation grammar holds a row to
+    (eai.llm.grammar.GrammarState.allow); judged by `check` itself, one wording per claim, so the two never
+    disagree. Never empty: when nothing supports the label, the no-support sentence holds."""
+    first: dict[tuple[str, int], str] = {}
+    for phrase, d, s in LEXICON:
+        first.setdefault((d, s), phrase)
+    return {key for key, phrase in first.items()
+            if (c := check(phrase, z, grounds)[0]).verified and c.supports is not False}
+
+
 def names_label(text: str, label: str, labels: list[str]) -> bool:
     """The text names `label` and no other label of the set (case, hyphens and spaces ignored)."""
     norm = lambda s: re.sub(r"[\s_-]+", " ", s.lower())

@@ -1,6 +1,11 @@
 """The grammar of grounded explanations, for constrained decoding: LEAD claim ("," claim | " and" claim)* "."
 with claims from the checker's lexicon (eai.llm.evidence), one per descriptor, at most `max_claims`; or the
-no-support sentence, ", though no measured movement clearly points to it." (evidence.NO_SUPPORT)."""
+no-support sentence, ", though no measured movement clearly points to it." (evidence.NO_SUPPORT).
+
+A row may be held to the claims its clip grounds (`GrammarState.allow`, from evidence.sayable): only claims the
+checker verifies on that clip and counts as supporting its answer, so that an explanation cannot state what the
+measurement contradicts, whatever the LM would prefer (as constrained decoding keeps any output inside a
+grammar; here the grammar is the checker's own)."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,12 +17,15 @@ import torch
 @dataclass
 class GrammarState:
     """Where one row is in the grammar: the phase (lead, claim, after a claim, done), the tokens of the piece
-    begun (`partial`), the descriptors claimed so far (`used`) and their count (`n`)."""
+    begun (`partial`), the descriptors claimed so far (`used`) and their count (`n`); `allow`, the (descriptor,
+    direction) claims the row may make (evidence.sayable; evidence.NO_SUPPORT_KEY for the no-support sentence),
+    None for any claim of the lexicon."""
 
     phase: str = "lead"
     partial: tuple[int, ...] = ()
     used: set = field(default_factory=set)
     n: int = 0
+    allow: frozenset | None = None
 
 
 class ClaimDecoder:
@@ -34,12 +42,23 @@ class ClaimDecoder:
         self.leads = [ids(x) for x in ev.LEADS]
         self.no_support = ids(f"{ev.NO_SUPPORT_LEAD} {ev.NO_SUPPORT}")
         self.claims = {ids(" " + p): d for p, d, _ in ev.LEXICON if d != ev.NO_SUPPORT_KEY}
+        self.key = {ids(" " + p): (d, s) for p, d, s in ev.LEXICON if d != ev.NO_SUPPORT_KEY}
+        self._no_support_key = (ev.NO_SUPPORT_KEY, 0)
         self.seps = [ids(","), ids(" and")]
         self.end = ids(".")
         self.eos, self.max_claims = eos, max_claims
 
-    def start(self) -> GrammarState:
-        return GrammarState()
+    def start(self, allow: set | frozenset | None = None) -> GrammarState:
+        """A row's first state; `allow` (GrammarState.allow) holds it to those claims. An `allow` with no
+        claim of the lexicon in it leaves the row free (None): the grammar always has a sentence to end."""
+        if allow is not None and not (set(allow) & (set(self.key.values()) | {self._no_support_key})):
+            allow = None
+        return GrammarState(allow=None if allow is None else frozenset(allow))
+
+    def _open(self, st: GrammarState) -> list[tuple[int, ...]]:
+        """The claims row `st` may still make: allowed, about a descriptor not yet claimed."""
+        return [c for c, d in self.claims.items()
+                if d not in st.used and (st.allow is None or self.key[c] in st.allow)]
 
     def continuation(self, st: GrammarState, claims: list[str]) -> list[int]:
         """Draft tokens from state `st` on, where it has just completed the lead or a claim: the expected
@@ -70,11 +89,13 @@ class ClaimDecoder:
     def _pieces(self, st: GrammarState) -> list[tuple[int, ...]]:
         ph = st.phase
         if ph == "lead":
-            return self.leads + [self.no_support]
+            free = st.allow is None
+            return ((self.leads if free or self._open(st) else [])
+                    + ([self.no_support] if free or self._no_support_key in st.allow else []))
         if ph == "claim":
-            return [c for c, d in self.claims.items() if d not in st.used]
+            return self._open(st)
         if ph == "after":
-            return [self.end] + (self.seps if st.n < self.max_claims else [])
+            return [self.end] + (self.seps if st.n < self.max_claims and self._open(st) else [])
         return []
 
     def _next_phase(self, st: GrammarState, piece: tuple[int, ...]) -> None:

@@ -19,6 +19,8 @@ import torch
 
 from eai.data.joint import RunDataset, label_mask, open_datasets
 from eai.data.windows import STRIDE, WindowSet, window_set
+from eai.encoder.forest import (FUSED, DescriptorForest, forest_path, fused_posterior, late_fusion,
+                               out_of_fold_forest)
 from eai.encoder.model import encoder_features, predict_proba
 from eai.errors import EaiError
 from eai.features import clip_descriptors
@@ -94,15 +96,25 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     # the LLM reads it as the strong evidence it is; taught on the weaker out-of-fold posteriors it leaned on the
     # motion tokens, which the encoder fits more closely on its training clips than on new ones (demo: held-out
     # LLM 0.44 against 0.70 so taught; bench/RESULTS.md)
-    fsets = [feature_set(run.encoder, ws, cdesc, ref, predict_proba(run.encoder, ws.of_dataset(i), allowed=allowed),
-                         mirror=True, progress=progress) for i, (ws, (cdesc, ref)) in enumerate(zip(wsets, refs))]
+    #
+    # with a forest (LLMConfig.posterior FUSED), each dataset's descriptor forest, fitted on its training windows,
+    # is the second expert the token reads (eai.encoder.forest.fused_posterior): on training windows the run's
+    # own forest, as at inference, and for the temperature out-of-fold forests, as a new clip's would read
+    fused = (m.llm.posterior if m.llm is not None else FUSED if cfg.posterior_token else "encoder") == FUSED
+    forests = [run_forest(run_dir, i, ws, len(m.labels), cfg.seed) for i, ws in enumerate(wsets)] if fused else None
+    post = [predict_proba(run.encoder, ws.of_dataset(i), allowed=allowed) for i, ws in enumerate(wsets)]
+    if fused:
+        post = [fused_posterior(p, f, ws.desc) for p, f, ws in zip(post, forests, wsets)]
+    fsets = [feature_set(run.encoder, ws, cdesc, ref, p, mirror=True, progress=progress)
+             for ws, (cdesc, ref), p in zip(wsets, refs, post)]
     if m.llm is None:
         schedule = cfg.llm_schedule or default_llm_schedule(cfg.schedule)
         m.llm = LLMConfig(cfg.backbone, cfg.seed, LoraSettings(), SkeletonTokenizerConfig(
             feature_dim=run.encoder.out_channels, hidden=hidden_size(cfg.backbone),
             n_descriptors=len(ev.NAMES) if cfg.kinematic_token else 0,
             n_labels=len(m.labels) if cfg.posterior_token else 0), schedule,
-            llm_stages(schedule, {"description": cfg.description_steps, "recognition": cfg.recognition_steps}))
+            llm_stages(schedule, {"description": cfg.description_steps, "recognition": cfg.recognition_steps}),
+            FUSED if fused else "encoder")
         m.llm_training = LLMTraining()
     if m.llm_training.done:  # resuming after a finished stage
         llm = load_llm(run_dir, m.llm, trainable=True)
@@ -115,7 +127,7 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
                       m.llm.seed, m.config.mix)
     log = JsonlLog(run_dir / "log.jsonl")
     t = m.llm_training
-    probe = held_out_probe(run, m.datasets, held) if any(held) else None
+    probe = held_out_probe(run, m.datasets, held, forests) if any(held) else None
     for stage in STAGES:
         if stage in t.done:
             continue
@@ -132,8 +144,17 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
 
     interp = Interpreter(Run(run.path, m, run.encoder), llm.eval())
     if m.calibration is None:
+        if oof is not None:
+            oof_token = [oof[every.dataset_idx == i] for i in range(len(wsets))]
+            if fused:
+                try:
+                    oof_token = [late_fusion(p, out_of_fold_forest(ws.desc, ws.y, ws.group, len(m.labels),
+                                                                   cfg.seed)).astype(np.float32)
+                                 for p, ws in zip(oof_token, wsets)]
+                except ValueError as e:
+                    oof, why = None, str(e)
         m.calibration = (Calibration(fitted_on=f"not fitted: {why}") if oof is None else fit_calibration(
-            interp, fsets, [oof[every.dataset_idx == i] for i in range(len(wsets))], oof, every.y, m.llm.seed))
+            interp, fsets, oof_token, oof, every.y, m.llm.seed))
         m.save(run_dir)
     if any(held) and not m.held_out_llm:
         m.held_out_llm = pool_held_out({r.name: interp.recognition_metrics(h, r, progress)
@@ -148,7 +169,20 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
 PROBE_WINDOWS = 64  # held-out windows per dataset scored at each LLM checkpoint (evenly spread over its clips)
 
 
-def held_out_probe(run: Run, datasets: list[RunDataset], held: list[list]):
+def run_forest(run_dir: Path, i: int, ws: WindowSet, n_labels: int, seed: int) -> DescriptorForest:
+    """The run's descriptor forest of its dataset number `i`, fitted on that dataset's training windows `ws`
+    (labels as run-label indices) and kept in the run folder (eai.encoder.forest.forest_path); a resumed run
+    reads it back."""
+    path = forest_path(run_dir, i)
+    if path.is_file():
+        return DescriptorForest.load(path)
+    forest = DescriptorForest(seed).fit(ws.desc, ws.y)
+    forest.save(path)
+    return forest
+
+
+def held_out_probe(run: Run, datasets: list[RunDataset], held: list[list],
+                   forests: list[DescriptorForest] | None = None):
     """`probe(llm)`: the LLM's recognition accuracy (label likelihood, no mirroring) on up to PROBE_WINDOWS
     held-out windows of each dataset, each over its own labels: the held-out curve of llm-curves.png, measured at
     the LLM stages' checkpoints. The run's final figure (every held-out window, mirror-averaged) is
@@ -161,7 +195,10 @@ def held_out_probe(run: Run, datasets: list[RunDataset], held: list[list]):
         keep = np.unique(np.linspace(0, len(ws.y) - 1, min(PROBE_WINDOWS, len(ws.y))).round().astype(int))
         z = ev.Reference.from_dict(r.reference).z(ws.model_desc[keep]).astype(np.float32)
         ws = ws.take(keep).of_dataset(datasets.index(r))
-        post = torch.from_numpy(predict_proba(run.encoder, ws, allowed=label_mask(datasets, run.manifest.labels)))
+        post = predict_proba(run.encoder, ws, allowed=label_mask(datasets, run.manifest.labels))
+        if forests is not None:
+            post = fused_posterior(post, forests[datasets.index(r)], ws.desc)
+        post = torch.from_numpy(post)
         sets.append((r, torch.from_numpy(encoder_features(run.encoder, ws.raw, ws.mask)),
                      torch.from_numpy(ws.mask), torch.from_numpy(z), torch.from_numpy(ws.real_fraction), post, ws.y))
 
