@@ -198,3 +198,17 @@ def test_a_stored_forest_reloads_exactly_and_a_file_of_other_types_is_refused(tm
     oof = out_of_fold_forest(G, yc, group, 3, trees=50)
     assert oof.shape == (120, 3) and np.allclose(oof.sum(1), 1)
     assert (oof.argmax(1) == yc).mean() < 0.6
+
+
+def test_pooled_ece_from_reliability_diagrams_is_the_ece_of_the_pooled_windows():
+    from eai.metrics import pooled_ece
+
+    rng = np.random.default_rng(3)
+    sets = []
+    for n in (50, 120, 80):
+        p = rng.dirichlet(np.ones(4) * 0.6, n)
+        sets.append((p, rng.integers(0, 4, n)))
+    want = expected_calibration_error(np.concatenate([p for p, _ in sets]), np.concatenate([y for _, y in sets]),
+                                      bins=10)
+    got = pooled_ece([reliability(p, y, bins=10) for p, y in sets])
+    assert abs(got - want) < 1e-3 and want > 0.05  # the diagrams round to 4 digits

@@ -52,6 +52,21 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(e)
 
 
+def pooled_ece(diagrams: list[dict[str, list]], bins: int = 10) -> float:
+    """The ECE of several sets of windows taken as one, from their reliability diagrams (`reliability`, same
+    `bins`): each bin's windows, confidence and accuracy summed over the sets, then the share-weighted gap. Equal
+    to `expected_calibration_error(..., bins)` of the pooled windows (up to the rounding of the diagrams)."""
+    n, conf, hit = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+    for d in diagrams:
+        for c, a, k in zip(d["confidence"], d["accuracy"], d["count"]):
+            b = min(int(c * bins), bins - 1)  # a bin's mean confidence lies in the bin
+            n[b] += k
+            conf[b] += c * k
+            hit[b] += a * k
+    seen = n > 0
+    return float(np.sum(np.abs(hit[seen] - conf[seen])) / n.sum()) if n.sum() else float("nan")
+
+
 def reliability(proba: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, list]:
     """A reliability diagram's data (Guo et al. 2017): over `bins` equal-width bins of the top probability of
     proba (N, C), each bin's mean confidence, accuracy and window count (empty bins left out)."""

@@ -272,7 +272,8 @@ def fit_calibration(interp, fsets: list[FeatureSet], oof_by_dataset: list[np.nda
     enc_logp = np.log(np.clip(oof, 1e-12, None)) + np.where(oof > 0, 0, -np.inf)
     cal = Calibration(encoder=fit_temperature(enc_logp, oof_y), llm=fit_temperature(llm_logp, llm_y),
                       fitted_on="training windows: the encoder on out-of-fold posteriors (cross-fitted encoders), "
-                                "the LLM with out-of-fold posterior tokens",
+                                "the LLM with out-of-fold posterior tokens (cross-fitted encoders, fused with "
+                                "cross-fitted descriptor forests where the token reads both)",
                       windows={"encoder": int(len(oof_y)), "llm": int(len(llm_y))})
     cal.ece_fit = {name: [round(expected_calibration_error(scale(lp, 1.0), y), 4),
                           round(expected_calibration_error(scale(lp, t), y), 4)]
