@@ -163,32 +163,36 @@ def test_the_posterior_token_reads_the_encoder_fused_with_the_run_s_descriptor_f
     assert np.array_equal(Interpreter.load(tiny_run).posterior(ws, d), post)
 
 
-def test_a_stored_forest_reloads_exactly_and_a_file_of_other_types_is_refused(tmp_path):
-    import collections
-
-    import skops.io as sio
-    from sklearn.linear_model import LogisticRegression
+def test_a_stored_forest_predicts_as_scikit_learn_reloads_exactly_and_a_damaged_file_is_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    from sklearn.ensemble import RandomForestClassifier
 
     from eai.encoder.forest import DescriptorForest, out_of_fold_forest
     from eai.errors import EaiError
 
     rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), 40)
+    y = np.repeat(np.arange(3), 40) + 1  # label 0 never seen
     F = rng.normal(size=(120, 5)) + y[:, None]
     F[:, 4] = np.nan  # a descriptor no window has: dropped
+    F[3, 1] = np.nan  # a missing value reads 0
     f = DescriptorForest(0, trees=50).fit(F, y)
-    f.save(tmp_path / "f.skops")
-    back = DescriptorForest.load(tmp_path / "f.skops")
-    assert np.array_equal(back.predict_proba(F, 4), f.predict_proba(F, 4)) and (back.predict_proba(F, 4)[:, 3] == 0).all()
-    sio.dump({"model": LogisticRegression().fit(F[:, :4], y), "columns": f.columns}, str(tmp_path / "other.skops"))
-    with pytest.raises(EaiError, match="no random forest"):
-        DescriptorForest.load(tmp_path / "other.skops")
-    sio.dump({"model": collections.Counter("abc"), "columns": f.columns}, str(tmp_path / "untrusted.skops"))
-    with pytest.raises(EaiError, match="UntrustedTypesFoundException"):
-        DescriptorForest.load(tmp_path / "untrusted.skops")
-    (tmp_path / "bad.skops").write_bytes(b"not a zip")
-    with pytest.raises(EaiError, match="not a descriptor forest"):
-        DescriptorForest.load(tmp_path / "bad.skops")
+    sk = RandomForestClassifier(n_estimators=50, class_weight="balanced", min_samples_leaf=2, random_state=0)
+    sk.fit(np.nan_to_num(F[:, :4]), y)
+    G = rng.normal(size=(200, 5)) * 2 + 2
+    want = np.zeros((200, 4))
+    want[:, 1:] = sk.predict_proba(np.nan_to_num(G[:, :4]))
+    got = f.predict_proba(G, 4)
+    assert np.allclose(got, want, rtol=0, atol=1e-12) and (got[:, 0] == 0).all()
+    f.save(tmp_path / "f.safetensors")
+    back = DescriptorForest.load(tmp_path / "f.safetensors")
+    assert np.array_equal(back.predict_proba(G, 4), got)
+    arrays = load_file(str(tmp_path / "f.safetensors"))
+    arrays["left"][arrays["left"] > 0] += 10_000  # children outside their tree
+    save_file(arrays, str(tmp_path / "bad.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    for name in ("bad", "junk"):
+        with pytest.raises(EaiError, match="not a descriptor forest"):
+            DescriptorForest.load(tmp_path / f"{name}.safetensors")
     # out of fold: labels drawn per clip at random and descriptors that only name the clip. A forest that saw a
     # clip knows its label; out of fold, none did, and the labels are read at chance
     group = np.repeat(np.arange(24), 5)
