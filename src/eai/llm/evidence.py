@@ -337,11 +337,14 @@ def sayable(z: np.ndarray, grounds: Grounds | None = None) -> set[tuple[str, int
     (NO_SUPPORT_KEY, 0) for the no-support sentence. What the explanation grammar holds a row to
     (eai.llm.grammar.GrammarState.allow); judged by `check` itself, one wording per claim, so the two never
     disagree. Never empty: when nothing supports the label, the no-support sentence holds."""
-    first: dict[tuple[str, int], str] = {}
-    for phrase, d, s in LEXICON:
-        first.setdefault((d, s), phrase)
-    return {key for key, phrase in first.items()
+    return {key for key, phrase in FIRST_WORDING.items()
             if (c := check(phrase, z, grounds)[0]).verified and c.supports is not False}
+
+
+# each claim's first wording in the lexicon: what `sayable` judges it by
+FIRST_WORDING: dict[tuple[str, int], str] = {}
+for _phrase, _d, _s in LEXICON:
+    FIRST_WORDING.setdefault((_d, _s), _phrase)
 
 
 def names_label(text: str, label: str, labels: list[str]) -> bool:

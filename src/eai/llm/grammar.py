@@ -41,8 +41,8 @@ class ClaimDecoder:
         self._ids = ids = lambda t: tuple(tok(t, add_special_tokens=False)["input_ids"])
         self.leads = [ids(x) for x in ev.LEADS]
         self.no_support = ids(f"{ev.NO_SUPPORT_LEAD} {ev.NO_SUPPORT}")
-        self.claims = {ids(" " + p): d for p, d, _ in ev.LEXICON if d != ev.NO_SUPPORT_KEY}
         self.key = {ids(" " + p): (d, s) for p, d, s in ev.LEXICON if d != ev.NO_SUPPORT_KEY}
+        self.claims = {c: d for c, (d, _) in self.key.items()}
         self._no_support_key = (ev.NO_SUPPORT_KEY, 0)
         self.seps = [ids(","), ids(" and")]
         self.end = ids(".")
