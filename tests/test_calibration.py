@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from eai.calibration import fit_temperature, scale, scale_proba
+from eai.calibration import entropy, fit_temperature, scale, scale_proba, temper_to_entropy
 from eai.metrics import expected_calibration_error, reliability
 
 
@@ -27,6 +27,26 @@ def test_temperature_fit_recovers_the_temperature_that_made_the_labels():
     lp = np.log(np.clip(scale(logits[:, :3], 1.0), 1e-12, None))
     lp = np.concatenate([lp, np.full((len(lp), 1), -np.inf)], 1)
     assert np.isfinite(fit_temperature(lp, np.minimum(y, 2)))
+
+
+def test_a_confident_posterior_tempered_to_a_hesitant_one_keeps_its_answer_and_takes_its_entropy():
+    rng = np.random.default_rng(1)
+    sure = rng.dirichlet(np.full(7, 0.1), 200)  # in-sample: nearly one-hot
+    sure[:20] = np.eye(7)[rng.integers(0, 6, 20)]  # some exactly one-hot, as a forest's leaves make them
+    sure[:, 6] = 0.0  # a label outside the dataset
+    sure /= sure.sum(1, keepdims=True)
+    hesitant = rng.dirichlet(np.full(7, 2.0), 200)
+    hesitant[:, 6] = 0.0
+    hesitant /= hesitant.sum(1, keepdims=True)
+    hesitant[:5] = sure[:5]  # already as sure: left as it is
+    got = temper_to_entropy(sure, hesitant)
+    flatter = entropy(hesitant) > entropy(sure) + 1e-9
+    reached = np.isclose(entropy(got), entropy(hesitant), atol=1e-4)
+    assert reached[flatter].mean() > 0.95  # the rest are near uniform: as flat as the largest T makes them
+    assert (entropy(got)[flatter] <= entropy(hesitant)[flatter] + 1e-4).all()
+    assert np.allclose(got[~flatter], sure[~flatter], atol=1e-5)  # a row as flat as its target stays as it is
+    assert np.array_equal(got.argmax(1), sure.argmax(1))
+    assert np.allclose(got.sum(1), 1) and (got[:, 6] == 0).all()
 
 
 def test_reliability_bins_count_every_window_once():
@@ -104,7 +124,7 @@ def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
     assert cal is not None and cal.encoder > 0 and cal.llm > 0 and cal.windows["llm"] > 0
     assert len(cal.ece_fit["llm"]) == 2 and "held-out" not in cal.fitted_on
     assert (tiny_run / "crossfit.safetensors").is_file()
-    assert m.llm.tokenizer.n_labels == len(m.labels)
+    assert m.llm.tokenizer.n_labels == len(m.labels) and m.llm.token_confidence == "out-of-fold"
     h = next(iter(m.held_out_llm["datasets"].values()))
     for k in ("llm", "encoder"):
         assert {"ece", "ece_uncalibrated", "temperature", "reliability"} <= set(h[k])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.torch import load_file
 
-from eai.calibration import Calibration, fit_temperature, scale
+from eai.calibration import Calibration, fit_temperature, scale, temper_to_entropy
 
 import torch
 
@@ -92,19 +92,33 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
                                     cache=run_dir / CROSSFIT, progress=progress)
     except ValueError as e:  # too few clips to cross-fit: the temperatures stay 1, and the manifest says why
         oof, why = None, str(e)
-    # the posterior token learns from the run's own encoder on the training windows (as at inference): so taught,
+    # the posterior token learns from the run's own experts on the training windows (as at inference): so taught,
     # the LLM reads it as the strong evidence it is; taught on the weaker out-of-fold posteriors it leaned on the
     # motion tokens, which the encoder fits more closely on its training clips than on new ones (demo: held-out
-    # LLM 0.44 against 0.70 so taught; bench/RESULTS.md)
+    # LLM 0.44 against 0.70 so taught; bench/RESULTS.md). But in-sample the experts are all but certain (median top
+    # probability 0.91 on the demo, 0.43 out of fold): the LLM never saw a hesitant token, and on a new clip's it
+    # followed the motion tokens, rarely rightly. So each training token keeps its answer and is given the
+    # confidence of the same window's out-of-fold token (eai.calibration.temper_to_entropy).
     #
     # with a forest (LLMConfig.posterior FUSED), each dataset's descriptor forest, fitted on its training windows,
     # is the second expert the token reads (eai.encoder.forest.fused_posterior): on training windows the run's
-    # own forest, as at inference, and for the temperature out-of-fold forests, as a new clip's would read
+    # own forest, as at inference, and out of fold forests cross-fitted on the other training clips
     fused = (m.llm.posterior if m.llm is not None else FUSED if cfg.posterior_token else "encoder") == FUSED
     forests = [run_forest(run_dir, i, ws, len(m.labels), cfg.seed) for i, ws in enumerate(wsets)] if fused else None
+    oof_token = None if oof is None else [oof[every.dataset_idx == i] for i in range(len(wsets))]
+    if fused and oof is not None:
+        try:
+            oof_token = [late_fusion(p, out_of_fold_forest(ws.desc, ws.y, ws.group, len(m.labels),
+                                                           cfg.seed)).astype(np.float32)
+                         for p, ws in zip(oof_token, wsets)]
+        except ValueError as e:
+            oof, oof_token, why = None, None, str(e)
     post = [predict_proba(run.encoder, ws.of_dataset(i), allowed=allowed) for i, ws in enumerate(wsets)]
     if fused:
         post = [fused_posterior(p, f, ws.desc) for p, f, ws in zip(post, forests, wsets)]
+    confidence = m.llm.token_confidence if m.llm is not None else "out-of-fold" if oof_token else "in-sample"
+    if confidence == "out-of-fold" and oof_token is not None:
+        post = [temper_to_entropy(p, q).astype(np.float32) for p, q in zip(post, oof_token)]
     fsets = [feature_set(run.encoder, ws, cdesc, ref, p, mirror=True, progress=progress)
              for ws, (cdesc, ref), p in zip(wsets, refs, post)]
     if m.llm is None:
@@ -114,7 +128,7 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
             n_descriptors=len(ev.NAMES) if cfg.kinematic_token else 0,
             n_labels=len(m.labels) if cfg.posterior_token else 0), schedule,
             llm_stages(schedule, {"description": cfg.description_steps, "recognition": cfg.recognition_steps}),
-            FUSED if fused else "encoder")
+            FUSED if fused else "encoder", confidence)
         m.llm_training = LLMTraining()
     if m.llm_training.done:  # resuming after a finished stage
         llm = load_llm(run_dir, m.llm, trainable=True)
@@ -144,15 +158,6 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
 
     interp = Interpreter(Run(run.path, m, run.encoder), llm.eval())
     if m.calibration is None:
-        if oof is not None:
-            oof_token = [oof[every.dataset_idx == i] for i in range(len(wsets))]
-            if fused:
-                try:
-                    oof_token = [late_fusion(p, out_of_fold_forest(ws.desc, ws.y, ws.group, len(m.labels),
-                                                                   cfg.seed)).astype(np.float32)
-                                 for p, ws in zip(oof_token, wsets)]
-                except ValueError as e:
-                    oof, why = None, str(e)
         m.calibration = (Calibration(fitted_on=f"not fitted: {why}") if oof is None else fit_calibration(
             interp, fsets, oof_token, oof, every.y, m.llm.seed))
         m.save(run_dir)
