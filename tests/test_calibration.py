@@ -45,6 +45,11 @@ def test_a_confident_posterior_tempered_to_a_hesitant_one_keeps_its_answer_and_t
     assert reached[flatter].mean() > 0.95  # the rest are near uniform: as flat as the largest T makes them
     assert (entropy(got)[flatter] <= entropy(hesitant)[flatter] + 1e-4).all()
     assert np.allclose(got[~flatter], sure[~flatter], atol=1e-5)  # a row as flat as its target stays as it is
+    # tempered, not mixed: on each row's labels, log got = log p / T + c with one T >= 1 per row
+    lp, lg = np.log(np.maximum(sure[flatter, :6], 1e-6)), np.log(got[flatter, :6])
+    lp, lg = lp - lp.mean(1, keepdims=True), lg - lg.mean(1, keepdims=True)
+    inv_t = (lp * lg).sum(1) / (lp * lp).sum(1)
+    assert np.allclose(lg, inv_t[:, None] * lp, atol=1e-3) and (inv_t <= 1 + 1e-6).all() and (inv_t > 0).all()
     assert np.array_equal(got.argmax(1), sure.argmax(1))
     assert np.allclose(got.sum(1), 1) and (got[:, 6] == 0).all()
 
@@ -138,6 +143,15 @@ def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
     cal_p = it.window_proba(feats, ws.mask, z, ws.real_fraction, d, post)
     assert np.allclose(cal_p, scale_proba(raw, cal.llm), atol=1e-5)
     assert np.array_equal(cal_p.argmax(1), raw.argmax(1))
+
+
+def test_a_run_made_before_token_confidence_loads_as_trained_on_in_sample_tokens(tiny_run, tmp_path):
+    from eai.run import MANIFEST, Manifest
+
+    raw = json.loads((tiny_run / MANIFEST).read_text())
+    del raw["llm"]["token_confidence"]
+    (tmp_path / MANIFEST).write_text(json.dumps(raw))
+    assert Manifest.load(tmp_path).llm.token_confidence == "in-sample"
 
 
 def test_a_close_call_names_both_labels(tiny_run, synth_dir, monkeypatch):

@@ -73,7 +73,7 @@ def entropy(proba: np.ndarray) -> np.ndarray:
 
 def temper_to_entropy(proba: np.ndarray, target: np.ndarray, floor: float = 1e-6, iters: int = 40) -> np.ndarray:
     """Each row of `proba` (N, C) softened by its own temperature T >= 1 (scale_proba) until its entropy reaches
-    `target`'s row (N, C) (a row already as flat stays as it is; T is sought in [1, e^LOG_T[1]] by bisection, the
+    `target`'s row (N, C) (a row already as flat stays as it is, but for the floor below; T is sought in [1, e^LOG_T[1]] by bisection, the
     entropy rising with T). A class either row gives a chance is first floored at `floor` (a forest's exact zeros
     would stay zero at any T); classes both rule out stay out. The argmax never changes: this gives a confident
     in-sample posterior the confidence a posterior of the same window from a model that never saw it has.

@@ -128,6 +128,9 @@ class Manifest:
         """The manifest of a run folder; EaiError when there is none or it is of another format."""
         d = Path(run_dir)
         raw = read_manifest_json(d, FORMAT)
+        if isinstance(raw.get("llm"), dict) and "token_confidence" not in raw["llm"]:
+            # format 5 before LLMConfig.token_confidence: such runs were trained on in-sample tokens
+            raw["llm"]["token_confidence"] = "in-sample"
         try:
             return from_dict(Manifest, raw)
         except (KeyError, TypeError, ValueError) as e:

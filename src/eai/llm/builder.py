@@ -63,9 +63,9 @@ class LLMConfig:
     # what the posterior token reads: the encoder head's posterior ("encoder"), or that fused with the run's
     # descriptor forest's ("encoder+forest", eai.encoder.forest.fused_posterior)
     posterior: str = "encoder+forest"
-    # how confident the posterior token of a training window is: as the run's own experts read it ("in-sample",
-    # runs before this field), or softened, argmax kept, to the confidence of that window's out-of-fold posterior
-    # ("out-of-fold", eai.calibration.temper_to_entropy), as a new clip's token reads
+    # how confident the posterior token of a training window is: as the run's own experts read it ("in-sample":
+    # runs before this field, or too few clips to cross-fit), or softened, argmax kept, to the confidence of that
+    # window's out-of-fold posterior ("out-of-fold", eai.calibration.temper_to_entropy), as a new clip's reads
     token_confidence: str = "in-sample"
 
     def to_dict(self) -> dict:

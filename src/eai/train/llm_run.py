@@ -116,8 +116,11 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     post = [predict_proba(run.encoder, ws.of_dataset(i), allowed=allowed) for i, ws in enumerate(wsets)]
     if fused:
         post = [fused_posterior(p, f, ws.desc) for p, f, ws in zip(post, forests, wsets)]
-    confidence = m.llm.token_confidence if m.llm is not None else "out-of-fold" if oof_token else "in-sample"
-    if confidence == "out-of-fold" and oof_token is not None:
+    confidence = (m.llm.token_confidence if m.llm is not None
+                  else "out-of-fold" if oof_token is not None and cfg.posterior_token else "in-sample")
+    if confidence == "out-of-fold":
+        if oof_token is None:  # resuming: the run's first part had them
+            raise EaiError(f"this run's posterior tokens were set out of fold, but now: {why}", run_dir)
         post = [temper_to_entropy(p, q).astype(np.float32) for p, q in zip(post, oof_token)]
     fsets = [feature_set(run.encoder, ws, cdesc, ref, p, mirror=True, progress=progress)
              for ws, (cdesc, ref), p in zip(wsets, refs, post)]
