@@ -16,16 +16,17 @@ import numpy as np
 LOG_T = (-3.0, 3.0)  # T searched in [e^-3, e^3]
 
 
-def scale(logp: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logp / T) of log-probabilities or logits (N, C): (N, C) float64 probabilities."""
+def scale(logp: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """softmax(logp / T) of log-probabilities or logits (N, C), T a scalar or (N, 1): (N, C) float64 probabilities."""
     x = np.asarray(logp, np.float64) / temperature
     x = x - x.max(1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(1, keepdims=True)
 
 
-def scale_proba(proba: np.ndarray, temperature: float) -> np.ndarray:
-    """Probabilities (N, C) recalibrated by T (their logs divided by T, renormalised); zeros stay zero."""
+def scale_proba(proba: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """Probabilities (N, C) recalibrated by T (their logs divided by T, renormalised; T a scalar or (N, 1), one
+    per row); zeros stay zero."""
     p = np.asarray(proba, np.float64)
     with np.errstate(divide="ignore"):
         return scale(np.where(p > 0, np.log(p), -np.inf), temperature)
@@ -64,30 +65,22 @@ class Calibration:
         return asdict(self)
 
 
-def entropy(proba: np.ndarray) -> np.ndarray:
-    """(N,) Shannon entropy in nats of each row of probabilities (N, C); zeros contribute nothing."""
-    p = np.asarray(proba, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return -np.where(p > 0, p * np.log(p), 0.0).sum(1)
-
-
 def temper_to_entropy(proba: np.ndarray, target: np.ndarray, floor: float = 1e-6, iters: int = 40) -> np.ndarray:
-    """Each row of `proba` (N, C) softened by its own temperature T >= 1 (scale_proba) until its entropy reaches
-    `target`'s row (N, C) (a row already as flat stays as it is, but for the floor below; T is sought in [1, e^LOG_T[1]] by bisection, the
-    entropy rising with T). A class either row gives a chance is first floored at `floor` (a forest's exact zeros
-    would stay zero at any T); classes both rule out stay out. The argmax never changes: this gives a confident
-    in-sample posterior the confidence a posterior of the same window from a model that never saw it has.
-    (N, C) float64."""
+    """Each row of `proba` (N, C) softened by its own temperature T >= 1 (scale_proba) until its Shannon entropy
+    reaches `target`'s row (N, C) (a row already as flat stays as it is, but for the floor below; T is sought in
+    [1, e^LOG_T[1]] by bisection, the entropy rising with T). A class either row gives a chance is first floored at
+    `floor` (a forest's exact zeros would stay zero at any T); classes both rule out stay out. The argmax never
+    changes: this gives a confident in-sample posterior the confidence a posterior of the same window from a model
+    that never saw it has. (N, C) float64."""
+    from scipy.stats import entropy  # here: reading a clip need not import scipy.stats
+
     target = np.asarray(target, np.float64)
     p = np.asarray(proba, np.float64)
     p = np.where((p > 0) | (target > 0), np.maximum(p, floor), 0.0)
-    p = p / p.sum(1, keepdims=True)
-    want = entropy(target)
+    want = entropy(target, axis=1)
     lo, hi = np.zeros(len(p)), np.full(len(p), LOG_T[1])
-    with np.errstate(divide="ignore"):
-        logp = np.where(p > 0, np.log(p), -np.inf)
     for _ in range(iters):
         mid = (lo + hi) / 2
-        flatter = entropy(scale(logp, np.exp(mid)[:, None])) < want
+        flatter = entropy(scale_proba(p, np.exp(mid)[:, None]), axis=1) < want
         lo, hi = np.where(flatter, mid, lo), np.where(flatter, hi, mid)
-    return scale(logp, np.exp(lo)[:, None])
+    return scale_proba(p, np.exp(lo)[:, None])
