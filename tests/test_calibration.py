@@ -135,7 +135,9 @@ def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
     assert m.llm.tokenizer.n_labels == len(m.labels) and m.llm.token_confidence == "out-of-fold"
     h = next(iter(m.held_out_llm["datasets"].values()))
     for k in ("llm", "encoder"):
-        assert {"ece", "ece_uncalibrated", "temperature", "reliability"} <= set(h[k])
+        assert {"ece", "ece_uncalibrated", "temperature", "reliability", "ece_consistency"} <= set(h[k])
+        c = h[k]["ece_consistency"]  # a calibrated model's ECE on the same held-out windows, kept in the run
+        assert len(h[k]["reliability"]["calibrated"]["consistency"]["clips"]) == 200 and 0 <= c["clips"]["p_value"] <= 1
     assert any(tiny_run.glob("reliability*.png"))
     it = Interpreter.load(tiny_run)
     clip = read_clip(sorted(synth_dir.rglob("*.bvh"))[0])[1]
@@ -253,3 +255,56 @@ def test_pooled_ece_from_reliability_diagrams_is_the_ece_of_the_pooled_windows()
                                       bins=10)
     got = pooled_ece([reliability(p, y, bins=10) for p, y in sets])
     assert abs(got - want) < 1e-3 and want > 0.05  # the diagrams round to 4 digits
+
+
+def test_consistency_draws_tell_a_calibrated_model_from_a_miscalibrated_one():
+    from eai.metrics import consistency_hits, ece_consistency, pooled_ece
+
+    rng = np.random.default_rng(4)
+    p = rng.dirichlet(np.full(5, 0.5), 3000)
+    calibrated_y = (p.cumsum(1) < rng.random(len(p))[:, None]).sum(1)  # labels drawn from p: calibrated
+    for y, holds in ((calibrated_y, True), (rng.integers(0, 5, len(p)), False)):
+        c = ece_consistency([reliability(p, y, draws=200)])
+        assert c["ece"] == pooled_ece([reliability(p, y)])
+        for scheme in ("windows", "clips"):  # one window per clip: the two draw alike
+            assert (c[scheme]["p_value"] > 0.05) == holds and c[scheme]["median"] < 0.05
+        assert holds or c["ece"] > 3 * c["windows"]["p90"]
+    # a bin's draws hit as often as its confidence says
+    r = reliability(p, calibrated_y, draws=400)
+    hits = np.asarray(r["consistency"]["windows"], float).mean(0) / np.asarray(r["count"])
+    assert np.allclose(hits, r["confidence"], atol=0.03)
+    # "clips": one draw per clip; a clip of identical windows is right or wrong whole
+    same = np.repeat(np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]]), [30, 30], axis=0)
+    h = consistency_hits(same, 10, 300, np.repeat([0, 1], 30), seed=1)
+    clips = np.asarray(h["clips"])  # bins 6 and 7: one clip each
+    assert set(np.unique(clips)) <= {0, 30} and abs((clips[:, 0] == 30).mean() - 0.6) < 0.1
+    assert not set(np.unique(np.asarray(h["windows"]))) <= {0, 30}  # windows alone: partial hits
+    assert ece_consistency([reliability(same, np.zeros(60, int))]) is None  # no draws kept: nothing to say
+
+
+def test_consistency_draws_pool_over_folds_bin_by_bin():
+    from eai.metrics import ece_consistency
+
+    rng = np.random.default_rng(5)
+    diagrams = []
+    for n in (40, 90):
+        p = rng.dirichlet(np.ones(4), n)
+        diagrams.append(reliability(p, rng.integers(0, 4, n), clip=np.arange(n) // 5, draws=50, seed=n))
+    c = ece_consistency(diagrams)
+    assert set(c) == {"ece", "windows", "clips"}
+    # the same as one diagram whose bins hold both folds' windows and draws
+    slots = [[min(int(cf * 10), 9) for cf in d["confidence"]] for d in diagrams]
+    merged = {"confidence": [], "accuracy": [], "count": [], "consistency": {s: [[] for _ in range(50)]
+                                                                            for s in ("windows", "clips")}}
+    for b in sorted(set(slots[0] + slots[1])):
+        parts = [(d, i) for d, bs in zip(diagrams, slots) for i, x in enumerate(bs) if x == b]
+        k = sum(d["count"][i] for d, i in parts)
+        merged["count"].append(k)
+        for key in ("confidence", "accuracy"):
+            merged[key].append(sum(d[key][i] * d["count"][i] for d, i in parts) / k)
+        for s, draws in merged["consistency"].items():
+            for r, row in enumerate(draws):
+                row.append(sum(d["consistency"][s][r][i] for d, i in parts))
+    one = ece_consistency([merged])
+    for s in ("windows", "clips"):
+        assert one[s] == pytest.approx(c[s])

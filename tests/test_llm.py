@@ -553,6 +553,8 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     for k in ("llm", "encoder"):  # the protocol figures are the folds' held-out figures, averaged
         assert r["models"][k]["window_accuracy"] == pytest.approx(np.mean([f[k]["window_accuracy"]
                                                                             for f in r["per_fold"]]))
+        c = r["models"][k]["ece_pooled_consistency"]  # what a calibrated model would read on the same windows
+        assert c["ece"] == pytest.approx(r["models"][k]["ece_pooled"]) and set(c) == {"ece", "windows", "clips"}
     assert r["explanations"]["explanations"] == r["clips"]
     # each fold's run held out exactly the clips that fold of the protocol tests
     clips = load_clips(open_dataset(str(synth_dir)), progress=False)
@@ -569,7 +571,8 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     assert stamp == [p.stat().st_mtime_ns for p in weights]
     again = json.loads(js.read_text())
     assert again["models"] == r["models"] and again["explanations"] == r["explanations"]
-    assert "LLM window accuracy >= the encoder's in" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "LLM window accuracy >= the encoder's in" in printed and "a calibrated model would read" in printed
     # each fold's explanations were kept beside its weights and read back, not explained again
     kept = [out / f"seed-0-fold-{i}" / "held-out-explanations.json" for i in range(2)]
     assert sum(len(json.loads(k.read_text())["rows"]) for k in kept) == len(clips)

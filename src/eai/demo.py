@@ -11,6 +11,7 @@ import numpy as np
 from eai.benchmarks.recognition import recognition_table, bench_recognition
 from eai.data.datasets import load_clips, open_dataset
 from eai.features import DESCRIPTOR_BY_NAME, describe
+from eai.metrics import consistency_range
 from eai.report import plot_confusion, plot_grid_bars, table, write_json
 
 SHOWN = ["speed", "travel_speed", "jerk", "hand_spread", "head_pitch", "trunk_lean", "step_frequency", "arm_swing"]
@@ -96,10 +97,12 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
         m = Manifest.load(out)
     h = m.held_out_llm_of(m.datasets[0].name)
     rows = [[name, h[name]["window_accuracy"], h[name]["clip_accuracy"], h[name]["macro_f1"], h[name]["ece"],
-             h[name]["ece_uncalibrated"]] for name in ("encoder", "llm")]
+             h[name]["ece_uncalibrated"], consistency_range(h[name].get("ece_consistency"))]
+            for name in ("encoder", "llm")]
     print(f"held-out clips ({h['clips']} clips, {h['windows']} windows; ECE after temperature scaling fitted on "
           f"training windows, and before):")
-    print(table(rows, ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
+    print(table(rows, ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated",
+                       "ECE a calibrated model reads"]))
     scratch = scratch_encoder(data, out, epochs, m)
     worse = [what for k, what in (("window_accuracy", "window accuracy"), ("macro_f1", "macro-F1"))
              if h["llm"][k] < h["encoder"][k]]

@@ -30,7 +30,8 @@ from eai.llm.decode import ExplanationDecoder
 from eai.llm.model import EmotionLLM
 from eai.llm.prompts import description_prompt, recognition_prompt
 from eai.llm.scores import explanation_scores
-from eai.metrics import HEADLINE, expected_calibration_error, metrics, pick, reliability
+from eai.metrics import (CONSISTENCY_DRAWS, HEADLINE, ece_consistency, expected_calibration_error, metrics, pick,
+                         reliability)
 from eai.run import Run, load_run
 from eai.skeleton.unify import UnifiedMotion
 
@@ -192,7 +193,9 @@ class Interpreter:
                             present_only: bool = False, probas: tuple | None = None) -> dict:
         """LLM (label likelihood, mirror-averaged) beside the encoder's own head on the same windows (metrics, with
         `present_only` over the labels the clips have; `probas`: recognition_proba's, when already computed), each
-        with its ECE after and before temperature scaling and both reliability diagrams' bins."""
+        with its ECE after and before temperature scaling, both reliability diagrams' bins (the calibrated one with
+        consistency draws) and `ece_consistency`: the 10-bin ECE beside what a calibrated model would read on
+        these windows (eai.metrics.ece_consistency)."""
         ws, got, raw = probas or self.recognition_proba(clips, dataset)
         cal = self.calibration
         out = {}
@@ -203,7 +206,8 @@ class Interpreter:
             out[name]["ece_uncalibrated"] = expected_calibration_error(raw[name], ws.y)
             out[name]["temperature"] = getattr(cal, name)
             out[name]["reliability"] = {"uncalibrated": reliability(raw[name], ws.y),
-                                        "calibrated": reliability(pr, ws.y)}
+                                        "calibrated": reliability(pr, ws.y, clip=ws.clip, draws=CONSISTENCY_DRAWS)}
+            out[name]["ece_consistency"] = ece_consistency([out[name]["reliability"]["calibrated"]])
         out["windows"], out["clips"] = int(len(ws.y)), len(clips)
         return out
 

@@ -213,11 +213,18 @@ def plot_grid_bars(panels: dict[str, dict[str, float]], path: Path, title: str =
 def plot_reliability(panels: dict[str, dict], path: str | Path, title: str = "", attribution: str = "") -> None:
     """Reliability diagrams, one panel per model: accuracy against confidence per bin before and after
     calibration (eai.metrics.reliability's dicts under 'uncalibrated' and 'calibrated', with 'ece' and
-    'ece_uncalibrated' beside them); the diagonal is perfect calibration, marker area the bin's windows."""
+    'ece_uncalibrated' beside them); the diagonal is perfect calibration, marker area the bin's windows. Where
+    the calibrated diagram has consistency draws (eai.metrics.consistency_hits), grey bars span 5-95 % of the
+    accuracy a calibrated model reads in each bin, each clip's windows drawn together (Bröcker & Smith 2007)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.6), squeeze=False)
     for ax, (name, p) in zip(axes[0], panels.items()):
         ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--")
+        r = p["reliability"]["calibrated"]
+        if r.get("consistency") and r["count"]:
+            acc = np.asarray(r["consistency"]["clips"], float) / np.asarray(r["count"])
+            ax.vlines(r["confidence"], *np.quantile(acc, [0.05, 0.95], axis=0), color="0.5", lw=3, alpha=0.4,
+                      label="a calibrated model, 90 % of draws")
         for key, colour, ece in (("uncalibrated", "tab:orange", p["ece_uncalibrated"]),
                                  ("calibrated", "tab:blue", p["ece"])):
             r = p["reliability"][key]

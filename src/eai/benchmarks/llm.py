@@ -21,7 +21,7 @@ from eai.interpret import Interpreter
 from eai.io.files import atomic_write_text
 from eai.llm.builder import ADAPTER, TOKENIZER_WEIGHTS
 from eai.llm.scores import explanation_scores, pooled_scores
-from eai.metrics import HEADLINE, pooled_ece, summarise
+from eai.metrics import HEADLINE, consistency_range, ece_consistency, pooled_ece, summarise
 from eai.report import table
 from eai.run import MANIFEST, Manifest, RunConfig
 from eai.schedules import default_llm_schedule
@@ -103,7 +103,9 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
                   "ece_uncalibrated": float(np.mean([r.get("ece_uncalibrated", r["ece"]) for r in v])),
                   # every fold's held-out windows as one set (10 bins): less bias from few windows per bin
                   "ece_pooled": pooled_ece([r["reliability"]["calibrated"] for r in v]),
-                  "ece_pooled_uncalibrated": pooled_ece([r["reliability"]["uncalibrated"] for r in v])}
+                  "ece_pooled_uncalibrated": pooled_ece([r["reliability"]["uncalibrated"] for r in v]),
+                  # what a calibrated model would read on the same windows (None: a fold scored before draws were kept)
+                  "ece_pooled_consistency": ece_consistency([r["reliability"]["calibrated"] for r in v])}
               for k, v in per.items()}
     return {"dataset": ds.name, "attribution": ds.attribution, "words": [ds.word(x) for x in labels], "task": ds.task,
             "folds": n_folds, "seeds": n_seeds, "labels": labels,
@@ -160,10 +162,22 @@ def llm_table(result: dict) -> str:
             f"{mo['llm']['ece']:.3f} ({mo['llm']['ece_uncalibrated']:.3f}), encoder {mo['encoder']['ece']:.3f} "
             f"({mo['encoder']['ece_uncalibrated']:.3f}); every fold's windows as one set (10 bins): LLM "
             f"{mo['llm']['ece_pooled']:.3f} ({mo['llm']['ece_pooled_uncalibrated']:.3f}), encoder "
-            f"{mo['encoder']['ece_pooled']:.3f} ({mo['encoder']['ece_pooled_uncalibrated']:.3f})\n"
+            f"{mo['encoder']['ece_pooled']:.3f} ({mo['encoder']['ece_pooled_uncalibrated']:.3f}); "
+            f"{consistency_line(mo)}\n"
             f"LLM window accuracy >= the encoder's in "
             f"{result['llm_at_least_encoder_folds']} of {n} folds\nheld-out explanations, all folds:\n{t}\n"
             f"{unconstrained_line(result['explanations_unconstrained'])}")
+
+
+def consistency_line(models: dict) -> str:
+    """What a model calibrated by construction would read on the same pooled windows (ece_pooled_consistency)."""
+    parts = []
+    for k in ("llm", "encoder"):
+        c = models[k].get("ece_pooled_consistency")
+        parts.append(f"{k} {consistency_range(c)}" + (f" (p {c['windows']['p_value']:.2f}-{c['clips']['p_value']:.2f})"
+                                                      if c else ""))
+    return ("a calibrated model would read, median ECE of consistency draws (windows alone-clips together; p: "
+            "share of draws at least as far off): " + ", ".join(parts))
 
 
 def unconstrained_line(ex: dict) -> str:

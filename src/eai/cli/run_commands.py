@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from eai.errors import EaiError
+from eai.metrics import consistency_range
 from eai.report import table, write_json
 
 
@@ -148,9 +149,10 @@ def cmd_evaluate(args) -> None:
                 ["label", "recall, encoder"] + (["recall, LLM"] if llm else [])))
     if llm:
         ex = r["llm"]["explanations"]
-        print(table([[llm["ece"], llm["ece_uncalibrated"], ex["label_consistency"], ex["faithfulness"], ex["support_rate"],
+        print(table([[llm["ece"], llm["ece_uncalibrated"], consistency_range(llm.get("ece_consistency")),
+                      ex["label_consistency"], ex["faithfulness"], ex["support_rate"],
                       ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
-                    ["LLM ECE", "uncalibrated", "label consistency", "faithfulness", "support rate", "BLEU-4", "ROUGE-L",
+                    ["LLM ECE", "uncalibrated", "calibrated reads", "label consistency", "faithfulness", "support rate", "BLEU-4", "ROUGE-L",
                      "MiniLM sim."]))
         _support_note(ex)
         from eai.benchmarks.llm import unconstrained_line
@@ -216,8 +218,10 @@ def cmd_bench(args) -> None:
         rec, ex, lat = result["recognition"], result["explanations"], result["latency"]
         print(f"{result['dataset']} ({result['scope']}: {result['clips']} clips, {rec['windows']} windows)")
         print(table([[k, rec[k]["window_accuracy"], rec[k]["clip_accuracy"], rec[k]["macro_f1"], rec[k]["ece"],
-                      rec[k]["ece_uncalibrated"]] for k in ("llm", "encoder")],
-                    ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated"]))
+                      rec[k]["ece_uncalibrated"], consistency_range(rec[k].get("ece_consistency"))]
+                     for k in ("llm", "encoder")],
+                    ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated",
+                     "ECE a calibrated model reads"]))
         print(table([[ex["label_consistency"], ex["faithfulness"], ex["support_rate"], ex["claims_per_explanation"],
                       ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
                     ["label consistency", "faithfulness", "support rate", "claims/expl.", "BLEU-4", "ROUGE-L",
