@@ -152,8 +152,8 @@ def cmd_evaluate(args) -> None:
         print(table([[llm["ece"], llm["ece_uncalibrated"], consistency_range(llm.get("ece_consistency")),
                       ex["label_consistency"], ex["faithfulness"], ex["support_rate"],
                       ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
-                    ["LLM ECE", "uncalibrated", "calibrated reads", "label consistency", "faithfulness", "support rate", "BLEU-4", "ROUGE-L",
-                     "MiniLM sim."]))
+                    ["LLM ECE", "uncalibrated", "calibrated reads", "label consistency", "faithfulness",
+                     "support rate", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
         _support_note(ex)
         from eai.benchmarks.llm import unconstrained_line
 
