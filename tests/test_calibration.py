@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eai.calibration import fit_temperature, scale, scale_proba, temper_to_entropy
-from eai.metrics import expected_calibration_error, reliability
+from eai.metrics import expected_calibration_error, pooled_ece, reliability
 
 
 def test_temperature_fit_recovers_the_temperature_that_made_the_labels():
@@ -136,8 +136,10 @@ def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
     h = next(iter(m.held_out_llm["datasets"].values()))
     for k in ("llm", "encoder"):
         assert {"ece", "ece_uncalibrated", "temperature", "reliability", "ece_consistency"} <= set(h[k])
-        c = h[k]["ece_consistency"]  # a calibrated model's ECE on the same held-out windows, kept in the run
-        assert len(h[k]["reliability"]["calibrated"]["consistency"]["clips"]) == 200 and 0 <= c["clips"]["p_value"] <= 1
+        c, cal_d = h[k]["ece_consistency"], h[k]["reliability"]["calibrated"]  # kept in the run: a calibrated
+        assert c["ece"] == pooled_ece([cal_d]) and 0 < c["clips"]["p_value"] <= 1  # model's ECE on the same windows
+        assert all(len(row) == len(cal_d["count"]) for row in cal_d["consistency"]["clips"])
+        assert len(cal_d["consistency"]["clips"]) == 200
     assert any(tiny_run.glob("reliability*.png"))
     it = Interpreter.load(tiny_run)
     clip = read_clip(sorted(synth_dir.rglob("*.bvh"))[0])[1]
@@ -244,8 +246,6 @@ def test_a_stored_forest_predicts_as_scikit_learn_reloads_exactly_and_a_damaged_
 
 
 def test_pooled_ece_from_reliability_diagrams_is_the_ece_of_the_pooled_windows():
-    from eai.metrics import pooled_ece
-
     rng = np.random.default_rng(3)
     sets = []
     for n in (50, 120, 80):
@@ -258,7 +258,7 @@ def test_pooled_ece_from_reliability_diagrams_is_the_ece_of_the_pooled_windows()
 
 
 def test_consistency_draws_tell_a_calibrated_model_from_a_miscalibrated_one():
-    from eai.metrics import consistency_hits, ece_consistency, pooled_ece
+    from eai.metrics import consistency_range, ece_consistency, pooled_ece
 
     rng = np.random.default_rng(4)
     p = rng.dirichlet(np.full(5, 0.5), 3000)
@@ -268,22 +268,27 @@ def test_consistency_draws_tell_a_calibrated_model_from_a_miscalibrated_one():
         assert c["ece"] == pooled_ece([reliability(p, y)])
         for scheme in ("windows", "clips"):  # one window per clip: the two draw alike
             assert (c[scheme]["p_value"] > 0.05) == holds and c[scheme]["median"] < 0.05
-        assert holds or c["ece"] > 3 * c["windows"]["p90"]
+        assert holds or (c["ece"] > 3 * c["windows"]["p90"] and c["windows"]["p_value"] == 1 / 201)
+    assert consistency_range(c).startswith(f"{c['ece']:.3f} vs ") and consistency_range(None) == "n/a"
     # a bin's draws hit as often as its confidence says
     r = reliability(p, calibrated_y, draws=400)
     hits = np.asarray(r["consistency"]["windows"], float).mean(0) / np.asarray(r["count"])
     assert np.allclose(hits, r["confidence"], atol=0.03)
-    # "clips": one draw per clip; a clip of identical windows is right or wrong whole
-    same = np.repeat(np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]]), [30, 30], axis=0)
-    h = consistency_hits(same, 10, 300, np.repeat([0, 1], 30), seed=1)
-    clips = np.asarray(h["clips"])  # bins 6 and 7: one clip each
-    assert set(np.unique(clips)) <= {0, 30} and abs((clips[:, 0] == 30).mean() - 0.6) < 0.1
-    assert not set(np.unique(np.asarray(h["windows"]))) <= {0, 30}  # windows alone: partial hits
-    assert ece_consistency([reliability(same, np.zeros(60, int))]) is None  # no draws kept: nothing to say
+    # "clips": one draw per clip; windows of one clip are right or wrong together as far as their confidences allow
+    rows = np.array([[0.6, 0.3, 0.1]] * 30 + [[0.1, 0.2, 0.7]] * 30 + [[0.05, 0.9, 0.05]] * 30)
+    clip = np.repeat([0, 1, 1], 30)  # clip 1: 30 windows at 0.7, 30 at 0.9 (another label in another order)
+    r = reliability(rows, np.zeros(90, int), clip=clip, draws=300, seed=1)
+    assert r["bin"] == [6, 7, 9] and r["count"] == [30, 30, 30]
+    together, alone = np.asarray(r["consistency"]["clips"]), np.asarray(r["consistency"]["windows"])
+    assert set(np.unique(together[:, :2])) <= {0, 30} and abs((together[:, 0] == 30).mean() - 0.6) < 0.1
+    assert ((together[:, 1] == 30) <= (together[:, 2] == 30)).all()  # 0.7 right: the same clip's 0.9 is too
+    assert not set(np.unique(alone)) <= {0, 30}  # windows alone: partial hits
+    assert ece_consistency([reliability(rows, np.zeros(90, int))]) is None  # no draws kept: nothing to say
+    assert "consistency" not in reliability(rows[:0], np.zeros(0, int), draws=10)  # no windows: no draws
 
 
 def test_consistency_draws_pool_over_folds_bin_by_bin():
-    from eai.metrics import ece_consistency
+    from eai.metrics import ece_consistency, pooled_ece
 
     rng = np.random.default_rng(5)
     diagrams = []
@@ -291,14 +296,13 @@ def test_consistency_draws_pool_over_folds_bin_by_bin():
         p = rng.dirichlet(np.ones(4), n)
         diagrams.append(reliability(p, rng.integers(0, 4, n), clip=np.arange(n) // 5, draws=50, seed=n))
     c = ece_consistency(diagrams)
-    assert set(c) == {"ece", "windows", "clips"}
     # the same as one diagram whose bins hold both folds' windows and draws
-    slots = [[min(int(cf * 10), 9) for cf in d["confidence"]] for d in diagrams]
-    merged = {"confidence": [], "accuracy": [], "count": [], "consistency": {s: [[] for _ in range(50)]
-                                                                            for s in ("windows", "clips")}}
-    for b in sorted(set(slots[0] + slots[1])):
-        parts = [(d, i) for d, bs in zip(diagrams, slots) for i, x in enumerate(bs) if x == b]
+    merged = {"bin": [], "confidence": [], "accuracy": [], "count": [],
+              "consistency": {s: [[] for _ in range(50)] for s in ("windows", "clips")}}
+    for b in sorted(set(diagrams[0]["bin"] + diagrams[1]["bin"])):
+        parts = [(d, d["bin"].index(b)) for d in diagrams if b in d["bin"]]
         k = sum(d["count"][i] for d, i in parts)
+        merged["bin"].append(b)
         merged["count"].append(k)
         for key in ("confidence", "accuracy"):
             merged[key].append(sum(d[key][i] * d["count"][i] for d, i in parts) / k)
@@ -308,3 +312,12 @@ def test_consistency_draws_pool_over_folds_bin_by_bin():
     one = ece_consistency([merged])
     for s in ("windows", "clips"):
         assert one[s] == pytest.approx(c[s])
+    # a diagram kept without bin indices whose two bins' mean confidences round into one bin (0.39996 -> 0.4):
+    # both count there, windows and draws alike
+    old = {"confidence": [0.4, 0.45], "accuracy": [1.0, 0.0], "count": [1, 1],
+           "consistency": {"windows": [[1, 0]], "clips": [[0, 1]]}}
+    got = ece_consistency([old])
+    assert got["ece"] == pytest.approx(pooled_ece([old])) == pytest.approx(0.075)
+    assert got["windows"]["median"] == got["clips"]["median"] == pytest.approx(0.075)
+    with pytest.raises(ValueError, match="numbers of consistency draws"):
+        ece_consistency([diagrams[0], {**old, "consistency": {"windows": [[1, 0]] * 2, "clips": [[0, 1]] * 2}}])

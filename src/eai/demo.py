@@ -102,7 +102,7 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
     print(f"held-out clips ({h['clips']} clips, {h['windows']} windows; ECE after temperature scaling fitted on "
           f"training windows, and before):")
     print(table(rows, ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated",
-                       "ECE a calibrated model reads"]))
+                       "10-bin ECE vs calibrated"]))
     scratch = scratch_encoder(data, out, epochs, m)
     worse = [what for k, what in (("window_accuracy", "window accuracy"), ("macro_f1", "macro-F1"))
              if h["llm"][k] < h["encoder"][k]]

@@ -9,6 +9,7 @@ emotion differs from neutral in the run's training data: eai.llm.evidence).
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -198,6 +199,8 @@ class Interpreter:
         these windows (eai.metrics.ece_consistency)."""
         ws, got, raw = probas or self.recognition_proba(clips, dataset)
         cal = self.calibration
+        cfg = self.run.manifest.config  # each run's own draws: folds pooled by bench llm draw independently
+        seed = int(np.random.SeedSequence([cfg.seed, cfg.fold, zlib.crc32(dataset.name.encode())]).generate_state(1)[0])
         out = {}
         for name, pr in got.items():
             m = metrics(ws.y, pr, ws.clip, dataset.labels, present_only)
@@ -206,7 +209,8 @@ class Interpreter:
             out[name]["ece_uncalibrated"] = expected_calibration_error(raw[name], ws.y)
             out[name]["temperature"] = getattr(cal, name)
             out[name]["reliability"] = {"uncalibrated": reliability(raw[name], ws.y),
-                                        "calibrated": reliability(pr, ws.y, clip=ws.clip, draws=CONSISTENCY_DRAWS)}
+                                        "calibrated": reliability(pr, ws.y, clip=ws.clip, draws=CONSISTENCY_DRAWS,
+                                                                  seed=seed)}
             out[name]["ece_consistency"] = ece_consistency([out[name]["reliability"]["calibrated"]])
         out["windows"], out["clips"] = int(len(ws.y)), len(clips)
         return out

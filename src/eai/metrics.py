@@ -52,92 +52,99 @@ def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15)
     return float(e)
 
 
+def _bin_totals(diagrams: list[dict[str, list]], bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list]:
+    """Each bin's windows, summed confidence and summed hits over reliability diagrams, and each diagram's bin
+    indices (its `bin` entry; diagrams kept before it: the bin its mean confidence lies in)."""
+    n, conf, hit = np.zeros(bins), np.zeros(bins), np.zeros(bins)
+    slots = []
+    for d in diagrams:
+        b = d.get("bin") or [min(int(c * bins), bins - 1) for c in d["confidence"]]
+        k = np.asarray(d["count"], float)
+        np.add.at(n, b, k)
+        np.add.at(conf, b, np.asarray(d["confidence"]) * k)
+        np.add.at(hit, b, np.asarray(d["accuracy"]) * k)
+        slots.append(b)
+    return n, conf, hit, slots
+
+
 def pooled_ece(diagrams: list[dict[str, list]], bins: int = 10) -> float:
     """The ECE of several sets of windows taken as one, from their reliability diagrams (`reliability`, same
     `bins`): each bin's windows, confidence and accuracy summed over the sets, then the share-weighted gap. Equal
     to `expected_calibration_error(..., bins)` of the pooled windows (up to the rounding of the diagrams)."""
-    n, conf, hit = np.zeros(bins), np.zeros(bins), np.zeros(bins)
-    for d in diagrams:
-        for c, a, k in zip(d["confidence"], d["accuracy"], d["count"]):
-            b = min(int(c * bins), bins - 1)  # a bin's mean confidence lies in the bin
-            n[b] += k
-            conf[b] += c * k
-            hit[b] += a * k
-    seen = n > 0
-    return float(np.sum(np.abs(hit[seen] - conf[seen])) / n.sum()) if n.sum() else float("nan")
+    n, conf, hit, _ = _bin_totals(diagrams, bins)
+    return float(np.sum(np.abs(hit - conf)) / n.sum()) if n.sum() else float("nan")
 
 
 def reliability(proba: np.ndarray, y: np.ndarray, bins: int = 10, clip: np.ndarray | None = None,
                 draws: int = 0, seed: int = 0) -> dict[str, list]:
     """A reliability diagram's data (Guo et al. 2017): over `bins` equal-width bins of the top probability of
-    proba (N, C), each bin's mean confidence, accuracy and window count (empty bins left out). With `draws`,
-    also `consistency` (eai.metrics.consistency_hits): {scheme: draws x bins hit counts} of labels drawn from
-    proba itself, for `ece_consistency`; `clip` (N,) groups the windows for the "clips" scheme."""
+    proba (N, C), each bin's index, mean confidence, accuracy and window count (empty bins left out). With
+    `draws` (and windows), also `consistency`: {scheme: (draws, bins) hit counts} of a model calibrated by
+    construction (`consistency_hits`; `clip` (N,) groups the windows for its "clips" scheme), for
+    `ece_consistency`."""
     conf, hit = proba.max(1), proba.argmax(1) == y
     idx = np.minimum((conf * bins).astype(int), bins - 1)
-    out: dict[str, list] = {"confidence": [], "accuracy": [], "count": []}
+    out: dict[str, list] = {"bin": [], "confidence": [], "accuracy": [], "count": []}
     for b in range(bins):
         sel = idx == b
         if sel.any():
+            out["bin"].append(b)
             out["confidence"].append(round(float(conf[sel].mean()), 4))
             out["accuracy"].append(round(float(hit[sel].mean()), 4))
             out["count"].append(int(sel.sum()))
-    if draws:
-        out["consistency"] = consistency_hits(proba, bins, draws, np.arange(len(y)) if clip is None else clip, seed)
+    if draws and len(y):
+        out["consistency"] = consistency_hits(conf, idx, out["bin"], draws,
+                                              np.arange(len(y)) if clip is None else clip, seed)
     return out
 
 
 CONSISTENCY_DRAWS = 200  # consistency draws a held-out reliability diagram keeps
-CONSISTENCY = ("windows", "clips")  # how consistency_hits draws labels: each window alone, each clip's together
+CONSISTENCY = ("windows", "clips")  # how consistency_hits draws: each window alone, each clip's windows together
 
 
-def consistency_hits(proba: np.ndarray, bins: int, draws: int, clip: np.ndarray, seed: int = 0) -> dict:
+def consistency_hits(conf: np.ndarray, idx: np.ndarray, seen: list[int], draws: int, clip: np.ndarray,
+                     seed: int = 0) -> dict:
     """Consistency resampling (Bröcker & Smith, "Increasing the reliability of reliability diagrams", Weather
-    and Forecasting 2007): `draws` sets of labels drawn from the probabilities proba (N, C) themselves, so from
-    a model calibrated by construction, and for each set the hits (label = argmax) in each non-empty bin of
-    `reliability`. Two ways (CONSISTENCY): "windows", each window's label drawn on its own (the paper's); and
-    "clips", one uniform draw per clip (N,) read through every window's cumulative probabilities, so that a
-    clip's overlapping windows fall together, as windows of one clip do (the label is the clip's). The measured
-    ECE of a calibrated model on few clips is spread between the two. {scheme: (draws, bins) int lists}."""
+    and Forecasting 2007): whether each window's answer is right, drawn `draws` times from the model's own
+    confidence conf (N,) (its top probability), so as a model calibrated by construction would be, counted per
+    bin (idx (N,) each window's bin; `seen` the bins kept, in order). Two ways (CONSISTENCY): "windows", each
+    window drawn on its own (the paper's); "clips", one uniform u per clip (N,) for all its windows, each right
+    when u < its confidence: a clip's windows are right or wrong together as far as their confidences allow (the
+    strongest dependence those confidences admit; overlapping windows of one clip, which share its label, lie
+    between the two). {scheme: (draws, len(seen)) int lists}."""
     rng = np.random.default_rng(seed)
-    p = np.asarray(proba, np.float64)
-    conf, pred = p.max(1), p.argmax(1)
-    idx = np.minimum((conf * bins).astype(int), bins - 1)
-    seen = np.unique(idx)
-    cum = np.cumsum(p, 1)
-    lo, hi = cum[np.arange(len(p)), pred] - conf, cum[np.arange(len(p)), pred]  # argmax's share of [0, 1)
     _, group = np.unique(clip, return_inverse=True)
+    onehot = (idx[:, None] == np.asarray(seen)[None, :]).astype(np.int64)  # (N, bins kept)
     out = {}
     for scheme in CONSISTENCY:
-        u = rng.random((draws, len(p))) if scheme == "windows" else rng.random((draws, group.max() + 1))[:, group]
-        hit = (u >= lo) & (u < hi)
-        out[scheme] = [[int(hit[d, idx == b].sum()) for b in seen] for d in range(draws)]
+        u = rng.random((draws, len(conf))) if scheme == "windows" else rng.random((draws, group.max() + 1))[:, group]
+        out[scheme] = ((u < conf).astype(np.int64) @ onehot).tolist()
     return out
 
 
 def ece_consistency(diagrams: list[dict[str, list]], bins: int = 10) -> dict | None:
     """Whether a measured ECE is more than chance: the ECE of several reliability diagrams taken as one
-    (`pooled_ece`, same `bins`) beside the ECEs their consistency draws give (`reliability` with `draws`; the
-    same draws in each). {"ece", scheme: {"median", "p90", "p_value"}}; p_value is the share of draws of a
-    calibrated model at least as far off as measured. None when a diagram has no draws."""
+    (`pooled_ece`, same `bins`) beside the ECEs their consistency draws give (`reliability` with `draws`; as
+    many in each). {"ece", scheme: {"median", "p90", "p_value"}}; p_value = (1 + draws at least as far off as
+    measured) / (1 + draws), small when the model is off beyond chance. None when a diagram has no draws or
+    there are no windows; ValueError when the diagrams hold different numbers of draws."""
     if not diagrams or any("consistency" not in d for d in diagrams):
         return None
-    n, conf = np.zeros(bins), np.zeros(bins)
-    slots = []
-    for d in diagrams:
-        b = [min(int(c * bins), bins - 1) for c in d["confidence"]]
-        np.add.at(n, b, d["count"])
-        np.add.at(conf, b, np.asarray(d["confidence"]) * np.asarray(d["count"]))
-        slots.append(b)
+    n, conf, _, slots = _bin_totals(diagrams, bins)
+    if not n.sum():
+        return None
     observed = pooled_ece(diagrams, bins)
     out: dict = {"ece": observed}
     for scheme in CONSISTENCY:
-        hits = np.zeros((len(diagrams[0]["consistency"][scheme]), bins))
+        counts = {len(d["consistency"][scheme]) for d in diagrams}
+        if len(counts) != 1:
+            raise ValueError(f"reliability diagrams with different numbers of consistency draws: {sorted(counts)}")
+        hits = np.zeros((counts.pop(), bins))
         for d, b in zip(diagrams, slots):
-            hits[:, b] += np.asarray(d["consistency"][scheme], float).reshape(len(hits), len(b))  # b: distinct bins
+            np.add.at(hits.T, b, np.asarray(d["consistency"][scheme], float).reshape(len(hits), len(b)).T)
         e = np.abs(hits - conf).sum(1) / n.sum()
         out[scheme] = {"median": float(np.median(e)), "p90": float(np.quantile(e, 0.9)),
-                       "p_value": float(np.mean(e >= observed - 1e-9))}
+                       "p_value": float((1 + np.sum(e >= observed - 1e-9)) / (1 + len(e)))}
     return out
 
 
@@ -147,6 +154,7 @@ def pick(m: dict, keys=HEADLINE + ("per_class_recall",)) -> dict:
 
 
 def consistency_range(c: dict | None) -> str:
-    """'a-b': the median ECE a calibrated model would read (ece_consistency's), windows drawn alone to clips drawn
-    together; 'n/a' without draws (figures stored before they were kept)."""
-    return "n/a" if not c else f"{c['windows']['median']:.3f}-{c['clips']['median']:.3f}"
+    """'ECE vs a-b': the 10-bin ECE measured and the median ECE a calibrated model reads on the same windows
+    (ece_consistency's), each window drawn alone to each clip's windows drawn together; 'n/a' without draws
+    (figures kept before they were)."""
+    return "n/a" if not c else f"{c['ece']:.3f} vs {c['windows']['median']:.3f}-{c['clips']['median']:.3f}"

@@ -176,8 +176,8 @@ def consistency_line(models: dict) -> str:
         c = models[k].get("ece_pooled_consistency")
         parts.append(f"{k} {consistency_range(c)}" + (f" (p {c['windows']['p_value']:.2f}-{c['clips']['p_value']:.2f})"
                                                       if c else ""))
-    return ("a calibrated model would read, median ECE of consistency draws (windows alone-clips together; p: "
-            "share of draws at least as far off): " + ", ".join(parts))
+    return ("10-bin ECE vs what a calibrated model would read, median of consistency draws (windows alone-clips "
+            "together; p: share of draws at least as far off): " + ", ".join(parts))
 
 
 def unconstrained_line(ex: dict) -> str:

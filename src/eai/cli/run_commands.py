@@ -152,7 +152,7 @@ def cmd_evaluate(args) -> None:
         print(table([[llm["ece"], llm["ece_uncalibrated"], consistency_range(llm.get("ece_consistency")),
                       ex["label_consistency"], ex["faithfulness"], ex["support_rate"],
                       ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
-                    ["LLM ECE", "uncalibrated", "calibrated reads", "label consistency", "faithfulness",
+                    ["LLM ECE", "uncalibrated", "10-bin vs calibrated", "label consistency", "faithfulness",
                      "support rate", "BLEU-4", "ROUGE-L", "MiniLM sim."]))
         _support_note(ex)
         from eai.benchmarks.llm import unconstrained_line
@@ -221,7 +221,7 @@ def cmd_bench(args) -> None:
                       rec[k]["ece_uncalibrated"], consistency_range(rec[k].get("ece_consistency"))]
                      for k in ("llm", "encoder")],
                     ["model", "window acc", "clip acc", "macro-F1", "ECE", "ECE uncalibrated",
-                     "ECE a calibrated model reads"]))
+                     "10-bin ECE vs calibrated"]))
         print(table([[ex["label_consistency"], ex["faithfulness"], ex["support_rate"], ex["claims_per_explanation"],
                       ex["bleu4"], ex["rouge_l"], ex.get("minilm_similarity")]],
                     ["label consistency", "faithfulness", "support rate", "claims/expl.", "BLEU-4", "ROUGE-L",
