@@ -661,7 +661,8 @@ def test_decoding_held_to_a_clip_s_grounded_claims_makes_only_claims_the_checker
     f, mask = _inputs(8, seed=5)
     n = tiny.skeleton_tokenizer.cfg.n_tokens
     clips = rng.normal(0, 1.5, (8, len(ev.NAMES))) * ref.scale + ref.mean
-    labels = [LABELS[i % 4] for i in range(8)]
+    labels = [LABELS[i % 4] for i in range(7)] + ["neutral"]
+    clips[7] = ref.mean + 3 * ref.scale  # answered neutral, moving far from neutral: nothing supports the answer
     grounds = [ref.grounds(lab, c) for lab, c in zip(labels, clips)]
     zs = [ref.z(c) for c in clips]
     args = (tiny, f, mask, [recognition_prompt(n, "t", LABELS)] * 8, [ev.label_text(x) for x in labels], 40)
@@ -672,9 +673,11 @@ def test_decoding_held_to_a_clip_s_grounded_claims_makes_only_claims_the_checker
     for t, z, g in zip(held, zs, grounds):
         claims = ev.check(t, z, g)
         assert claims and t.endswith("."), t
-        assert all(c.verified and c.supports is not False for c in claims), (t, [c.to_dict() for c in claims])
+        assert all(c.verified and (c.supports is not False or c.descriptor == ev.NO_SUPPORT_KEY)
+                   for c in claims), (t, [c.to_dict() for c in claims])
         if ev.sayable(z, g) == {(ev.NO_SUPPORT_KEY, 0)}:
             assert ev.NO_SUPPORT in t
+    assert ev.sayable(zs[7], grounds[7]) == {(ev.NO_SUPPORT_KEY, 0)} and ev.NO_SUPPORT in held[7]
     # the set is the checker's own: every wording of an allowed claim passes, every other movement claim fails
     z, g = zs[0], grounds[0]
     ok = ev.sayable(z, g)

@@ -337,8 +337,8 @@ def sayable(z: np.ndarray, grounds: Grounds | None = None) -> set[tuple[str, int
     (NO_SUPPORT_KEY, 0) for the no-support sentence. What the explanation grammar holds a row to
     (eai.llm.grammar.GrammarState.allow); judged by `check` itself, one wording per claim, so the two never
     disagree. Never empty: when nothing supports the label, the no-support sentence holds."""
-    return {key for key, phrase in FIRST_WORDING.items()
-            if (c := check(phrase, z, grounds)[0]).verified and c.supports is not False}
+    return {key for key, phrase in FIRST_WORDING.items()  # the no-support sentence never supports: it holds alone
+            if (c := check(phrase, z, grounds)[0]).verified and (c.supports is not False or key[0] == NO_SUPPORT_KEY)}
 
 
 # each claim's first wording in the lexicon: what `sayable` judges it by
