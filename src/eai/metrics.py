@@ -130,10 +130,10 @@ def ece_consistency(diagrams: list[dict[str, list]], bins: int = 10) -> dict | N
     there are no windows; ValueError when the diagrams hold different numbers of draws."""
     if not diagrams or any("consistency" not in d for d in diagrams):
         return None
-    n, conf, _, slots = _bin_totals(diagrams, bins)
+    n, conf, hit, slots = _bin_totals(diagrams, bins)
     if not n.sum():
         return None
-    observed = pooled_ece(diagrams, bins)
+    observed = float(np.abs(hit - conf).sum() / n.sum())  # pooled_ece, from the totals already summed
     out: dict = {"ece": observed}
     for scheme in CONSISTENCY:
         counts = {len(d["consistency"][scheme]) for d in diagrams}
