@@ -122,6 +122,27 @@ def test_out_of_fold_posterior_never_comes_from_a_model_that_saw_the_clip(monkey
     assert len(trained_on) == 6
 
 
+def test_the_cross_fitted_encoders_start_where_the_run_s_encoder_started(synth_dir, smoke_run, tmp_path,
+                                                                          monkeypatch):
+    """Out-of-fold posteriors stand for the run's encoder on clips it never saw: from the shipped weights when it
+    started from them (before, with no auxiliary pre-training written, they started from scratch)."""
+    import eai.train.llm_run as llm_run
+    from eai.weights import load_pretrained
+
+    class Seen(Exception):
+        pass
+
+    def capture(ws, n_classes, cfg, enc, allowed, init, **kw):
+        raise Seen(init)
+
+    monkeypatch.setattr(llm_run, "out_of_fold_posterior", capture)
+    with pytest.raises(Seen) as got:
+        llm_run.train_run(smoke_run(synth_dir, tmp_path / "run"), progress=False)
+    init, shipped = got.value.args[0], load_pretrained()
+    assert shipped is not None and init is not None and init.keys() == shipped.keys()
+    assert all(torch.equal(init[k], shipped[k]) for k in shipped)
+
+
 def test_a_run_saves_its_temperatures_and_applies_them(tiny_run, synth_dir):
     from eai.interpret import Interpreter
     from eai.io.inputs import read_clip

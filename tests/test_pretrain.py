@@ -110,7 +110,7 @@ def test_resume_gives_the_uninterrupted_weights(pre_data, tmp_path, cache_env, m
 
 def test_train_init_none_is_todays_path_and_a_folder_skips_aux(pre_data, tmp_path, cache_env):
     from eai.run import Manifest, RunConfig
-    from eai.train.encoder_run import train_encoder_run
+    from eai.train.encoder_run import initial_weights, train_encoder_run
 
     def train(out, init):
         cfg = RunConfig(data=[str(pre_data)], out=str(tmp_path / out), schedule="smoke", epochs=1, init=init)
@@ -126,6 +126,13 @@ def test_train_init_none_is_todays_path_and_a_folder_skips_aux(pre_data, tmp_pat
     m = Manifest.load(train("init", str(run)))
     assert m.config.init == str(run) and m.pretrain["init"] == "folder" and "labels" not in m.pretrain
     assert m.pretrain["sha256"] == weights.sha256(run / "pretrained.safetensors")
+    # the LLM stages' cross-fitted encoders start where the run's encoder started
+    start = initial_weights(tmp_path / "init", m.config, m.pretrain)
+    shipped = load_file(str(run / "pretrained.safetensors"))
+    assert start.keys() == shipped.keys() and all(torch.equal(start[k], shipped[k]) for k in start)
+    assert initial_weights(none, Manifest.load(none).config, Manifest.load(none).pretrain) is None
+    with pytest.raises(EaiError, match="other weights"):  # the folder's weights replaced since the run
+        initial_weights(tmp_path / "init", m.config, {**m.pretrain, "sha256": "0" * 64})
 
 
 def test_cli_pretrain(pre_data, tmp_path, cache_env, capsys):

@@ -73,6 +73,23 @@ def pretrain(ws: WindowSet, n_labels: int, cfg: TrainConfig, enc: EncoderConfig,
     return state
 
 
+def initial_weights(run: Path, cfg: RunConfig, pre_info: dict | None) -> dict | None:
+    """The weights the encoder stage of run folder `run` started from (state dict), or None (from scratch): its
+    auxiliary pre-training (pretrain.safetensors) where it had one, else the pretrained weights of its `--init`,
+    checked against the sha256 the run recorded (`pre_info`, the manifest's `pretrain`). The cross-fitted encoders
+    of the LLM stages start from them too, so that their out-of-fold posteriors are those of the run's encoder on
+    clips it never saw. EaiError when `--init` now gives other weights than the run started from."""
+    if (run / PRETRAIN_WEIGHTS).is_file():
+        return load_file(str(run / PRETRAIN_WEIGHTS))
+    if (pre_info or {}).get("init", "none") == "none":
+        return None
+    state, info = resolve_init(cfg.init)
+    if info.get("sha256") != pre_info.get("sha256"):
+        raise EaiError(f"the run's encoder started from other weights than --init {cfg.init} gives now (sha256 "
+                       f"{str(pre_info.get('sha256'))[:12]}, now {str(info.get('sha256'))[:12]}); train a new run", run)
+    return state
+
+
 def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, progress: bool = True) -> Path:
     """Train the encoder of run `cfg` into its folder `cfg.out` (resuming from its checkpoint). `datasets`:
     the run's datasets already read (`open_datasets` of cfg.data), so a caller that needs them too reads them

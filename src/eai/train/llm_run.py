@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from safetensors.torch import load_file
 
 from eai.calibration import Calibration, fit_temperature, scale, temper_to_entropy
 
@@ -38,7 +37,7 @@ from eai.train.card import write_model_card
 from eai.train.checkpoint import JsonlLog
 from eai.train.crossfit import CROSSFIT, out_of_fold_posterior
 from eai.train.encoder import launched
-from eai.train.encoder_run import PRETRAIN_WEIGHTS, train_encoder_run
+from eai.train.encoder_run import initial_weights, train_encoder_run
 from eai.train.stages import (
     FeatureSet,
     Sampler,
@@ -85,10 +84,9 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     # learns from, and what the encoder's temperature is fitted on
     allowed = label_mask(m.datasets, m.labels)
     every = WindowSet.concat(wsets, dataset_idx=list(range(len(wsets))))
-    pre = run_dir / PRETRAIN_WEIGHTS
     try:
         oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed,
-                                    load_file(str(pre)) if pre.is_file() else None, seed=cfg.seed,
+                                    initial_weights(run_dir, m.config, m.pretrain), seed=cfg.seed,
                                     cache=run_dir / CROSSFIT, progress=progress)
     except ValueError as e:  # too few clips to cross-fit: the temperatures stay 1, and the manifest says why
         oof, why = None, str(e)
