@@ -113,7 +113,8 @@ def test_out_of_fold_posterior_never_comes_from_a_model_that_saw_the_clip(monkey
                                        cache=cache, progress=False)
     assert len(trained_on) == 3 and np.allclose(p, 1 / 3)  # every window from a model that never saw its clip
     assert set().union(*trained_on) == set(range(n_clips))
-    again = crossfit.out_of_fold_posterior(ws, 3, encoder_schedule("smoke"), EncoderConfig(), None, None, k=3,
+    again = crossfit.out_of_fold_posterior(ws, 3, encoder_schedule("smoke"), EncoderConfig(), None,
+                                           lambda: pytest.fail("start weights read for a cached posterior"), k=3,
                                            cache=cache, progress=False)
     assert len(trained_on) == 3 and np.array_equal(again, p)  # read back from the cache, nothing retrained
     ws.y[0] = (ws.y[0] + 1) % 3  # other windows: the cache does not fit them, and they are computed anew
@@ -138,7 +139,7 @@ def test_the_cross_fitted_encoders_start_where_the_run_s_encoder_started(synth_d
     monkeypatch.setattr(llm_run, "out_of_fold_posterior", capture)
     with pytest.raises(Seen) as got:
         llm_run.train_run(smoke_run(synth_dir, tmp_path / "run"), progress=False)
-    init, shipped = got.value.args[0], load_pretrained()
+    init, shipped = got.value.args[0](), load_pretrained()  # read when encoders are trained (not from a cache)
     assert shipped is not None and init is not None and init.keys() == shipped.keys()
     assert all(torch.equal(init[k], shipped[k]) for k in shipped)
 

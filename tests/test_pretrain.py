@@ -126,13 +126,25 @@ def test_train_init_none_is_todays_path_and_a_folder_skips_aux(pre_data, tmp_pat
     m = Manifest.load(train("init", str(run)))
     assert m.config.init == str(run) and m.pretrain["init"] == "folder" and "labels" not in m.pretrain
     assert m.pretrain["sha256"] == weights.sha256(run / "pretrained.safetensors")
-    # the LLM stages' cross-fitted encoders start where the run's encoder started
-    start = initial_weights(tmp_path / "init", m.config, m.pretrain)
-    shipped = load_file(str(run / "pretrained.safetensors"))
-    assert start.keys() == shipped.keys() and all(torch.equal(start[k], shipped[k]) for k in start)
-    assert initial_weights(none, Manifest.load(none).config, Manifest.load(none).pretrain) is None
-    with pytest.raises(EaiError, match="other weights"):  # the folder's weights replaced since the run
-        initial_weights(tmp_path / "init", m.config, {**m.pretrain, "sha256": "0" * 64})
+    # the LLM stages' cross-fitted encoders start where the run's encoder started: the folder's weights
+    start = initial_weights(tmp_path / "init", str(run), m.pretrain)
+    given = load_file(str(run / "pretrained.safetensors"))
+    assert start.keys() == given.keys() and all(torch.equal(start[k], given[k]) for k in start)
+    moved = tmp_path / "moved"  # the same weights elsewhere are accepted, by their sha256
+    run.rename(moved)
+    assert all(torch.equal(initial_weights(tmp_path / "init", str(moved), m.pretrain)[k], given[k]) for k in given)
+    with pytest.raises(EaiError, match="does not give now"):  # weights replaced since the run, or gone
+        initial_weights(tmp_path / "init", str(moved), {**m.pretrain, "sha256": "0" * 64})
+    with pytest.raises(EaiError, match="does not give now"):
+        initial_weights(tmp_path / "init", str(run), m.pretrain)
+    # from scratch: None, whatever file lies in the folder; after an auxiliary pre-training its file, required
+    (none / "pretrain.safetensors").write_bytes((moved / "pretrained.safetensors").read_bytes())
+    assert initial_weights(none, "none", Manifest.load(none).pretrain) is None
+    aux = {"init": "none", "labels": ["old", "childish"], "windows": 10}
+    assert initial_weights(none, "none", aux).keys() == given.keys()
+    (none / "pretrain.safetensors").unlink()
+    with pytest.raises(EaiError, match="missing"):
+        initial_weights(none, "none", aux)
 
 
 def test_cli_pretrain(pre_data, tmp_path, cache_env, capsys):

@@ -4,8 +4,9 @@ part of a run from its folder alone, as nanoGPT rebuilds a model from its checkp
 code default is consulted, so changing one never changes what a saved run computes.
 
 Run folder: manifest.json; encoder.safetensors; with the LLM stages llm-adapter/ (peft) and
-skeleton_tokenizer.safetensors; log.jsonl, curves.png, llm-curves.png; while training, checkpoints
-(checkpoint.pt, llm-<stage>.pt) and pretrain.safetensors.
+skeleton_tokenizer.safetensors; log.jsonl, curves.png, llm-curves.png; after an auxiliary pre-training
+pretrain.safetensors (where the encoder and the LLM stages' cross-fitted encoders start); while training,
+checkpoints (checkpoint.pt, llm-<stage>.pt).
 """
 from __future__ import annotations
 

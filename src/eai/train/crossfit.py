@@ -10,6 +10,7 @@ folder (`CROSSFIT`) so a resumed run does not redo them.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +35,13 @@ def _key(ws: WindowSet, k: int, seed: int) -> str:
 
 
 def out_of_fold_posterior(ws: WindowSet, n_classes: int, cfg: TrainConfig, enc: EncoderConfig,
-                          allowed: np.ndarray | None, init: dict | None, k: int = 3, seed: int = 0,
+                          allowed: np.ndarray | None, init: dict | Callable[[], dict | None] | None, k: int = 3,
+                          seed: int = 0,
                           cache: Path | None = None, progress: bool = True) -> np.ndarray:
     """(N, n_classes) float32 posterior of every window of `ws` (mirror-averaged; 0 outside its dataset's
     labels where `allowed` (n_datasets, n_classes) is given) from an encoder trained on the other `k - 1`
-    folds of its clips, from `init` (the run's pre-trained weights) with schedule `cfg`. Cached in `cache`
+    folds of its clips, from `init` (the run's pre-trained weights, or a function giving them, called only when
+    encoders are trained) with schedule `cfg`. Cached in `cache`
     (a safetensors file) and reused while the windows are the same. Fewer folds when a label has fewer clips
     than `k`; ValueError when one has a single clip."""
     from safetensors.numpy import load_file, save_file
@@ -54,6 +57,8 @@ def out_of_fold_posterior(ws: WindowSet, n_classes: int, cfg: TrainConfig, enc: 
     k = min(k, per_class)  # a label with fewer clips than folds: fewer folds
     if k < 2:
         raise ValueError(f"a label has only {per_class} training clip: no encoder can be trained without it")
+    if callable(init):
+        init = init()
     out = np.zeros((len(ws.y), n_classes), np.float32)
     joint = allowed is not None and len(allowed) > 1
     for i, (tr, te) in enumerate(tqdm(folds(ws.y, ws.group, k, seed), desc="cross-fitted encoders",

@@ -73,20 +73,29 @@ def pretrain(ws: WindowSet, n_labels: int, cfg: TrainConfig, enc: EncoderConfig,
     return state
 
 
-def initial_weights(run: Path, cfg: RunConfig, pre_info: dict | None) -> dict | None:
-    """The weights the encoder stage of run folder `run` started from (state dict), or None (from scratch): its
-    auxiliary pre-training (pretrain.safetensors) where it had one, else the pretrained weights of its `--init`,
-    checked against the sha256 the run recorded (`pre_info`, the manifest's `pretrain`). The cross-fitted encoders
-    of the LLM stages start from them too, so that their out-of-fold posteriors are those of the run's encoder on
-    clips it never saw. EaiError when `--init` now gives other weights than the run started from."""
-    if (run / PRETRAIN_WEIGHTS).is_file():
+def initial_weights(run: Path, init: str, pre_info: dict | None) -> dict | None:
+    """The weights the encoder stage of run folder `run` started from (state dict), or None (from scratch), as its
+    manifest's `pretrain` (`pre_info`) records: after an auxiliary pre-training, the one kept in the folder
+    (pretrain.safetensors); else the pretrained weights of `init` (this invocation's --init: the run's own, or the
+    same weights moved), accepted only when their sha256 is the one the run recorded. The cross-fitted encoders of
+    the LLM stages start from them too, so that their out-of-fold posteriors are those of the run's encoder on
+    clips it never saw. EaiError when the pre-training's file is gone or `init` gives other weights."""
+    pre_info = pre_info or {}
+    if "labels" in pre_info:  # pre-trained on the datasets' auxiliary clips
+        if not (run / PRETRAIN_WEIGHTS).is_file():
+            raise EaiError(f"{PRETRAIN_WEIGHTS} is missing: the encoder was pre-trained on auxiliary clips and the "
+                           "cross-fitted encoders start from there; train a new run", run)
         return load_file(str(run / PRETRAIN_WEIGHTS))
-    if (pre_info or {}).get("init", "none") == "none":
+    if pre_info.get("init", "none") == "none":
         return None
-    state, info = resolve_init(cfg.init)
-    if info.get("sha256") != pre_info.get("sha256"):
-        raise EaiError(f"the run's encoder started from other weights than --init {cfg.init} gives now (sha256 "
-                       f"{str(pre_info.get('sha256'))[:12]}, now {str(info.get('sha256'))[:12]}); train a new run", run)
+    try:
+        state, info = resolve_init(init)
+    except EaiError:
+        state, info = None, {}
+    if state is None or info.get("sha256") != pre_info.get("sha256"):
+        raise EaiError(f"the encoder started from the weights in {pre_info.get('source')} (sha256 "
+                       f"{str(pre_info.get('sha256'))[:12]}), which --init {init} does not give now; give those "
+                       "weights with --init FOLDER to resume", run)
     return state
 
 

@@ -86,7 +86,7 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     every = WindowSet.concat(wsets, dataset_idx=list(range(len(wsets))))
     try:
         oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed,
-                                    initial_weights(run_dir, m.config, m.pretrain), seed=cfg.seed,
+                                    lambda: initial_weights(run_dir, cfg.init, m.pretrain), seed=cfg.seed,
                                     cache=run_dir / CROSSFIT, progress=progress)
     except ValueError as e:  # too few clips to cross-fit: the temperatures stay 1, and the manifest says why
         oof, why = None, str(e)
