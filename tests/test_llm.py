@@ -585,6 +585,9 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     weights[1].write_bytes(weights[0].read_bytes())
     assert main(args) == 0
     assert kept[1].stat().st_mtime_ns != kept_at[1] and kept[0].stat().st_mtime_ns == kept_at[0]
+    # folds whose encoder started from the shipped weights are not averaged with folds from scratch
+    assert main(args + ["--init", "none"]) == 2
+    assert "started otherwise" in capsys.readouterr().err
 
 
 

@@ -115,8 +115,9 @@ def train_demo_run(data: Path, out: Path, epochs: int, backbone: str) -> dict:
 
 
 def scratch_encoder(data: Path, out: Path, epochs: int, m) -> dict | None:
-    """Where the run's encoder started from the pretrained weights: the same encoder stage from scratch (no
-    pretrained weights, no auxiliary pre-training: the demo's encoder before them) on the same held-out clips, in
+    """Where the run's encoder started from the pretrained weights (and, on Bandai, its auxiliary pre-training from
+    them): the same encoder stage from scratch (no pretrained weights, no auxiliary pre-training: the demo's encoder
+    before them) on the same held-out clips, in
     `out`/encoder-from-scratch, and both figures printed. None when the run did not start from them."""
     from eai.run import MANIFEST, Manifest, RunConfig
     from eai.train.encoder_run import train_encoder_run
@@ -130,7 +131,9 @@ def scratch_encoder(data: Path, out: Path, epochs: int, m) -> dict | None:
                                     holdout=0.2, seed=0, init="none", pretrain=False))
     before = Manifest.load(folder).held_out[m.datasets[0].name]
     after = m.held_out[m.datasets[0].name]
-    print(f"encoder on the held-out clips, from scratch and from the pretrained weights ({m.pretrain.get('source', '')}):")
+    aux = f", then pre-trained from them on {len(m.pretrain['labels'])} auxiliary labels" if "labels" in m.pretrain else ""
+    print(f"encoder on the held-out clips, from scratch and from the pretrained weights ({m.pretrain.get('source', '')}"
+          f"{aux}):")
     print(table([[name, r["window_accuracy"], r["clip_accuracy"], r["macro_f1"]] for name, r in
                  (("from scratch", before), ("pretrained", after))],
                 ["encoder", "window acc", "clip acc", "macro-F1"]))

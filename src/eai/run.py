@@ -59,7 +59,7 @@ class RunConfig:
     posterior_token: bool = True  # a skeleton token of the encoder's class posterior (eai.llm.tokenizer)
     mix: str = "equal"  # several datasets: each one's share of an epoch (eai.data.joint.MIXES)
     # the encoder's initial weights (eai.weights.resolve_init): pretrained (shipped; from scratch when none are),
-    # none, or a folder `eai pretrain` wrote; with weights, the auxiliary pre-training above is skipped
+    # none, or a folder `eai pretrain` wrote; the auxiliary pre-training above starts from them
     init: str = "pretrained"
 
     def __post_init__(self):

@@ -16,6 +16,7 @@ from eai.benchmarks.recognition import recognition_table
 from eai.data.datasets import load_clips, open_dataset
 from eai.data.splits import seed_folds
 from eai.data.windows import window_set
+from eai.errors import EaiError
 from eai.evaluate import select_clips
 from eai.interpret import Interpreter
 from eai.io.files import atomic_write_text
@@ -27,6 +28,7 @@ from eai.run import MANIFEST, Manifest, RunConfig
 from eai.schedules import default_llm_schedule
 from eai.train.encoder_run import PRETRAIN_WEIGHTS
 from eai.train.llm_run import train_run
+from eai.weights import resolve_init
 
 
 def bench_explain(model: str, data: str, task: str | None = None, progress: bool = True, repeats: int = 5) -> dict:
@@ -56,6 +58,12 @@ def clip_nearest(clips: list, seconds: float):
     return min(clips, key=lambda u: abs(u.n_frames / u.fps - seconds))
 
 
+def _start(pre: dict | None) -> tuple:
+    """How a run's encoder started, from its manifest's `pretrain`: (init, sha256, pre-trained on auxiliary clips)."""
+    pre = pre or {}
+    return pre.get("init", "none"), pre.get("sha256"), "labels" in pre
+
+
 def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool = True) -> dict:
     """The whole method under the benchmark protocol: for each fold of each seed, one run folder
     (cfg.out/seed-S-fold-I: `cfg` with that seed and fold, a 1 / n_folds holdout, stage 'all') holding that
@@ -68,6 +76,8 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
     w = window_set(clips, sorted({c.label for c in clips}), descriptors=False, face=False)
     seed_folds(w.y, w.group, n_folds, n_seeds, ds.root)  # a bad --folds fails now, not in fold 0
     root = Path(cfg.out)
+    start = resolve_init(cfg.init)[1]  # every fold's encoder starts from these weights
+    start = (start["init"], start.get("sha256"), cfg.pretrain and bool(ds.auxiliary))
     per: dict[str, list[dict]] = {"llm": [], "encoder": []}
     folds_out = []
     labels: list[str] = []
@@ -75,9 +85,13 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
         for i in range(n_folds):
             run = root / f"seed-{seed}-fold-{i}"
             done = (run / MANIFEST).is_file() and bool(Manifest.load(run).held_out_llm)
+            if done and _start(Manifest.load(run).pretrain) != start:
+                raise EaiError("this folder holds folds whose encoder started otherwise (other --init weights, or "
+                               "with or without the auxiliary pre-training); choose a new --out", run)
             first_pre = root / f"seed-{seed}-fold-0" / PRETRAIN_WEIGHTS
             if not done and i and first_pre.is_file() and not (run / PRETRAIN_WEIGHTS).exists():
-                run.mkdir(parents=True, exist_ok=True)  # pre-training depends on the seed only: done once
+                # pre-training depends on the seed and the starting weights only (fold 0's checked): done once
+                run.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(first_pre, run / PRETRAIN_WEIGHTS)
             if not done:
                 train_run(dataclasses.replace(cfg, out=str(run), stage="all", holdout=1 / n_folds, seed=seed,

@@ -100,18 +100,19 @@ class _EncoderBench:
         self.labels, self.progress = labels, progress
         self.train_ws = window_set(clips, labels, self.cfg.window, self.cfg.train_stride, self.cfg.descriptors)
         self.test_ws = window_set(clips, labels, self.cfg.window, STRIDE, self.cfg.descriptors)
-        # pretrained weights (eai.weights; --init) replace the auxiliary pre-training
+        # the auxiliary pre-training starts from the --init weights (eai.weights)
         self.init, self.init_info = resolve_init(init)
-        self.pre = pretrain_windows([ds], self.cfg, progress) if use_pretrain and self.init is None else None
+        self.pre = pretrain_windows([ds], self.cfg, progress) if use_pretrain else None
         self.pre_state: dict[int, dict] = {}
 
     def init_state(self, seed: int) -> dict | None:
-        """The encoder's default initialisation for `seed`: the pretrained weights of --init (eai.weights), else
-        pre-trained on the dataset's auxiliary clips (once per seed), or None (from scratch) where there are none
-        or pre-training is off."""
+        """The encoder's default initialisation for `seed`: the weights of --init (eai.weights; None: from scratch),
+        pre-trained from them on the dataset's auxiliary clips (once per seed) where it has some and pre-training
+        is on."""
         if self.pre is not None and seed not in self.pre_state:
             cfg = dataclasses.replace(self.cfg, seed=seed)
-            self.pre_state[seed] = pretrain(self.pre[0], len(self.pre[1]), cfg, EncoderConfig(), None, self.progress)
+            self.pre_state[seed] = pretrain(self.pre[0], len(self.pre[1]), cfg, EncoderConfig(), None, self.progress,
+                                            self.init)
         return self.pre_state.get(seed, self.init)
 
     def fit_predict(self, train_clips, test_clips, seed: int, init_state: dict | None) -> np.ndarray:

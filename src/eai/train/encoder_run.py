@@ -1,9 +1,10 @@
 """`eai train --stage encoder`: the encoder stage of a run folder, resumable, with a held-out evaluation.
 
-The encoder is pre-trained on the datasets' auxiliary clips when they have some (Bandai's character styles,
-never test clips of the task), then trained on the training clips of every dataset at once (each window's
-loss over its own dataset's labels, datasets drawn by the run's mix), and scored on each dataset's held-out
-clips: fold `fold` of the protocol's folds.
+The encoder starts from its `--init` weights (the shipped ones by default), is pre-trained from them on the
+datasets' auxiliary clips when they have some (Bandai's character styles, never test clips of the task), then
+trained on the training clips of every dataset at once (each window's loss over its own dataset's labels,
+datasets drawn by the run's mix), and scored on each dataset's held-out clips: fold `fold` of the protocol's
+folds.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from eai.train.encoder import launched, train_encoder
 from eai.weights import resolve_init
 
 PRETRAIN_WEIGHTS = "pretrain.safetensors"
+PRETRAIN_CHECKPOINT = "pretrain.pt"
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -60,16 +62,17 @@ def pretrain_windows(datasets: list[Dataset], cfg: TrainConfig, progress: bool) 
 
 
 def pretrain(ws: WindowSet, n_labels: int, cfg: TrainConfig, enc: EncoderConfig, out: Path | None,
-             progress: bool) -> dict:
-    """Encoder weights pre-trained on auxiliary labels; cached in the run folder when `out` is given."""
+             progress: bool, init: dict | None = None) -> dict:
+    """Encoder weights pre-trained on auxiliary labels, starting from `init` (a state dict, e.g. the shipped
+    weights; None: from scratch); cached in the run folder when `out` is given."""
     if out is not None and (out / PRETRAIN_WEIGHTS).is_file():
         return load_file(str(out / PRETRAIN_WEIGHTS))
-    model, _ = train_encoder(ws, n_labels, cfg, enc, checkpoint=None if out is None else out / "pretrain.pt",
-                             progress=progress)
+    model, _ = train_encoder(ws, n_labels, cfg, enc, checkpoint=None if out is None else out / PRETRAIN_CHECKPOINT,
+                             progress=progress, init=init)
     state = model.state_dict()
     if out is not None and launched()[0] == 0:  # several processes (accelerate launch): the main one writes
         save_weights(model, out / PRETRAIN_WEIGHTS)
-        (out / "pretrain.pt").unlink(missing_ok=True)
+        (out / PRETRAIN_CHECKPOINT).unlink(missing_ok=True)
     return state
 
 
@@ -112,15 +115,16 @@ def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, 
     splits = [holdout_split(d.clips, cfg.holdout, cfg.seed, cfg.fold) for d in datasets]
     joint = len(datasets) > 1
     init, pre_info = resolve_init(cfg.init)
-    _check_resume(run, tcfg, labels, datasets, {"holdout": cfg.holdout, "fold": cfg.fold, "init": cfg.init})
+    _check_resume(run, tcfg, labels, datasets, {"holdout": cfg.holdout, "fold": cfg.fold, "pretrain": cfg.pretrain,
+                                                "init": pre_info["init"], "init_sha256": pre_info.get("sha256")})
     started = time.time()
     if "note" in pre_info:
         warn(pre_info["note"] + " (write weights with 'eai pretrain', use them with --init FOLDER)")
-    if init is None and cfg.pretrain:
+    if cfg.pretrain:  # the datasets' auxiliary clips, from the --init weights (issue 21; bench/RESULTS.md)
         got = pretrain_windows([d.source for d in datasets], tcfg, progress)
         if got is not None:
             ws_pre, pre_labels = got
-            init = pretrain(ws_pre, len(pre_labels), tcfg, enc, run, progress)
+            init = pretrain(ws_pre, len(pre_labels), tcfg, enc, run, progress, init)
             pre_info.update({"labels": pre_labels, "windows": len(ws_pre.y)})
     ws = WindowSet.concat([window_set([d.clips[i] for i in tr], labels, tcfg.window, tcfg.train_stride,
                                       tcfg.descriptors) for d, (tr, _) in zip(datasets, splits)],
@@ -164,14 +168,16 @@ def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, 
 
 
 def _check_resume(run: Path, cfg: TrainConfig, labels: list[str], datasets: list[RunDataset], split: dict) -> None:
-    """Refuse to resume a checkpoint made with another configuration, label set, dataset or held-out split. A
+    """Refuse to resume a checkpoint (of the encoder, or of the auxiliary pre-training, done or not) made with
+    another configuration, label set, dataset, held-out split or starting weights (known by their sha256). A
     dataset is known by its name and its clips, not its path, so a checkpoint resumes on a moved or copied
     dataset (a run carried to another machine)."""
     stamp = run / "run-config.json"
     ids = [{"name": d.name, "clips": hashlib.sha256("\n".join(sorted(c.group for c in d.clips)).encode()).hexdigest()}
            for d in datasets]
     want = {"train": cfg.to_dict(), "labels": labels, "data": ids, "split": split}
-    if stamp.exists() and json.loads(stamp.read_text()) != want and (run / CHECKPOINT).exists():
+    partial = any((run / f).exists() for f in (CHECKPOINT, PRETRAIN_CHECKPOINT, PRETRAIN_WEIGHTS))
+    if stamp.exists() and json.loads(stamp.read_text()) != want and partial:
         raise EaiError("this folder holds a checkpoint of another configuration or dataset; choose a new "
                        "--out, or delete the folder to start over", run)
     if (run / MANIFEST).exists() and not (run / CHECKPOINT).exists():
