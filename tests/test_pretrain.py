@@ -173,6 +173,7 @@ def test_auxiliary_pretraining_starts_from_the_init_weights(tmp_path, monkeypatc
                                progress=False)
     m, shipped = Manifest.load(run), weights.load_pretrained()
     assert m.pretrain["init"] == "pretrained" and m.pretrain["labels"] == ["childish", "old"]
+    assert m.pretrain["auxiliary_data"] == [m.datasets[0].name]  # beside the weights' own data (dataset-2)
     (n_aux, first), (n_task, second) = starts
     assert n_aux == 2 and all(torch.equal(first[k], shipped[k]) for k in shipped)
     pretrained_on_aux = load_file(str(run / er.PRETRAIN_WEIGHTS))

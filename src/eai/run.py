@@ -97,7 +97,7 @@ class Manifest:
     stage: str = "encoder"
     train_windows: int = 0
     # how the encoder started: {"init": "none" | "pretrained" | "folder", "source", "sha256", ...} (eai.weights)
-    # and, after an auxiliary pre-training, its {"labels", "windows"}
+    # and, after an auxiliary pre-training (from those weights), its {"labels", "windows", "auxiliary_data"}
     pretrain: dict | None = None
     held_out: dict[str, dict] = field(default_factory=dict)
     train_seconds: float = 0.0

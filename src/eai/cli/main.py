@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     _protocol_args(s)
     s.add_argument("--schedule", help="encoder schedule (default: gpu with CUDA, else cpu)")
     s.add_argument("--epochs", type=int)
-    s.add_argument("--no-pretrain", action="store_true")
+    s.add_argument("--no-pretrain", action="store_true", help="recognition, llm: skip pre-training on the "
+                   "dataset's auxiliary clips (Bandai's character styles)")
     _init_arg(s, "recognition, llm: ")
     s.add_argument("--controls", action="store_true", help="recognition: also train a plain ST-GCN (joints + "
                    "velocities, PYSKL's recipe) on the same folds: models.stgcn")
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _init_arg(s: argparse.ArgumentParser, where: str = "") -> None:
     s.add_argument("--init", default="pretrained", help=f"{where}the encoder's initial weights: pretrained (the "
                    "shipped ones, the default; from scratch when none are shipped), none, or a folder 'eai pretrain' "
-                   "wrote")
+                   "wrote; the pre-training on a dataset's auxiliary clips starts from them")
 
 
 def _file_command(sub, name: str, help: str, fn) -> None:

@@ -125,7 +125,8 @@ def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, 
         if got is not None:
             ws_pre, pre_labels = got
             init = pretrain(ws_pre, len(pre_labels), tcfg, enc, run, progress, init)
-            pre_info.update({"labels": pre_labels, "windows": len(ws_pre.y)})
+            pre_info.update({"labels": pre_labels, "windows": len(ws_pre.y),
+                             "auxiliary_data": [d.name for d in datasets if d.source.auxiliary]})
     ws = WindowSet.concat([window_set([d.clips[i] for i in tr], labels, tcfg.window, tcfg.train_stride,
                                       tcfg.descriptors) for d, (tr, _) in zip(datasets, splits)],
                           dataset_idx=list(range(len(datasets))))
