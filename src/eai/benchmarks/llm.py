@@ -84,8 +84,9 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
     for seed in range(n_seeds):
         for i in range(n_folds):
             run = root / f"seed-{seed}-fold-{i}"
-            done = (run / MANIFEST).is_file() and bool(Manifest.load(run).held_out_llm)
-            if done and _start(Manifest.load(run).pretrain) != start:
+            kept = Manifest.load(run) if (run / MANIFEST).is_file() else None
+            done = kept is not None and bool(kept.held_out_llm)
+            if done and _start(kept.pretrain) != start:
                 raise EaiError("this folder holds folds whose encoder started otherwise (other --init weights, or "
                                "with or without the auxiliary pre-training); choose a new --out", run)
             first_pre = root / f"seed-{seed}-fold-0" / PRETRAIN_WEIGHTS
