@@ -121,12 +121,12 @@ def train_encoder_run(cfg: RunConfig, datasets: list[RunDataset] | None = None, 
     if "note" in pre_info:
         warn(pre_info["note"] + " (write weights with 'eai pretrain', use them with --init FOLDER)")
     if cfg.pretrain:  # the datasets' auxiliary clips, from the --init weights (issue 21; bench/RESULTS.md)
-        got = pretrain_windows([d.source for d in datasets], tcfg, progress)
+        aux = [d for d in datasets if d.source.auxiliary]
+        got = pretrain_windows([d.source for d in aux], tcfg, progress)
         if got is not None:
             ws_pre, pre_labels = got
             init = pretrain(ws_pre, len(pre_labels), tcfg, enc, run, progress, init)
-            pre_info.update({"labels": pre_labels, "windows": len(ws_pre.y),
-                             "auxiliary_data": [d.name for d in datasets if d.source.auxiliary]})
+            pre_info.update({"labels": pre_labels, "windows": len(ws_pre.y), "auxiliary_data": [d.name for d in aux]})
     ws = WindowSet.concat([window_set([d.clips[i] for i in tr], labels, tcfg.window, tcfg.train_stride,
                                       tcfg.descriptors) for d, (tr, _) in zip(datasets, splits)],
                           dataset_idx=list(range(len(datasets))))
