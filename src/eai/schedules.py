@@ -152,6 +152,11 @@ LLM_SCHEDULES = {
               "recognition": StageConfig(4, 2, 1e-3, 1e-3, 1, mix=0.5)},
 }
 
+# LoRA dropout per LLM schedule where it differs from the paper's 0.05 (eai.llm.builder.LoraSettings): on two
+# cores peft's dropout masks (one per adapted layer, drawn for every token) cost about a third of each training
+# step (a profile of `make demo`), and a few dozen steps leave nothing for it to regularise
+LORA_DROPOUT = {"cpu": 0.0}
+
 
 def _named(table: dict, name: str, what: str):
     if name not in table:

@@ -32,7 +32,7 @@ from eai.llm.tokenizer import SkeletonTokenizerConfig
 from eai.metrics import expected_calibration_error
 from eai.report import credit, plot_confusion, plot_llm_curves, plot_reliability
 from eai.run import MANIFEST, LLMTraining, Manifest, Run, RunConfig, load_run, pool_held_out
-from eai.schedules import STAGES, default_llm_schedule, llm_stages
+from eai.schedules import LORA_DROPOUT, STAGES, default_llm_schedule, llm_stages
 from eai.train.card import write_model_card
 from eai.train.checkpoint import JsonlLog
 from eai.train.crossfit import CROSSFIT, out_of_fold_posterior
@@ -124,7 +124,8 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
              for ws, (cdesc, ref), p in zip(wsets, refs, post)]
     if m.llm is None:
         schedule = cfg.llm_schedule or default_llm_schedule(cfg.schedule)
-        m.llm = LLMConfig(cfg.backbone, cfg.seed, LoraSettings(), SkeletonTokenizerConfig(
+        lora = LoraSettings(**({"lora_dropout": LORA_DROPOUT[schedule]} if schedule in LORA_DROPOUT else {}))
+        m.llm = LLMConfig(cfg.backbone, cfg.seed, lora, SkeletonTokenizerConfig(
             feature_dim=run.encoder.out_channels, hidden=hidden_size(cfg.backbone),
             n_descriptors=len(ev.NAMES) if cfg.kinematic_token else 0,
             n_labels=len(m.labels) if cfg.posterior_token else 0), schedule,

@@ -1,0 +1,98 @@
+"""Seconds per LLM training step on this machine's CPU, with the LoRA dropout of the `paper`/`gpu` schedules (0.05)
+and with none (the `cpu` schedule's, eai.schedules.LORA_DROPOUT), measured in the same run.
+
+One step as eai.train.stages.train_stage takes it: a batch of description examples (the `cpu` schedule's
+description stage: 4), or a recognition batch with its share of description examples (6 + 2), loss, backward and
+an AdamW step of the LoRA weights and the tokenizer's projectors. The bundled LM with the LLM config of `--model`
+(a finished run: its skeleton tokenizer's sizes); skeleton features are random, prompts and answers are built as
+the stages build them (eai.llm.evidence) from random descriptor z-scores, so their token counts are the real ones.
+The two settings alternate, each step timed `--repeats` times after a warm-up; medians and their ratio reported.
+    python bench/bench_llm_step.py --model runs/demo [--repeats 7] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True, help="a finished run (its LLM config)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    from eai.llm import evidence as ev
+    from eai.llm.builder import build_llm
+    from eai.llm.prompts import description_prompt, recognition_prompt
+    from eai.encoder.model import encoder_features
+    from eai.run import Manifest, load_run
+    from eai.skeleton.registry import canonical
+
+    m = Manifest.load(args.model)
+    d = m.datasets[0]
+    rng = np.random.default_rng(0)
+    models, opts = {}, {}
+    for p in (0.05, 0.0):
+        torch.manual_seed(0)
+        llm = build_llm(dataclasses.replace(m.llm, lora=dataclasses.replace(m.llm.lora, lora_dropout=p))).train()
+        models[p] = llm
+        opts[p] = torch.optim.AdamW([q for q in llm.parameters() if q.requires_grad], lr=1e-5)
+    tc = models[0.0].skeleton_tokenizer.cfg
+    run = load_run(args.model)
+    k = canonical().n
+    shape = encoder_features(run.encoder, np.zeros((1, m.train.window, k, 3), np.float32), np.ones((1, k), bool)).shape
+
+    def examples(kind: str, n: int):
+        feats = torch.randn(n, *shape[1:])
+        z = rng.normal(0, 1.2, (n, len(ev.NAMES)))
+        words = [d.words[i] for i in rng.integers(0, len(d.words), n)]
+        if kind == "recognition":
+            prompts, answers = [recognition_prompt(tc.n_tokens, d.tag, d.words)] * n, words
+        else:
+            phrases = [ev.claim_phrases(zi, rng) for zi in z]
+            prompts = [description_prompt(tc.n_tokens, d.tag, w, ev.evidence_line(zi, ph))
+                       for w, zi, ph in zip(words, z, phrases)]
+            answers = [ev.description(w, zi, rng, ph) for w, zi, ph in zip(words, z, phrases)]
+        post = torch.softmax(torch.randn(n, tc.n_labels), 1) if tc.n_labels else None
+        return (feats, torch.ones(n, k, dtype=torch.bool), prompts, answers,
+                torch.from_numpy(z.astype(np.float32)) if tc.n_descriptors else None, torch.ones(n), post)
+
+    batches = {"description stage (4)": [("description", 4)],
+               "recognition stage (6 + 2)": [("recognition", 6), ("description", 2)]}
+
+    def step(p: float, parts: list[tuple[str, int]]) -> float:
+        data = [examples(kind, n) for kind, n in parts]  # built before the clock starts
+        t = time.perf_counter()
+        loss = sum(models[p].loss(*x)[0] * len(x[2]) for x in data) / sum(len(x[2]) for x in data)
+        loss.backward()
+        opts[p].step()
+        opts[p].zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+    rows, out = [], {"threads": torch.get_num_threads(), "repeats": args.repeats}
+    for name, parts in batches.items():
+        for p in models:  # warm-up
+            step(p, parts)
+        got = {p: [] for p in models}
+        for _ in range(args.repeats):
+            for p in models:  # alternating: drifts of the machine's speed fall on both
+                got[p].append(step(p, parts))
+        med = {p: statistics.median(v) for p, v in got.items()}
+        out[name] = {"dropout_0.05_s": med[0.05], "dropout_0_s": med[0.0], "ratio": med[0.0] / med[0.05]}
+        rows.append(f"{name:28s} {med[0.05]:8.2f} {med[0.0]:8.2f} {med[0.0] / med[0.05]:7.2f}")
+    print(f"LLM training step, s (median of {args.repeats}; {torch.get_num_threads()} threads)")
+    print(f"{'batch':28s} {'p 0.05':>8s} {'p 0':>8s} {'ratio':>7s}")
+    print("\n".join(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
