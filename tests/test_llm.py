@@ -108,6 +108,28 @@ def test_prompt_stems_are_computed_once_and_change_no_result(tiny):
     assert all(c is not None and c.get_seq_length() == len(s) for s, c in tiny.stems.items())
 
 
+def test_frozen_stems_score_alike_pass_the_prefix_once_and_leave_the_model_as_it_was(tiny):
+    f, mask = _inputs(3)
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
+    rec = [recognition_prompt(n, "t", LABELS)] * 3
+    ref = tiny.label_logprobs(f, mask, rec, LABELS)
+    tiny.add_stem([description_prompt(n, "t", "angry", "a"), description_prompt(n, "t", "tired", "b")])
+    before = dict(tiny.stems)
+    lengths = []
+    hook = tiny.lm.register_forward_pre_hook(
+        lambda _, args, kw: lengths.append((kw.get("input_ids", kw.get("inputs_embeds"))).shape[:2]), with_kwargs=True)
+    with tiny.frozen_stems([rec[:1]]) as llm:
+        assert list(llm.stems) == [tuple(tiny._prompt_ids(rec[0])[:tiny._prompt_ids(rec[0]).index(tiny.sk_id)])]
+        got = [llm.label_logprobs(f[i:i + 2], mask[i:i + 2], rec[i:i + 2], LABELS) for i in (0, 1)]
+    hook.remove()
+    assert torch.allclose(got[0], ref[:2], atol=1e-5) and torch.allclose(got[1], ref[1:], atol=1e-5)
+    assert len(lengths) == 3 and lengths[0][0] == 1  # the prefix once, then each batch's rest
+    assert tiny.stems == before  # the model's own stems back, the block's dropped
+    with torch.enable_grad():  # training after the block: no stem is used
+        loss, _ = tiny.loss(f[:2], mask[:2], rec[:2], ["sad", "happy"])
+    assert loss.requires_grad
+
+
 def test_cached_greedy_decoding_equals_recomputing(tiny):
     f, mask = _inputs(1)
     n = tiny.skeleton_tokenizer.cfg.n_tokens

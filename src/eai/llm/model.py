@@ -15,6 +15,7 @@ float the skeleton encoder's class posterior over the run's labels (read by a po
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -199,6 +200,22 @@ class EmotionLLM(nn.Module):
             self.stems = self.stems if self.stems is not None else {}
             self.stems.setdefault(tuple(rows[0][:n]), None)
         return n
+
+    @contextlib.contextmanager
+    def frozen_stems(self, templates: list[list[str]]):
+        """A block in which the weights do not change (a held-out probe between training steps, a run's
+        calibration and held-out scoring): each template's stem (`add_stem`; a template is two or more
+        renderings, or one prompt whole) is registered for the block only, so every batch scored in it reuses one
+        prefix pass instead of running its own; the stems the model had (and its stem store) come back after.
+        The scores are those without, to float rounding (the same pass, run once)."""
+        saved = self.stems, self.stem_store
+        self.stems, self.stem_store = None, None
+        try:
+            for t in templates:
+                self.add_stem(t)
+            yield self
+        finally:
+            self.stems, self.stem_store = saved
 
     # ---- recognition by label likelihood
     @torch.no_grad()

@@ -159,13 +159,14 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     from eai.interpret import Interpreter
 
     interp = Interpreter(Run(run.path, m, run.encoder), llm.eval())
-    if m.calibration is None:
-        m.calibration = (Calibration(fitted_on=f"not fitted: {why}") if oof is None else fit_calibration(
-            interp, fsets, oof_token, oof, every.y, m.llm.seed))
-        m.save(run_dir)
-    if any(held) and not m.held_out_llm:
-        m.held_out_llm = pool_held_out({r.name: interp.recognition_metrics(h, r, progress)
-                                        for r, h in zip(m.datasets, held) if h})
+    with llm.frozen_stems(recognition_templates(llm, m.datasets)):
+        if m.calibration is None:
+            m.calibration = (Calibration(fitted_on=f"not fitted: {why}") if oof is None else fit_calibration(
+                interp, fsets, oof_token, oof, every.y, m.llm.seed))
+            m.save(run_dir)
+        if any(held) and not m.held_out_llm:
+            m.held_out_llm = pool_held_out({r.name: interp.recognition_metrics(h, r, progress)
+                                            for r, h in zip(m.datasets, held) if h})
     m.stage = "all"
     m.save(run_dir)
     plot_run_figures(run_dir, m, datasets)
@@ -212,16 +213,22 @@ def held_out_probe(run: Run, datasets: list[RunDataset], held: list[list],
     def probe(llm: EmotionLLM, batch: int = 16) -> float:
         right = []
         reads = llm.skeleton_tokenizer.cfg.n_labels
-        for r, feats, mask, z, frac, post, y in sets:
-            prompt = recognition_prompt(llm.skeleton_tokenizer.cfg.n_tokens, r.tag, r.words)
-            p = np.concatenate([llm.label_proba(feats[b:b + batch], mask[b:b + batch], [prompt] * len(feats[b:b + batch]),
-                                                r.words, z[b:b + batch], frac[b:b + batch],
-                                                post[b:b + batch] if reads else None)
-                                for b in range(0, len(y), batch)])
-            right.append(p.argmax(1) == y)
+        with llm.frozen_stems(recognition_templates(llm, [r for r, *_ in sets])):
+            for r, feats, mask, z, frac, post, y in sets:
+                prompt = recognition_prompt(llm.skeleton_tokenizer.cfg.n_tokens, r.tag, r.words)
+                p = np.concatenate([llm.label_proba(feats[b:b + batch], mask[b:b + batch],
+                                                    [prompt] * len(feats[b:b + batch]), r.words, z[b:b + batch],
+                                                    frac[b:b + batch], post[b:b + batch] if reads else None)
+                                    for b in range(0, len(y), batch)])
+                right.append(p.argmax(1) == y)
         return float(np.concatenate(right).mean())
 
     return probe
+
+
+def recognition_templates(llm: EmotionLLM, datasets: list[RunDataset]) -> list[list[str]]:
+    """Each dataset's recognition prompt, as EmotionLLM.frozen_stems takes it: one stem per dataset."""
+    return [[recognition_prompt(llm.skeleton_tokenizer.cfg.n_tokens, d.tag, d.words)] for d in datasets]
 
 
 def plot_run_figures(run_dir: Path, m: Manifest, datasets: list[RunDataset]) -> None:
