@@ -1,13 +1,16 @@
-"""Seconds per LLM training step on this machine's CPU, with the LoRA dropout of the `paper`/`gpu` schedules (0.05)
-and with none (the `cpu` schedule's, eai.schedules.LORA_DROPOUT), measured in the same run.
+"""What the LLM stages cost on this machine's CPU, two settings at a time, measured in the same run.
+
+Training step: with the LoRA dropout of the `paper`/`gpu` schedules (0.05) and with none (the `cpu` schedule's,
+eai.schedules.LORA_DROPOUT).
 
 One step as eai.train.stages.train_stage takes it: a batch of description examples (the `cpu` schedule's
 description stage: 4), or a recognition batch with its share of description examples (6 + 2), loss, backward and
 an AdamW step of the LoRA weights and the tokenizer's projectors. The bundled LM with the LLM config of `--model`
 (a finished run: its skeleton tokenizer's sizes); skeleton features are random, prompts and answers are built as
-the stages build them (eai.llm.evidence) from random descriptor z-scores, so their token counts are the real ones.
+the stages build them (eai.llm.evidence) from random descriptor z-scores, without a dataset's grounds (so with
+as many claims as a prompt can carry: the upper end of the real token counts).
 The two settings alternate, each step timed `--repeats` times after a warm-up; medians and their ratio reported.
-    python bench/bench_llm_step.py --model runs/demo [--repeats 7] [--json OUT]
+    python bench/bench_llm_stages.py --model runs/demo [--repeats 7] [--json OUT]
 """
 from __future__ import annotations
 
@@ -75,19 +78,35 @@ def main() -> None:
         opts[p].zero_grad(set_to_none=True)
         return time.perf_counter() - t
 
+    probe_data = examples("recognition", 64)
+
+    def probe(frozen: bool) -> float:
+        llm = models[0.0].eval()
+        f, mask, prompts, _, z, fr, post = probe_data
+        t = time.perf_counter()
+        with llm.frozen_stems([prompts[:1]] if frozen else []):
+            for b in range(0, 64, 16):
+                llm.label_proba(f[b:b + 16], mask[b:b + 16], prompts[b:b + 16], d.words,
+                                None if z is None else z[b:b + 16], fr[b:b + 16], None if post is None else post[b:b + 16])
+        t = time.perf_counter() - t
+        llm.train()
+        return t
+
+    cases = {name: {"dropout 0.05": lambda parts=parts: step(0.05, parts),
+                    "dropout 0": lambda parts=parts: step(0.0, parts)} for name, parts in batches.items()}
+    cases["held-out probe (64 windows)"] = {"prefix per batch": lambda: probe(False), "frozen stems": lambda: probe(True)}
     rows, out = [], {"threads": torch.get_num_threads(), "repeats": args.repeats}
-    for name, parts in batches.items():
-        for p in models:  # warm-up
-            step(p, parts)
-        got = {p: [] for p in models}
+    for name, pair in cases.items():
+        for fn in pair.values():  # warm-up
+            fn()
+        got = {setting: [] for setting in pair}
         for _ in range(args.repeats):
-            for p in models:  # alternating: drifts of the machine's speed fall on both
-                got[p].append(step(p, parts))
-        med = {p: statistics.median(v) for p, v in got.items()}
-        out[name] = {"dropout_0.05_s": med[0.05], "dropout_0_s": med[0.0], "ratio": med[0.0] / med[0.05]}
-        rows.append(f"{name:28s} {med[0.05]:8.2f} {med[0.0]:8.2f} {med[0.0] / med[0.05]:7.2f}")
-    print(f"LLM training step, s (median of {args.repeats}; {torch.get_num_threads()} threads)")
-    print(f"{'batch':28s} {'p 0.05':>8s} {'p 0':>8s} {'ratio':>7s}")
+            for setting, fn in pair.items():  # alternating: drifts of the machine's speed fall on both
+                got[setting].append(fn())
+        (a, ma), (b, mb) = ((setting, statistics.median(v)) for setting, v in got.items())
+        out[name] = {a: ma, b: mb, "ratio": mb / ma}
+        rows.append(f"{name:28s} {a:>17s} {ma:6.2f}  {b:>13s} {mb:6.2f}  {mb / ma:5.2f}")
+    print(f"LLM stages, s (median of {args.repeats}; {torch.get_num_threads()} threads); ratio: second / first")
     print("\n".join(rows))
     if args.json:
         with open(args.json, "w") as f:
