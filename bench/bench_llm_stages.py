@@ -9,7 +9,9 @@ an AdamW step of the LoRA weights and the tokenizer's projectors. The bundled LM
 (a finished run: its skeleton tokenizer's sizes); skeleton features are random, prompts and answers are built as
 the stages build them (eai.llm.evidence) from random descriptor z-scores, without a dataset's grounds (so with
 as many claims as a prompt can carry: the upper end of the real token counts).
-The two settings alternate, each step timed `--repeats` times after a warm-up; medians and their ratio reported.
+Held-out probe (eai.train.llm_run.held_out_probe): 64 windows scored in batches of 16, each batch passing the
+recognition prompt's prefix itself, and under EmotionLLM.frozen_stems (the prefix passed once per probe).
+The two settings alternate, each timed `--repeats` times after a warm-up; medians and their ratio reported.
     python bench/bench_llm_stages.py --model runs/demo [--repeats 7] [--json OUT]
 """
 from __future__ import annotations
