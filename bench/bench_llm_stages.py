@@ -38,6 +38,7 @@ def main() -> None:
     from eai.encoder.model import encoder_features
     from eai.run import Manifest, load_run
     from eai.skeleton.registry import canonical
+    from eai.train.llm_run import PROBE_WINDOWS
 
     m = Manifest.load(args.model)
     d = m.datasets[0]
@@ -71,8 +72,7 @@ def main() -> None:
     batches = {"description stage (4)": [("description", 4)],
                "recognition stage (6 + 2)": [("recognition", 6), ("description", 2)]}
 
-    def step(p: float, parts: list[tuple[str, int]]) -> float:
-        data = [examples(kind, n) for kind, n in parts]  # built before the clock starts
+    def step(p: float, data: list[tuple]) -> float:
         t = time.perf_counter()
         loss = sum(models[p].loss(*x)[0] * len(x[2]) for x in data) / sum(len(x[2]) for x in data)
         loss.backward()
@@ -80,31 +80,38 @@ def main() -> None:
         opts[p].zero_grad(set_to_none=True)
         return time.perf_counter() - t
 
-    probe_data = examples("recognition", 64)
-
-    def probe(frozen: bool) -> float:
+    def probe(frozen: bool, data: tuple, batch: int = 16) -> float:  # held_out_probe's batches
         llm = models[0.0].eval()
-        f, mask, prompts, _, z, fr, post = probe_data
+        f, mask, prompts, _, z, fr, post = data
         t = time.perf_counter()
         with llm.frozen_stems([prompts[:1]] if frozen else []):
-            for b in range(0, 64, 16):
-                llm.label_proba(f[b:b + 16], mask[b:b + 16], prompts[b:b + 16], d.words,
-                                None if z is None else z[b:b + 16], fr[b:b + 16], None if post is None else post[b:b + 16])
+            for b in range(0, len(f), batch):
+                s = slice(b, b + batch)
+                llm.label_proba(f[s], mask[s], prompts[s], d.words, None if z is None else z[s], fr[s],
+                                None if post is None else post[s])
         t = time.perf_counter() - t
         llm.train()
         return t
 
-    cases = {name: {"dropout 0.05": lambda parts=parts: step(0.05, parts),
-                    "dropout 0": lambda parts=parts: step(0.0, parts)} for name, parts in batches.items()}
-    cases["held-out probe (64 windows)"] = {"prefix per batch": lambda: probe(False), "frozen stems": lambda: probe(True)}
+    # per case: the inputs of one repeat (built before the clock starts, the same for both settings), the settings
+    cases = {name: (lambda parts=parts: [examples(kind, n) for kind, n in parts],
+                    {"dropout 0.05": lambda x: step(0.05, x), "dropout 0": lambda x: step(0.0, x)})
+             for name, parts in batches.items()}
+    cases[f"held-out probe ({PROBE_WINDOWS} windows)"] = (
+        lambda: examples("recognition", PROBE_WINDOWS),
+        {"prefix per batch": lambda x: probe(False, x), "frozen stems": lambda x: probe(True, x)})
     rows, out = [], {"threads": torch.get_num_threads(), "repeats": args.repeats}
-    for name, pair in cases.items():
-        for fn in pair.values():  # warm-up
-            fn()
+    for name, (inputs, pair) in cases.items():
+        warm = inputs()
+        for fn in pair.values():
+            fn(warm)
         got = {setting: [] for setting in pair}
-        for _ in range(args.repeats):
-            for setting, fn in pair.items():  # alternating: drifts of the machine's speed fall on both
-                got[setting].append(fn())
+        for r in range(args.repeats):
+            x = inputs()
+            # alternating, the first setting first on even repeats and second on odd ones: drifts of the
+            # machine's speed and what one leaves in the caches fall on both
+            for setting in (list(pair) if r % 2 == 0 else list(pair)[::-1]):
+                got[setting].append(pair[setting](x))
         (a, ma), (b, mb) = ((setting, statistics.median(v)) for setting, v in got.items())
         out[name] = {a: ma, b: mb, "ratio": mb / ma}
         rows.append(f"{name:28s} {a:>17s} {ma:6.2f}  {b:>13s} {mb:6.2f}  {mb / ma:5.2f}")

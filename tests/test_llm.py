@@ -114,20 +114,28 @@ def test_frozen_stems_score_alike_pass_the_prefix_once_and_leave_the_model_as_it
     rec = [recognition_prompt(n, "t", LABELS)] * 3
     ref = tiny.label_logprobs(f, mask, rec, LABELS)
     tiny.add_stem([description_prompt(n, "t", "angry", "a"), description_prompt(n, "t", "tired", "b")])
-    before = dict(tiny.stems)
+    before, store = dict(tiny.stems), object()
+    tiny.stem_store = store
+    loss_ref = tiny.loss(f[:2], mask[:2], rec[:2], ["sad", "happy"])[0]
     lengths = []
     hook = tiny.lm.register_forward_pre_hook(
         lambda _, args, kw: lengths.append((kw.get("input_ids", kw.get("inputs_embeds"))).shape[:2]), with_kwargs=True)
+    tiny.eval()
     with tiny.frozen_stems([rec[:1]]) as llm:
-        assert list(llm.stems) == [tuple(tiny._prompt_ids(rec[0])[:tiny._prompt_ids(rec[0]).index(tiny.sk_id)])]
+        assert llm.stem_store is None  # caches of weights in training never reach the store
+        prefix = tiny._prompt_ids(rec[0])[:tiny._prompt_ids(rec[0]).index(tiny.sk_id)]
+        assert list(llm.stems) == [tuple(prefix)]
         got = [llm.label_logprobs(f[i:i + 2], mask[i:i + 2], rec[i:i + 2], LABELS) for i in (0, 1)]
+        assert len(lengths) == 3 and lengths[0] == (1, len(prefix))  # the prefix once, then each batch's rest
+        with torch.enable_grad():  # with gradients the stem is not used: the loss passes its own prefix
+            loss = tiny.loss(f[:2], mask[:2], rec[:2], ["sad", "happy"])[0]
+        assert len(lengths) == 5 and lengths[3] == (1, len(prefix)) and torch.allclose(loss, loss_ref, atol=1e-6)
     hook.remove()
     assert torch.allclose(got[0], ref[:2], atol=1e-5) and torch.allclose(got[1], ref[1:], atol=1e-5)
-    assert len(lengths) == 3 and lengths[0][0] == 1  # the prefix once, then each batch's rest
-    assert tiny.stems == before  # the model's own stems back, the block's dropped
-    with torch.enable_grad():  # training after the block: no stem is used
-        loss, _ = tiny.loss(f[:2], mask[:2], rec[:2], ["sad", "happy"])
-    assert loss.requires_grad
+    assert tiny.stems == before and tiny.stem_store is store  # the model's own back, the block's dropped
+    tiny.train()
+    with pytest.raises(ValueError, match="eval mode"), tiny.frozen_stems([rec[:1]]):
+        pass
 
 
 def test_cached_greedy_decoding_equals_recomputing(tiny):
@@ -610,6 +618,11 @@ def test_bench_llm_trains_each_protocol_fold_and_reads_finished_folds_back(capsy
     # folds whose encoder started from the shipped weights are not averaged with folds from scratch
     assert main(args + ["--init", "none"]) == 2
     assert "started otherwise" in capsys.readouterr().err
+    # nor folds whose LLM trained on another schedule (the cpu schedule's LoRA has no dropout: the run says so)
+    assert r["schedule"]["llm"] == "smoke" and r["schedule"]["lora_dropout"] == 0.05
+    other = [("cpu" if a == "smoke" and args[i - 1] == "--llm-schedule" else a) for i, a in enumerate(args)]
+    assert main(other) == 2
+    assert "LLM trained otherwise (smoke schedule, LoRA dropout 0.05)" in capsys.readouterr().err
 
 
 

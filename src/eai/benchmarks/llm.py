@@ -20,7 +20,7 @@ from eai.errors import EaiError
 from eai.evaluate import select_clips
 from eai.interpret import Interpreter
 from eai.io.files import atomic_write_text
-from eai.llm.builder import ADAPTER, TOKENIZER_WEIGHTS
+from eai.llm.builder import ADAPTER, TOKENIZER_WEIGHTS, LoraSettings
 from eai.llm.scores import explanation_scores, pooled_scores
 from eai.metrics import HEADLINE, consistency_range, ece_consistency, pooled_ece, summarise
 from eai.report import table
@@ -78,6 +78,7 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
     root = Path(cfg.out)
     start = resolve_init(cfg.init)[1]  # every fold's encoder starts from these weights
     start = (start["init"], start.get("sha256"), cfg.pretrain and bool(ds.auxiliary))
+    schedule = cfg.llm_schedule or default_llm_schedule(cfg.schedule)
     per: dict[str, list[dict]] = {"llm": [], "encoder": []}
     folds_out = []
     labels: list[str] = []
@@ -89,6 +90,10 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
             if done and _start(kept.pretrain) != start:
                 raise EaiError("this folder holds folds whose encoder started otherwise (other --init weights, or "
                                "with or without the auxiliary pre-training); choose a new --out", run)
+            if kept is not None and kept.llm is not None and (kept.llm.schedule, kept.llm.lora) != (
+                    schedule, LoraSettings.of_schedule(schedule)):
+                raise EaiError(f"this folder holds folds whose LLM trained otherwise ({kept.llm.schedule} schedule, "
+                               f"LoRA dropout {kept.llm.lora.lora_dropout:g}); choose a new --out", run)
             first_pre = root / f"seed-{seed}-fold-0" / PRETRAIN_WEIGHTS
             if not done and i and first_pre.is_file() and not (run / PRETRAIN_WEIGHTS).exists():
                 # pre-training depends on the seed and the starting weights only (fold 0's checked): done once
@@ -126,9 +131,9 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
             "folds": n_folds, "seeds": n_seeds, "labels": labels,
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
             "windows": sum(f["windows"] for f in folds_out) // n_seeds,
-            "schedule": {"encoder": cfg.schedule, "llm": cfg.llm_schedule or default_llm_schedule(cfg.schedule),
-                         "epochs": cfg.epochs, "steps": {"description": cfg.description_steps,
-                                                         "recognition": cfg.recognition_steps}},
+            "schedule": {"encoder": cfg.schedule, "llm": schedule,
+                         "lora_dropout": LoraSettings.of_schedule(schedule).lora_dropout, "epochs": cfg.epochs,
+                         "steps": {"description": cfg.description_steps, "recognition": cfg.recognition_steps}},
             "models": models, "explanations": pooled_scores([f["explanations"] for f in folds_out]),
             "explanations_unconstrained": pooled_scores([f["explanations_unconstrained"] for f in folds_out]),
             "llm_at_least_encoder_folds": sum(f["llm"]["window_accuracy"] >= f["encoder"]["window_accuracy"]

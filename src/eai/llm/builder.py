@@ -49,6 +49,13 @@ class LoraSettings:
     lora_dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
 
+    @staticmethod
+    def of_schedule(schedule: str) -> "LoraSettings":
+        """The defaults with the LLM schedule's own dropout where it has one (eai.schedules.LORA_DROPOUT)."""
+        from eai.schedules import LORA_DROPOUT
+
+        return LoraSettings(**({"lora_dropout": LORA_DROPOUT[schedule]} if schedule in LORA_DROPOUT else {}))
+
 
 @dataclass
 class LLMConfig:

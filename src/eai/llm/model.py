@@ -204,10 +204,14 @@ class EmotionLLM(nn.Module):
     @contextlib.contextmanager
     def frozen_stems(self, templates: list[list[str]]):
         """A block in which the weights do not change (a held-out probe between training steps, a run's
-        calibration and held-out scoring): each template's stem (`add_stem`; a template is two or more
-        renderings, or one prompt whole) is registered for the block only, so every batch scored in it reuses one
-        prefix pass instead of running its own; the stems the model had (and its stem store) come back after.
-        The scores are those without, to float rounding (the same pass, run once)."""
+        calibration and held-out scoring), in eval mode: each template's stem (`add_stem`: what its renderings
+        share before the first skeleton placeholder; one prompt gives all of that) is registered for the block
+        only, so every batch scored in it reuses one prefix pass instead of running its own; the stems the model
+        had (and its stem store) come back after. The scores are those without, to float rounding (the same pass,
+        run once). Stems are never used while gradients are enabled. ValueError in train mode (a dropout draw
+        would be shared by every batch)."""
+        if self.training:
+            raise ValueError("frozen_stems needs the model in eval mode")
         saved = self.stems, self.stem_store
         self.stems, self.stem_store = None, None
         try:

@@ -32,7 +32,7 @@ from eai.llm.tokenizer import SkeletonTokenizerConfig
 from eai.metrics import expected_calibration_error
 from eai.report import credit, plot_confusion, plot_llm_curves, plot_reliability
 from eai.run import MANIFEST, LLMTraining, Manifest, Run, RunConfig, load_run, pool_held_out
-from eai.schedules import LORA_DROPOUT, STAGES, default_llm_schedule, llm_stages
+from eai.schedules import STAGES, default_llm_schedule, llm_stages
 from eai.train.card import write_model_card
 from eai.train.checkpoint import JsonlLog
 from eai.train.crossfit import CROSSFIT, out_of_fold_posterior
@@ -124,14 +124,14 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
              for ws, (cdesc, ref), p in zip(wsets, refs, post)]
     if m.llm is None:
         schedule = cfg.llm_schedule or default_llm_schedule(cfg.schedule)
-        lora = LoraSettings(**({"lora_dropout": LORA_DROPOUT[schedule]} if schedule in LORA_DROPOUT else {}))
-        m.llm = LLMConfig(cfg.backbone, cfg.seed, lora, SkeletonTokenizerConfig(
+        m.llm = LLMConfig(cfg.backbone, cfg.seed, LoraSettings.of_schedule(schedule), SkeletonTokenizerConfig(
             feature_dim=run.encoder.out_channels, hidden=hidden_size(cfg.backbone),
             n_descriptors=len(ev.NAMES) if cfg.kinematic_token else 0,
             n_labels=len(m.labels) if cfg.posterior_token else 0), schedule,
             llm_stages(schedule, {"description": cfg.description_steps, "recognition": cfg.recognition_steps}),
             FUSED if fused else "encoder", confidence)
         m.llm_training = LLMTraining()
+        m.save(run_dir)  # a stage interrupted before its end resumes under the config its checkpoint was made with
     if m.llm_training.done:  # resuming after a finished stage
         llm = load_llm(run_dir, m.llm, trainable=True)
     else:
@@ -213,9 +213,9 @@ def held_out_probe(run: Run, datasets: list[RunDataset], held: list[list],
     def probe(llm: EmotionLLM, batch: int = 16) -> float:
         right = []
         reads = llm.skeleton_tokenizer.cfg.n_labels
-        with llm.frozen_stems(recognition_templates(llm, [r for r, *_ in sets])):
-            for r, feats, mask, z, frac, post, y in sets:
-                prompt = recognition_prompt(llm.skeleton_tokenizer.cfg.n_tokens, r.tag, r.words)
+        templates = recognition_templates(llm, [r for r, *_ in sets])
+        with llm.frozen_stems(templates):
+            for (r, feats, mask, z, frac, post, y), (prompt,) in zip(sets, templates):
                 p = np.concatenate([llm.label_proba(feats[b:b + batch], mask[b:b + batch],
                                                     [prompt] * len(feats[b:b + batch]), r.words, z[b:b + batch],
                                                     frac[b:b + batch], post[b:b + batch] if reads else None)
