@@ -152,9 +152,10 @@ LLM_SCHEDULES = {
               "recognition": StageConfig(4, 2, 1e-3, 1e-3, 1, mix=0.5)},
 }
 
-# LoRA dropout per LLM schedule where it differs from the paper's 0.05 (eai.llm.builder.LoraSettings): on two
-# cores peft's dropout masks (one per adapted layer, drawn for every token) cost about a third of each training
-# step (a profile of `make demo`), and a few dozen steps leave nothing for it to regularise
+# LoRA dropout per LLM schedule where it differs from the paper's 0.05 (eai.llm.builder.LoraSettings.of_schedule):
+# on two cores peft's dropout masks (one per adapted layer, drawn for every token) cost about a quarter of each
+# training step (bench/bench_llm_stages.py); without them the protocol's folds scored within 0.025 of their scores
+# with them (bench/RESULTS.md, "LoRA dropout off on the cpu schedule")
 LORA_DROPOUT = {"cpu": 0.0}
 
 
