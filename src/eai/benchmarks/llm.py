@@ -79,6 +79,7 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
     start = resolve_init(cfg.init)[1]  # every fold's encoder starts from these weights
     start = (start["init"], start.get("sha256"), cfg.pretrain and bool(ds.auxiliary))
     schedule = cfg.llm_schedule or default_llm_schedule(cfg.schedule)
+    lora = LoraSettings.of_schedule(schedule)  # what every fold's LLM trains with
     per: dict[str, list[dict]] = {"llm": [], "encoder": []}
     folds_out = []
     labels: list[str] = []
@@ -90,8 +91,7 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
             if done and _start(kept.pretrain) != start:
                 raise EaiError("this folder holds folds whose encoder started otherwise (other --init weights, or "
                                "with or without the auxiliary pre-training); choose a new --out", run)
-            if kept is not None and kept.llm is not None and (kept.llm.schedule, kept.llm.lora) != (
-                    schedule, LoraSettings.of_schedule(schedule)):
+            if kept is not None and kept.llm is not None and (kept.llm.schedule, kept.llm.lora) != (schedule, lora):
                 raise EaiError(f"this folder holds folds whose LLM trained otherwise ({kept.llm.schedule} schedule, "
                                f"LoRA dropout {kept.llm.lora.lora_dropout:g}); choose a new --out", run)
             first_pre = root / f"seed-{seed}-fold-0" / PRETRAIN_WEIGHTS
@@ -132,7 +132,7 @@ def bench_llm(cfg: RunConfig, n_folds: int = 5, n_seeds: int = 1, progress: bool
             "clips": sum(f["clips"] for f in folds_out) // n_seeds,
             "windows": sum(f["windows"] for f in folds_out) // n_seeds,
             "schedule": {"encoder": cfg.schedule, "llm": schedule,
-                         "lora_dropout": LoraSettings.of_schedule(schedule).lora_dropout, "epochs": cfg.epochs,
+                         "lora_dropout": lora.lora_dropout, "epochs": cfg.epochs,
                          "steps": {"description": cfg.description_steps, "recognition": cfg.recognition_steps}},
             "models": models, "explanations": pooled_scores([f["explanations"] for f in folds_out]),
             "explanations_unconstrained": pooled_scores([f["explanations_unconstrained"] for f in folds_out]),
