@@ -1,27 +1,28 @@
 """How low temperature scaling can bring the held-out ECE of a `bench llm` folder's folds, for both models.
 
-Each fold's run (a folder `eai bench llm` wrote) scores its held-out clips as its held-out figures do
+Each fold's run (a folder `eai bench llm` wrote, seed-S-fold-I) scores its held-out clips as its held-out figures do
 (eai.interpret.Interpreter.recognition_proba: the LLM by label likelihood, mirror-averaged, and the encoder's own
-head, before temperature scaling), and every fold's windows are pooled as `bench llm` pools them (10 bins). The
-pooled ECE is then read under four temperatures per model:
+head, before temperature scaling), its window and clip counts checked against the run's stored figures, and every
+fold's windows are pooled as `bench llm` pools them (eai.metrics.pooled_ece over 10-bin reliability diagrams; the
+stored figure is printed beside the re-scored one: the run was scored by the training-time model, this by the
+loaded, merged one). The pooled ECE is read under:
 
 - `fitted`: each run's own temperature, fitted on its training windows (what `bench llm` reports);
-- `none`: T = 1;
-- `best single T`: the one temperature for every fold that minimises the pooled ECE, chosen on the held-out windows
-  themselves: no temperature fitted without them, shared by the folds, can read lower;
-- `per-fold oracle`: each fold's own T minimising the NLL of its held-out windows (Guo et al. 2017's fit, on the
-  test windows): what a temperature could read if it knew each fold's difficulty.
-
-The last two look at the test labels: they are bounds, not methods. When `best single T` is above a target, no
-temperature fitted on training windows reaches it on these folds; the gap between the two bounds is what the folds'
-differing difficulty costs.
+- `T = 1`;
+- `best shared T`: the one temperature for every fold with the lowest pooled ECE, found on a grid of log T over
+  eai.calibration.LOG_T (step 0.005) and chosen on the held-out windows themselves. It looks at the test labels, so
+  it is optimistic: no temperature shared by the folds reads lower (up to the grid), but the runs fit one per fold,
+  and those can;
+- `per-fold NLL T`: each fold's temperature minimising the NLL of its own held-out windows (Guo et al. 2017's fit, on
+  the test labels): NLL-optimal, not ECE-optimal; a reference, not a bound (it can read above `best shared T`).
 
 With `--refit-k K` the encoder's temperature is also fitted on a new cross-fitting of each run's training windows
-with K folds (eai.train.crossfit.out_of_fold_posterior, from the run's own starting weights and schedule, not
-cached; a run's own is K = 3): `refit` in the table, and the out-of-fold accuracy beside the run's. The LLM's
-temperature would need the LLM stages' tokens from those posteriors too, so it is not refitted.
-    python bench/bench_calibration_floor.py --runs runs/bench-llm-d0 --data ../shared/data/bandai-namco-1 \
-        [--refit-k 5] [--json OUT]
+with K folds (eai.train.crossfit.out_of_fold_posterior from the run's own starting weights and schedule, as
+eai.train.llm_run.fit_calibration fits it; not cached). That trains K encoders per fold: about 25 minutes for five
+Bandai folds and K = 5 on two cores. Before any training, each run's cached cross-fitting (its crossfit.safetensors)
+must be the one these windows give, and the temperature fitted on it must be the run's. The LLM's temperature would
+need LLM stages trained on posterior tokens from the new cross-fitting, so it is not refitted.
+    python bench/bench_calibration_floor.py --runs runs/bench-llm-d0 [--folds 5] [--seeds 1] [--refit-k 5] [--json OUT]
 """
 from __future__ import annotations
 
@@ -31,75 +32,93 @@ from pathlib import Path
 
 import numpy as np
 
-BINS = 10  # bench llm's pooled ECE (eai.metrics.pooled_ece over 10-bin reliability diagrams)
+BINS = 10  # bench llm's pooled ECE
 
 
 def main() -> None:
-    from scipy.optimize import minimize_scalar
-
     from eai.calibration import LOG_T, fit_temperature, scale_proba
     from eai.data.datasets import load_clips, open_dataset
     from eai.interpret import Interpreter
-    from eai.metrics import expected_calibration_error
+    from eai.metrics import pooled_ece, reliability
+    from eai.run import MANIFEST
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", required=True, help="a bench llm folder (seed-S-fold-I run folders)")
-    ap.add_argument("--data", required=True, help="the dataset the folds were trained on")
+    ap.add_argument("--folds", type=int, default=5, help="its --folds")
+    ap.add_argument("--seeds", type=int, default=1, help="its --seeds")
+    ap.add_argument("--data", help="the dataset, where it is no longer at the path the runs recorded")
     ap.add_argument("--refit-k", type=int, help="also fit the encoder's temperature on K cross-fitted encoders")
     ap.add_argument("--json")
     args = ap.parse_args()
-    folds = sorted(p for p in Path(args.runs).glob("seed-*-fold-*") if (p / "manifest.json").is_file())
-    if not folds:
-        raise SystemExit(f"no fold runs in {args.runs}")
-    clips = load_clips(open_dataset(args.data), progress=False)
-    raw = {"llm": [], "encoder": []}
-    ys, fitted, names, refit = [], {"llm": [], "encoder": []}, [], []
+    folds = [Path(args.runs) / f"seed-{s}-fold-{i}" for s in range(args.seeds) for i in range(args.folds)]
+    missing = [str(f) for f in folds if not (f / MANIFEST).is_file()]
+    if missing:
+        raise SystemExit(f"not a finished bench llm fold: {', '.join(missing)}")
+    read: dict[tuple, list] = {}  # (dataset path, task): its clips, read once for every fold
+    raw, stored = {"llm": [], "encoder": []}, {"llm": [], "encoder": []}
+    ys, fitted, refit = [], {"llm": [], "encoder": []}, []
     for run in folds:
         it = Interpreter.load(run)
-        d = it.run.manifest.datasets[0]
-        held = [u for u in clips if u.group in set(d.held_out_groups)]
+        m = it.run.manifest
+        d = m.datasets[0]
+        key = (args.data or d.path, m.task)
+        if key not in read:
+            read[key] = load_clips(open_dataset(*key), progress=False)
+        out_groups = set(d.held_out_groups)
+        held = [u for u in read[key] if u.group in out_groups]
         ws, _, p = it.recognition_proba(held, d)
+        h = m.held_out_llm_of(d.name)
+        if (len(ws.y), len(held)) != (h["windows"], h["clips"]):
+            raise SystemExit(f"{run}: {len(held)} clips and {len(ws.y)} windows read from {key[0]}, but the run "
+                             f"held out {h['clips']} and {h['windows']}: another dataset (give --data)")
         for k in raw:
             raw[k].append(p[k])
             fitted[k].append(getattr(it.calibration, k))
+            stored[k].append(h[k]["reliability"]["calibrated"])
         ys.append(ws.y)
-        names.append(run.name)
         print(f"{run.name}: {len(held)} clips, {len(ws.y)} windows", flush=True)
         if args.refit_k:
-            refit.append(refit_encoder_temperature(run, it.run, [u for u in clips if u.group not in set(d.held_out_groups)], args.refit_k))
-            print(f"  K = {args.refit_k}: out-of-fold accuracy {refit[-1]['oof_accuracy']:.3f} (the run's K = 3: "
-                  f"{refit[-1]['run_oof_accuracy']:.3f}), encoder temperature {refit[-1]['temperature']:.3f} "
-                  f"(the run's {fitted['encoder'][-1]:.3f})", flush=True)
-    y = np.concatenate(ys)
+            train = [u for u in read[key] if u.group not in out_groups]
+            refit.append(refit_encoder_temperature(run, it.run, train, args.refit_k))
+            f = refit[-1]
+            print(f"  K = {f['k']}: out-of-fold accuracy {f['oof_accuracy']:.3f} (the run's K = 3: "
+                  f"{f['run_oof_accuracy']:.3f}), encoder temperature {f['temperature']:.3f} (the run's "
+                  f"{fitted['encoder'][-1]:.3f})", flush=True)
 
     def pooled(k: str, ts: list[float]) -> float:
-        return expected_calibration_error(np.concatenate([scale_proba(p, t) for p, t in zip(raw[k], ts)]), y, BINS)
+        return pooled_ece([reliability(scale_proba(q, t), y, BINS) for q, t, y in zip(raw[k], ts, ys)], BINS)
 
-    def log(p: np.ndarray) -> np.ndarray:
+    def log(q: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
-            return np.where(p > 0, np.log(np.clip(p, 1e-300, None)), -np.inf)
+            return np.log(q)
 
-    out = {"runs": str(args.runs), "folds": names, "windows": int(len(y)), "bins": BINS, "models": {}}
+    grid = np.exp(np.arange(LOG_T[0], LOG_T[1] + 1e-9, 0.005))
+    n = len(folds)
+    out = {"runs": str(args.runs), "folds": [f.name for f in folds], "windows": int(sum(map(len, ys))), "bins": BINS,
+           "models": {}}
     rows = []
     for k in raw:
-        best = minimize_scalar(lambda lt: pooled(k, [float(np.exp(lt))] * len(folds)), bounds=LOG_T, method="bounded")
-        oracle = [fit_temperature(log(p), yy) for p, yy in zip(raw[k], ys)]
-        acc = float(np.mean(np.concatenate([p.argmax(1) for p in raw[k]]) == y))
-        r = {"accuracy": acc,
-             "fitted": {"temperatures": fitted[k], "ece": pooled(k, fitted[k])},
-             "none": {"ece": pooled(k, [1.0] * len(folds))},
-             "best_single_t": {"temperature": float(np.exp(best.x)), "ece": float(best.fun)},
-             "per_fold_oracle": {"temperatures": oracle, "ece": pooled(k, oracle)},
-             "per_fold_accuracy": [float(np.mean(p.argmax(1) == yy)) for p, yy in zip(raw[k], ys)]}
+        curve = np.array([pooled(k, [t] * n) for t in grid])
+        best = int(np.argmin(curve))
+        nll = [fit_temperature(log(q), y) for q, y in zip(raw[k], ys)]
+        r = {"accuracy": float(np.mean(np.concatenate([q.argmax(1) == y for q, y in zip(raw[k], ys)]))),
+             "fitted": {"temperatures": fitted[k], "ece": pooled(k, fitted[k]), "stored_ece": pooled_ece(stored[k])},
+             "t1": {"ece": pooled(k, [1.0] * n)},
+             "best_shared_t": {"temperature": float(grid[best]), "ece": float(curve[best]),
+                               "below_0.05": [float(grid[curve <= 0.05].min()), float(grid[curve <= 0.05].max())]
+                               if (curve <= 0.05).any() else None},
+             "per_fold_nll_t": {"temperatures": nll, "ece": pooled(k, nll)},
+             "per_fold_accuracy": [float(np.mean(q.argmax(1) == y)) for q, y in zip(raw[k], ys)]}
         if refit and k == "encoder":
             ts = [f["temperature"] for f in refit]
             r["refit"] = {"k": args.refit_k, "temperatures": ts, "ece": pooled(k, ts), "folds": refit}
         out["models"][k] = r
-        rows.append(f"{k:8s} {acc:6.3f}  {r['fitted']['ece']:7.3f}  {r['none']['ece']:6.3f}  "
-                    f"{r['best_single_t']['ece']:6.3f} (T {r['best_single_t']['temperature']:.2f})  "
-                    f"{r['per_fold_oracle']['ece']:6.3f}")
-    print(f"pooled ECE over {len(y)} held-out windows of {len(folds)} folds ({BINS} bins)")
-    print("model    acc.    fitted     T=1    best single T (on test)   per-fold oracle (on test)")
+        band = r["best_shared_t"]["below_0.05"]
+        rows.append(f"{k:8s} {r['accuracy']:5.3f}  {r['fitted']['ece']:6.3f} ({r['fitted']['stored_ece']:.3f})  "
+                    f"{r['t1']['ece']:5.3f}  {curve[best]:6.3f} at T {grid[best]:.2f} "
+                    f"({'T %.2f-%.2f' % tuple(band) if band else 'none'})  {r['per_fold_nll_t']['ece']:6.3f}")
+    print(f"pooled ECE over {out['windows']} held-out windows of {n} folds ({BINS} bins)")
+    print("model    acc.   fitted (stored)  T=1    best shared T, on test (<= 0.05 for)   per-fold NLL T, on test")
     print("\n".join(rows))
     if refit:
         r = out["models"]["encoder"]["refit"]
@@ -110,28 +129,37 @@ def main() -> None:
 
 def refit_encoder_temperature(folder: Path, run, train_clips: list, k: int) -> dict:
     """The encoder temperature of run `run` (in `folder`) fitted on the out-of-fold posteriors of `k` encoders
-    cross-fitted on its training clips as eai.train.llm_run cross-fits them, with their out-of-fold accuracy and
-    that of the run's own cross-fitting (its crossfit.safetensors)."""
-    from safetensors.numpy import load_file
-
+    cross-fitted on its training clips as eai.train.llm_run cross-fits them, with the number of folds used (fewer
+    where a label has fewer clips), their out-of-fold accuracy and that of the run's own cross-fitting. SystemExit
+    when the run's cached cross-fitting is not the one these windows give, or its temperature not the run's."""
     from eai.calibration import fit_temperature
     from eai.data.joint import label_mask
     from eai.data.windows import WindowSet, window_set
-    from eai.train.crossfit import CROSSFIT, _key, out_of_fold_posterior
+    from eai.train.crossfit import CROSSFIT, out_of_fold_posterior
     from eai.train.encoder_run import initial_weights
 
     m = run.manifest
     every = WindowSet.concat([window_set(train_clips, m.labels, m.train.window, m.train.train_stride,
                                          descriptors=True)], dataset_idx=[0])
-    oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, label_mask(m.datasets, m.labels),
+    allowed = label_mask(m.datasets, m.labels)
+
+    def logp(q: np.ndarray) -> np.ndarray:  # as fit_calibration takes the posteriors
+        return np.log(np.clip(q, 1e-12, None)) + np.where(q > 0, 0, -np.inf)
+
+    def not_cached():
+        raise SystemExit(f"{folder}: its {CROSSFIT} was not made on these training windows")
+
+    # the run's own cross-fitting (the default k, 3), read from its cache; training there means other windows
+    own = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed, not_cached, seed=m.config.seed,
+                                cache=folder / CROSSFIT, progress=False)
+    if not np.isclose(fit_temperature(logp(own), every.y), m.calibration.encoder, rtol=1e-6):
+        raise SystemExit(f"{folder}: the temperature fitted on its cross-fitting is not the run's")
+    oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed,
                                 lambda: initial_weights(folder, m.config.init, m.pretrain), k=k, seed=m.config.seed,
                                 progress=False)
-    own = load_file(str(folder / CROSSFIT))
-    if bytes(own["key"]).decode() != _key(every, 3, m.config.seed):
-        raise SystemExit(f"{folder}: these training windows are not the ones its cross-fitting read")
-    own = own["posterior"]
-    logp = np.log(np.clip(oof, 1e-12, None)) + np.where(oof > 0, 0, -np.inf)
-    return {"temperature": fit_temperature(logp, every.y), "oof_accuracy": float(np.mean(oof.argmax(1) == every.y)),
+    used = min(k, min(np.unique(every.group[every.y == c]).size for c in np.unique(every.y)))
+    return {"k": int(used), "temperature": fit_temperature(logp(oof), every.y),
+            "oof_accuracy": float(np.mean(oof.argmax(1) == every.y)),
             "run_oof_accuracy": float(np.mean(own.argmax(1) == every.y))}
 
 
