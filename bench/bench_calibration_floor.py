@@ -36,7 +36,7 @@ BINS = 10  # bench llm's pooled ECE
 
 
 def main() -> None:
-    from eai.calibration import LOG_T, fit_temperature, scale_proba
+    from eai.calibration import LOG_T, fit_temperature, log_posterior, scale_proba
     from eai.data.datasets import load_clips, open_dataset
     from eai.interpret import Interpreter
     from eai.metrics import pooled_ece, reliability
@@ -88,10 +88,6 @@ def main() -> None:
     def pooled(k: str, ts: list[float]) -> float:
         return pooled_ece([reliability(scale_proba(q, t), y, BINS) for q, t, y in zip(raw[k], ts, ys)], BINS)
 
-    def log(q: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            return np.log(q)
-
     grid = np.exp(np.arange(LOG_T[0], LOG_T[1] + 1e-9, 0.005))
     n = len(folds)
     out = {"runs": str(args.runs), "folds": [f.name for f in folds], "windows": int(sum(map(len, ys))), "bins": BINS,
@@ -100,7 +96,7 @@ def main() -> None:
     for k in raw:
         curve = np.array([pooled(k, [t] * n) for t in grid])
         best = int(np.argmin(curve))
-        nll = [fit_temperature(log(q), y) for q, y in zip(raw[k], ys)]
+        nll = [fit_temperature(log_posterior(q), y) for q, y in zip(raw[k], ys)]
         r = {"accuracy": float(np.mean(np.concatenate([q.argmax(1) == y for q, y in zip(raw[k], ys)]))),
              "fitted": {"temperatures": fitted[k], "ece": pooled(k, fitted[k]), "stored_ece": pooled_ece(stored[k])},
              "t1": {"ece": pooled(k, [1.0] * n)},
@@ -132,10 +128,10 @@ def refit_encoder_temperature(folder: Path, run, train_clips: list, k: int) -> d
     cross-fitted on its training clips as eai.train.llm_run cross-fits them, with the number of folds used (fewer
     where a label has fewer clips), their out-of-fold accuracy and that of the run's own cross-fitting. SystemExit
     when the run's cached cross-fitting is not the one these windows give, or its temperature not the run's."""
-    from eai.calibration import fit_temperature
+    from eai.calibration import fit_temperature, log_posterior
     from eai.data.joint import label_mask
     from eai.data.windows import WindowSet, window_set
-    from eai.train.crossfit import CROSSFIT, out_of_fold_posterior
+    from eai.train.crossfit import CROSSFIT, folds_used, out_of_fold_posterior
     from eai.train.encoder_run import initial_weights
 
     m = run.manifest
@@ -143,22 +139,18 @@ def refit_encoder_temperature(folder: Path, run, train_clips: list, k: int) -> d
                                          descriptors=True)], dataset_idx=[0])
     allowed = label_mask(m.datasets, m.labels)
 
-    def logp(q: np.ndarray) -> np.ndarray:  # as fit_calibration takes the posteriors
-        return np.log(np.clip(q, 1e-12, None)) + np.where(q > 0, 0, -np.inf)
-
     def not_cached():
         raise SystemExit(f"{folder}: its {CROSSFIT} was not made on these training windows")
 
     # the run's own cross-fitting (the default k, 3), read from its cache; training there means other windows
     own = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed, not_cached, seed=m.config.seed,
                                 cache=folder / CROSSFIT, progress=False)
-    if not np.isclose(fit_temperature(logp(own), every.y), m.calibration.encoder, rtol=1e-6):
+    if not np.isclose(fit_temperature(log_posterior(own), every.y), m.calibration.encoder, rtol=1e-6):
         raise SystemExit(f"{folder}: the temperature fitted on its cross-fitting is not the run's")
     oof = out_of_fold_posterior(every, len(m.labels), m.train, m.encoder, allowed,
                                 lambda: initial_weights(folder, m.config.init, m.pretrain), k=k, seed=m.config.seed,
                                 progress=False)
-    used = min(k, min(np.unique(every.group[every.y == c]).size for c in np.unique(every.y)))
-    return {"k": int(used), "temperature": fit_temperature(logp(oof), every.y),
+    return {"k": folds_used(every, k), "temperature": fit_temperature(log_posterior(oof), every.y),
             "oof_accuracy": float(np.mean(oof.argmax(1) == every.y)),
             "run_oof_accuracy": float(np.mean(own.argmax(1) == every.y))}
 

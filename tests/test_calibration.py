@@ -123,6 +123,29 @@ def test_out_of_fold_posterior_never_comes_from_a_model_that_saw_the_clip(monkey
     assert len(trained_on) == 6
 
 
+def test_fewer_folds_where_a_label_has_fewer_clips_and_none_with_a_single_clip():
+    from eai.data.windows import WindowSet
+    from eai.train.crossfit import folds_used
+
+    def windows(clips_per_label):  # one window a clip
+        y = np.repeat(np.arange(len(clips_per_label)), clips_per_label)
+        n = len(y)
+        return WindowSet(np.zeros((n, 60, 23, 3), np.float32), np.ones((n, 23), bool), np.zeros((n, 16), np.float32),
+                         y, np.arange(n), np.arange(n).astype(str), np.zeros(n, int), np.full(n, 60))
+
+    assert folds_used(windows([6, 5, 7]), 3) == 3
+    assert folds_used(windows([6, 2, 7]), 5) == 2
+    with pytest.raises(ValueError, match="only 1 training clip"):
+        folds_used(windows([6, 1, 7]), 3)
+
+
+def test_log_posterior_floors_small_probabilities_and_keeps_labels_ruled_out():
+    from eai.calibration import log_posterior
+
+    got = log_posterior(np.array([[0.5, 1e-20, 0.0, 0.5]]))
+    assert np.allclose(got[0, [0, 3]], np.log(0.5)) and np.isclose(got[0, 1], np.log(1e-12)) and got[0, 2] == -np.inf
+
+
 def test_the_cross_fitted_encoders_start_where_the_run_s_encoder_started(synth_dir, smoke_run, tmp_path,
                                                                           monkeypatch):
     """Out-of-fold posteriors stand for the run's encoder on clips it never saw: from the shipped weights when it

@@ -32,6 +32,14 @@ def scale_proba(proba: np.ndarray, temperature: float | np.ndarray) -> np.ndarra
         return scale(np.where(p > 0, np.log(p), -np.inf), temperature)
 
 
+def log_posterior(proba: np.ndarray) -> np.ndarray:
+    """Log-probabilities (N, C) float64 of posteriors `proba` (N, C), as the encoder's temperature is fitted on
+    them: a probability under 1e-12 counts as 1e-12, an exact zero (a label outside the window's dataset) stays
+    -inf."""
+    p = np.asarray(proba, np.float64)
+    return np.log(np.clip(p, 1e-12, None)) + np.where(p > 0, 0, -np.inf)
+
+
 def fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:
     """The T minimising the mean NLL of softmax(logp / T) for true indices y (N,); logp (N, C) logits or
     log-probabilities (-inf allowed for impossible classes). Raises ValueError on no examples."""

@@ -34,6 +34,15 @@ def _key(ws: WindowSet, k: int, seed: int) -> str:
     return h.hexdigest()
 
 
+def folds_used(ws: WindowSet, k: int) -> int:
+    """How many folds `out_of_fold_posterior` cross-fits `ws` with when asked for `k`: fewer when a label has
+    fewer clips than `k`. ValueError when one has a single clip."""
+    per_class = min(np.unique(ws.group[ws.y == c]).size for c in np.unique(ws.y))
+    if min(k, per_class) < 2:
+        raise ValueError(f"a label has only {per_class} training clip: no encoder can be trained without it")
+    return min(k, per_class)
+
+
 def out_of_fold_posterior(ws: WindowSet, n_classes: int, cfg: TrainConfig, enc: EncoderConfig,
                           allowed: np.ndarray | None, init: dict | Callable[[], dict | None] | None, k: int = 3,
                           seed: int = 0,
@@ -53,10 +62,7 @@ def out_of_fold_posterior(ws: WindowSet, n_classes: int, cfg: TrainConfig, enc: 
         got = load_file(str(cache))
         if bytes(got["key"]).decode() == key:
             return got["posterior"]
-    per_class = min(np.unique(ws.group[ws.y == c]).size for c in np.unique(ws.y))
-    k = min(k, per_class)  # a label with fewer clips than folds: fewer folds
-    if k < 2:
-        raise ValueError(f"a label has only {per_class} training clip: no encoder can be trained without it")
+    k = folds_used(ws, k)
     if callable(init):
         init = init()
     out = np.zeros((len(ws.y), n_classes), np.float32)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eai.calibration import Calibration, fit_temperature, scale, temper_to_entropy
+from eai.calibration import Calibration, fit_temperature, log_posterior, scale, temper_to_entropy
 
 import torch
 
@@ -283,7 +283,7 @@ def fit_calibration(interp, fsets: list[FeatureSet], oof_by_dataset: list[np.nda
                            constant_values=-np.inf))
         ys.append(local_index(m.labels, d.labels)[fs.y[i]])
     llm_logp, llm_y = np.concatenate(rows), np.concatenate(ys)
-    enc_logp = np.log(np.clip(oof, 1e-12, None)) + np.where(oof > 0, 0, -np.inf)
+    enc_logp = log_posterior(oof)
     cal = Calibration(encoder=fit_temperature(enc_logp, oof_y), llm=fit_temperature(llm_logp, llm_y),
                       fitted_on="training windows: the encoder on out-of-fold posteriors (cross-fitted encoders), "
                                 "the LLM with out-of-fold posterior tokens (cross-fitted encoders, fused with "
