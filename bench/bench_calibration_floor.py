@@ -1,4 +1,4 @@
-"""How low temperature scaling can bring the held-out ECE of a `bench llm` folder's folds, for both models.
+r"""How low temperature scaling can bring the held-out ECE of a `bench llm` folder's folds, for both models.
 
 Each fold's run (a folder `eai bench llm` wrote, seed-S-fold-I) scores its held-out clips as its held-out figures do
 (eai.interpret.Interpreter.recognition_proba: the LLM by label likelihood, mirror-averaged, and the encoder's own
@@ -22,7 +22,12 @@ eai.train.llm_run.fit_calibration fits it; not cached). That trains K encoders p
 Bandai folds and K = 5 on two cores. Before any training, each run's cached cross-fitting (its crossfit.safetensors)
 must be the one these windows give, and the temperature fitted on it must be the run's. The LLM's temperature would
 need LLM stages trained on posterior tokens from the new cross-fitting, so it is not refitted.
-    python bench/bench_calibration_floor.py --runs runs/bench-llm-d0 [--folds 5] [--seeds 1] [--refit-k 5] [--json OUT]
+The JSON (`--json`): per model (`models.llm`, `models.encoder`) the pooled `accuracy` and `per_fold_accuracy`, and
+per reading (`fitted` with the runs' `stored_ece`, `t1`, `best_shared_t` with `below_0.05`: the lowest and highest
+grid T reading at most 0.05, or null; `per_fold_nll_t`, `refit`) its `ece` and temperature(s); `refit.folds[].k` is
+the number of folds each run was cross-fitted with (fewer than asked where a label has fewer clips).
+    python bench/bench_calibration_floor.py --runs runs/bench-llm-d0 [--folds 5] [--seeds 1] [--data DIR] \
+        [--refit-k 5] [--json OUT]
 """
 from __future__ import annotations
 
@@ -42,18 +47,23 @@ def main() -> None:
     from eai.metrics import pooled_ece, reliability
     from eai.run import MANIFEST
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", required=True, help="a bench llm folder (seed-S-fold-I run folders)")
-    ap.add_argument("--folds", type=int, default=5, help="its --folds")
-    ap.add_argument("--seeds", type=int, default=1, help="its --seeds")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", required=True, help="the --out folder of `eai bench llm` (its seed-S-fold-I runs)")
+    ap.add_argument("--folds", type=int, default=5, help="the --folds it ran with (>= 1)")
+    ap.add_argument("--seeds", type=int, default=1, help="the --seeds it ran with (>= 1)")
     ap.add_argument("--data", help="the dataset, where it is no longer at the path the runs recorded")
     ap.add_argument("--refit-k", type=int, help="also fit the encoder's temperature on K cross-fitted encoders")
-    ap.add_argument("--json")
+    ap.add_argument("--json", help="write every figure, temperatures included, to this file")
     args = ap.parse_args()
+    if args.folds < 1 or args.seeds < 1:
+        ap.error("--folds and --seeds are at least 1")
+    if not Path(args.runs).is_dir():
+        ap.error(f"{args.runs}: no such folder; give the --out folder of `eai bench llm`")
     folds = [Path(args.runs) / f"seed-{s}-fold-{i}" for s in range(args.seeds) for i in range(args.folds)]
     missing = [str(f) for f in folds if not (f / MANIFEST).is_file()]
     if missing:
-        raise SystemExit(f"not a finished bench llm fold: {', '.join(missing)}")
+        ap.error(f"{len(missing)} of the {len(folds)} folds asked for are not finished bench llm runs (the first: "
+                 f"{missing[0]}); give the --out folder of `eai bench llm` and the --folds and --seeds it ran with")
     read: dict[tuple, list] = {}  # (dataset path, task): its clips, read once for every fold
     raw, stored = {"llm": [], "encoder": []}, {"llm": [], "encoder": []}
     ys, fitted, refit = [], {"llm": [], "encoder": []}, []
@@ -114,7 +124,9 @@ def main() -> None:
                     f"{r['t1']['ece']:5.3f}  {curve[best]:6.3f} at T {grid[best]:.2f} "
                     f"({'T %.2f-%.2f' % tuple(band) if band else 'none'})  {r['per_fold_nll_t']['ece']:6.3f}")
     print(f"pooled ECE over {out['windows']} held-out windows of {n} folds ({BINS} bins)")
-    print("model    acc.   fitted (stored)  T=1    best shared T, on test (<= 0.05 for)   per-fold NLL T, on test")
+    print("model    acc.   fitted (stored)  T=1    best shared T, on test (grid T reading <= 0.05: lowest-highest)   "
+          "per-fold NLL T, on test")
+    print("(acc.: window accuracy pooled over the folds' windows; bench llm's table averages the folds instead)")
     print("\n".join(rows))
     if refit:
         r = out["models"]["encoder"]["refit"]
