@@ -29,7 +29,7 @@ from eai.llm.builder import load_merged_llm
 from eai.llm.cpu import few_rows_linears
 from eai.llm.decode import ExplanationDecoder
 from eai.llm.model import EmotionLLM
-from eai.llm.prompts import description_prompt, recognition_prompt
+from eai.llm.prompts import description_prompt, description_templates, recognition_prompt, recognition_templates
 from eai.llm.scores import explanation_scores
 from eai.metrics import (CONSISTENCY_DRAWS, HEADLINE, ece_consistency, expected_calibration_error, metrics, pick,
                          reliability)
@@ -99,9 +99,8 @@ class Interpreter:
             llm.stem_store = StemStore(stem_cache_root(), weights_fingerprint(llm.lm),
                                       getattr(llm.lm, "cache_of", None))
         n = llm.skeleton_tokenizer.cfg.n_tokens
-        for d in run.manifest.datasets:
-            llm.add_stem([recognition_prompt(n, d.tag, d.words)])
-            llm.add_stem([description_prompt(n, d.tag, w, e) for w, e in ((d.words[0], "a"), (d.words[-1], "b"))])
+        for t in recognition_templates(n, run.manifest.datasets) + description_templates(n, run.manifest.datasets):
+            llm.add_stem(t)
         return Interpreter(run, llm)
 
     @property

@@ -20,3 +20,16 @@ def recognition_prompt(n_tokens: int, tag: str, labels: list[str]) -> str:
 def description_prompt(n_tokens: int, tag: str, label: str, evidence: str) -> str:
     return (f"[{tag}] Emotion: {label}. Measured against neutral: {evidence}.\n"
             f"Explain which movements show the emotion.\nMovement: {SKELETON * n_tokens}")
+
+
+def recognition_templates(n_tokens: int, datasets) -> list[list[str]]:
+    """Each dataset's recognition prompt as EmotionLLM.add_stem and frozen_stems take a template: one rendering,
+    the whole prompt being its stem. `datasets`: objects with `tag` and `words` (eai.data.joint.RunDataset)."""
+    return [[recognition_prompt(n_tokens, d.tag, d.words)] for d in datasets]
+
+
+def description_templates(n_tokens: int, datasets) -> list[list[str]]:
+    """Each dataset's description prompt as a template: two renderings (other labels, other evidence), whose
+    shared beginning is its stem."""
+    return [[description_prompt(n_tokens, d.tag, w, e) for w, e in ((d.words[0], "a"), (d.words[-1], "b"))]
+            for d in datasets]

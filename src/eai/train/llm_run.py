@@ -27,7 +27,7 @@ from eai.llm import evidence as ev
 from eai.llm.backbone import hidden_size
 from eai.llm.builder import LLMConfig, LoraSettings, build_llm, load_llm, save_llm
 from eai.llm.model import EmotionLLM
-from eai.llm.prompts import recognition_prompt
+from eai.llm.prompts import recognition_templates
 from eai.llm.tokenizer import SkeletonTokenizerConfig
 from eai.metrics import expected_calibration_error
 from eai.report import credit, plot_confusion, plot_llm_curves, plot_reliability
@@ -159,7 +159,7 @@ def train_run(cfg: RunConfig, progress: bool = True) -> Path:
     from eai.interpret import Interpreter
 
     interp = Interpreter(Run(run.path, m, run.encoder), llm.eval())
-    with llm.frozen_stems(recognition_templates(llm, m.datasets)):
+    with llm.frozen_stems(recognition_templates(llm.skeleton_tokenizer.cfg.n_tokens, m.datasets)):
         if m.calibration is None:
             m.calibration = (Calibration(fitted_on=f"not fitted: {why}") if oof is None else fit_calibration(
                 interp, fsets, oof_token, oof, every.y, m.llm.seed))
@@ -213,7 +213,7 @@ def held_out_probe(run: Run, datasets: list[RunDataset], held: list[list],
     def probe(llm: EmotionLLM, batch: int = 16) -> float:
         right = []
         reads = llm.skeleton_tokenizer.cfg.n_labels
-        templates = recognition_templates(llm, [r for r, *_ in sets])
+        templates = recognition_templates(llm.skeleton_tokenizer.cfg.n_tokens, [r for r, *_ in sets])
         with llm.frozen_stems(templates):
             for (r, feats, mask, z, frac, post, y), (prompt,) in zip(sets, templates):
                 p = np.concatenate([llm.label_proba(feats[b:b + batch], mask[b:b + batch],
@@ -224,11 +224,6 @@ def held_out_probe(run: Run, datasets: list[RunDataset], held: list[list],
         return float(np.concatenate(right).mean())
 
     return probe
-
-
-def recognition_templates(llm: EmotionLLM, datasets: list[RunDataset]) -> list[list[str]]:
-    """Each dataset's recognition prompt, as EmotionLLM.frozen_stems takes it: one stem per dataset."""
-    return [[recognition_prompt(llm.skeleton_tokenizer.cfg.n_tokens, d.tag, d.words)] for d in datasets]
 
 
 def plot_run_figures(run_dir: Path, m: Manifest, datasets: list[RunDataset]) -> None:
