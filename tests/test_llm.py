@@ -108,6 +108,26 @@ def test_prompt_stems_are_computed_once_and_change_no_result(tiny):
     assert all(c is not None and c.get_seq_length() == len(s) for s, c in tiny.stems.items())
 
 
+def test_each_datasets_stem_templates_give_the_question_and_the_description_up_to_its_label(tiny):
+    from types import SimpleNamespace
+
+    from eai.llm.prompts import description_templates, recognition_templates
+
+    n = tiny.skeleton_tokenizer.cfg.n_tokens
+    sets = [SimpleNamespace(tag="t", words=LABELS), SimpleNamespace(tag="u", words=["calm"])]
+    rec, desc = recognition_templates(n, sets), description_templates(n, sets)
+    assert rec == [[recognition_prompt(n, "t", LABELS)], [recognition_prompt(n, "u", ["calm"])]]
+    assert [len(t) for t in desc] == [2, 2]
+    for t in rec:  # the whole question, label words included
+        assert tiny.add_stem(t) == tiny._prompt_ids(t[0]).index(tiny.sk_id)
+    ids = tiny._prompt_ids(desc[0][0])
+    k = tiny.add_stem(desc[0])  # up to the label word, which differs between the two renderings
+    assert 0 < k < ids.index(tiny.sk_id) and tiny.tok.decode(ids[k:]).startswith(" angry")
+    one = tiny._prompt_ids(desc[1][0])
+    k1 = tiny.add_stem(desc[1])  # one label word: up to the evidence
+    assert "calm. Measured against neutral:" in tiny.tok.decode(one[:k1]) and k1 < one.index(tiny.sk_id)
+
+
 def test_frozen_stems_score_alike_pass_the_prefix_once_and_leave_the_model_as_it_was(tiny):
     f, mask = _inputs(3)
     n = tiny.skeleton_tokenizer.cfg.n_tokens

@@ -189,8 +189,8 @@ class EmotionLLM(nn.Module):
         return cache
 
     def add_stem(self, prompts: list[str]) -> int:
-        """Register the token beginning that `prompts` (two or more renderings of one template) share before
-        any skeleton token, for reuse by `_prefix_cache` at inference (its cache is made on first use). For
+        """Register the token beginning that `prompts` (renderings of one template; one rendering gives all of
+        it before the first skeleton placeholder) share before any skeleton token, for reuse by `_prefix_cache` at inference (its cache is made on first use). For
         a loaded, frozen model only: training changes the weights under a stored cache. Returns its length."""
         rows = [self._prompt_ids(p) for p in prompts]
         n = 0

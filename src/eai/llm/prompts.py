@@ -24,12 +24,14 @@ def description_prompt(n_tokens: int, tag: str, label: str, evidence: str) -> st
 
 def recognition_templates(n_tokens: int, datasets) -> list[list[str]]:
     """Each dataset's recognition prompt as EmotionLLM.add_stem and frozen_stems take a template: one rendering,
-    the whole prompt being its stem. `datasets`: objects with `tag` and `words` (eai.data.joint.RunDataset)."""
+    whose stem is everything before its first skeleton placeholder (the chat template's beginning, the question
+    and the dataset's label words). `datasets`: objects with `tag` and `words` (eai.data.joint.RunDataset)."""
     return [[recognition_prompt(n_tokens, d.tag, d.words)] for d in datasets]
 
 
 def description_templates(n_tokens: int, datasets) -> list[list[str]]:
-    """Each dataset's description prompt as a template: two renderings (other labels, other evidence), whose
-    shared beginning is its stem."""
+    """Each dataset's description prompt as a template: two renderings, with the dataset's first and last label
+    word and placeholder evidence 'a' and 'b', whose shared beginning (up to the label word; with one label
+    word, up to the evidence) is its stem."""
     return [[description_prompt(n_tokens, d.tag, w, e) for w, e in ((d.words[0], "a"), (d.words[-1], "b"))]
             for d in datasets]
