@@ -190,8 +190,9 @@ class EmotionLLM(nn.Module):
 
     def add_stem(self, prompts: list[str]) -> int:
         """Register the token beginning that `prompts` (renderings of one template; one rendering gives all of
-        it before the first skeleton placeholder) share before any skeleton token, for reuse by `_prefix_cache` at inference (its cache is made on first use). For
-        a loaded, frozen model only: training changes the weights under a stored cache. Returns its length."""
+        it before the first skeleton placeholder) share before any skeleton token, for reuse by `_prefix_cache` at
+        inference (its cache is made on first use). For a loaded, frozen model only: training changes the weights
+        under a stored cache. Returns its length."""
         rows = [self._prompt_ids(p) for p in prompts]
         n = 0
         while all(n < len(r) and r[n] != self.sk_id and r[n] == rows[0][n] for r in rows):
